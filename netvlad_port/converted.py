@@ -1,0 +1,117 @@
+"""The converted-model folder: ``model.safetensors`` + ``config.json`` (no pickle).
+
+Weights are stored in MATLAB layout under ``layers.<i>.weights.<j>`` (i, j 0-based) and
+``meta.averageImage``, so ``export-mat`` reproduces the original arrays bit for bit.
+``config.json`` holds the layer list (type, name, params, weight shapes), the ``addLayers``
+method, ``meta`` and the source file's sha256.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .errors import NetFormatError
+from .io_utils import atomic_dir
+from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate
+
+WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
+FORMAT = "netvlad-port/simplenn"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _jsonable(v):
+    if isinstance(v, (tuple, list)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def config_of(spec: NetSpec, source: dict | None = None) -> dict:
+    h, w, c = infer_shapes(spec, image_hw=None)[-1]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "netvlad_port_version": __version__,
+        "method": infer_method(spec),
+        "whitened": any(l.name == "WPCA" for l in spec.layers),
+        "output_dim": h * w * c if h is not None else None,
+        "meta": {k: _jsonable(v) for k, v in spec.meta.items() if k != "averageImage"},
+        "source": source or {},
+        "layers": [{"name": l.name, "type": l.type, "params": {k: _jsonable(v) for k, v in l.params.items()},
+                    "weights": [list(np.shape(x)) for x in l.weights]} for l in spec.layers],
+    }
+
+
+def save_converted(spec: NetSpec, out_dir: str | os.PathLike, source: str | os.PathLike | None = None,
+                   force: bool = False) -> Path:
+    """Write ``spec`` to ``out_dir`` atomically (the folder appears only when complete)."""
+    from safetensors.numpy import save_file
+
+    validate(spec)
+    src = {"file": Path(source).name, "sha256": sha256_file(source)} if source else {}
+    tensors = {f"layers.{i}.weights.{j}": np.ascontiguousarray(w, dtype=np.float32)
+               for i, l in enumerate(spec.layers) for j, w in enumerate(l.weights)}
+    if spec.meta.get("averageImage") is not None:
+        tensors["meta.averageImage"] = np.ascontiguousarray(spec.meta["averageImage"], dtype=np.float32)
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir, force=force) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config_of(spec, src), indent=1) + "\n")
+    return out_dir
+
+
+def load_converted(folder: str | os.PathLike) -> NetSpec:
+    """Read a folder written by :func:`save_converted`."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise NetFormatError(f"{folder}: not a converted model folder ({p.name} is missing)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise NetFormatError(f"{cfg_path}: invalid JSON ({exc})") from None
+    if cfg.get("format") != FORMAT or cfg.get("format_version", 0) > FORMAT_VERSION:
+        raise NetFormatError(f"{cfg_path}: format {cfg.get('format')!r} v{cfg.get('format_version')} "
+                             f"is not {FORMAT} v{FORMAT_VERSION} or older")
+    try:
+        tensors = load_file(str(w_path))
+    except Exception as exc:
+        raise NetFormatError(f"{w_path}: cannot read safetensors file ({exc})") from None
+    layers = []
+    for i, entry in enumerate(cfg["layers"]):
+        ws = []
+        for j, shape in enumerate(entry["weights"]):
+            key = f"layers.{i}.weights.{j}"
+            if key not in tensors or list(tensors[key].shape) != list(shape):
+                raise NetFormatError(f"{w_path}: tensor {key} of layer {i + 1} ('{entry['name']}') is missing "
+                                     f"or not of shape {shape}")
+            ws.append(tensors[key])
+        layers.append(LayerSpec(entry["type"], entry["name"], ws, dict(entry["params"])))
+    meta = dict(cfg.get("meta", {}))
+    if "meta.averageImage" in tensors:
+        meta["averageImage"] = tensors["meta.averageImage"]
+    spec = NetSpec(layers, meta)
+    try:
+        validate(spec)
+    except NetFormatError as exc:
+        raise NetFormatError(f"{folder}: {exc}") from None
+    return spec

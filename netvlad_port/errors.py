@@ -1,0 +1,9 @@
+"""Errors raised for bad user input. Each message names the file, layer or field at fault."""
+
+
+class NetVladPortError(Exception):
+    """Base class: the CLI prints these as one line and exits non-zero, without a traceback."""
+
+
+class NetFormatError(NetVladPortError, ValueError):
+    """A network file or folder is unreadable or does not describe a supported SimpleNN network."""

@@ -1,0 +1,175 @@
+"""Read MatConvNet SimpleNN networks from MAT files (MATLAB ``load(fn, 'net')``).
+
+One reader for the three encodings users hold (reference §10, peers §2, §5):
+
+* MAT v5/v7 with plain structs (hloc's struct-ified ``Pitts30K_struct.mat``, our ``export-mat``);
+* MAT v7.3 / HDF5, e.g. training checkpoints ``*_latest.mat`` holding ``net, obj, opts, auxData``;
+* the release files whose custom layers are MATLAB classdef objects (``layerVLAD``, ...), either
+  with their properties or with the struct their ``saveobj`` returned.
+
+``mat-io`` decodes all three into numpy values; this module turns those into a :class:`NetSpec`.
+MatConvNet model files saved with ``-struct`` (``layers`` and ``meta`` as top-level variables,
+e.g. ``imagenet-vgg-verydeep-16.mat``) are read too.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import NetFormatError
+from .spec import (CONV, CUSTOM_TYPES, NORMALIZE, TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2,
+                   LayerSpec, NetSpec, validate)
+
+# Fields that only matter to MATLAB's training loop or memory management.
+_TRAINING_FIELDS = {"type", "name", "weights", "momentum", "learningRate", "weightDecay", "precious", "opts"}
+# 'lrn' is the older MatConvNet name of 'normalize'.
+_TYPE_ALIASES = {"lrn": NORMALIZE}
+
+
+def to_python(value: Any) -> Any:
+    """MATLAB value (as mat-io returns it) -> dict / list / str / ndarray.
+
+    Structs become dicts (struct arrays: lists of dicts), cells become lists in MATLAB's
+    column-major order, char arrays become str, classdef objects become dicts of their
+    properties with the class name under ``"__class__"``.
+    """
+    from matio.utils.matclass import MatlabOpaque, MatlabOpaqueArray
+
+    if isinstance(value, MatlabOpaque):
+        props = value.properties if isinstance(value.properties, dict) else {}
+        if set(props) == {"any"}:  # the object was saved through its saveobj method
+            props = to_python(props["any"])
+            props = props if isinstance(props, dict) else {}
+        else:
+            props = {k: to_python(v) for k, v in props.items()}
+        return {**props, "__class__": str(value.classname)}
+    if isinstance(value, MatlabOpaqueArray):
+        items = [to_python(v) for v in np.asarray(value).ravel(order="F")]
+        return items[0] if len(items) == 1 else items
+    if isinstance(value, np.ndarray):
+        if value.dtype.names:  # struct
+            items = [{k: to_python(rec[k]) for k in value.dtype.names} for rec in value.ravel(order="F")]
+            return items[0] if len(items) == 1 else items
+        if value.dtype.kind in "US" or value.dtype.kind == "T":
+            return "".join(str(s) for s in value.ravel(order="F"))
+        if value.dtype == object:
+            return [to_python(v) for v in value.ravel(order="F")]
+        return value
+    if isinstance(value, (str, bytes)):
+        return value.decode() if isinstance(value, bytes) else value
+    return value
+
+
+def _load_variables(path: Path) -> dict[str, Any]:
+    from matio import load_from_mat, whosmat
+
+    if not path.exists():
+        raise NetFormatError(f"{path}: no such file")
+    if path.is_dir():
+        raise NetFormatError(f"{path}: is a folder, not a .mat file")
+    try:
+        names = set(whosmat(str(path)))
+    except Exception as exc:  # mat-io raises many types on garbage
+        raise NetFormatError(f"{path}: not a readable MAT file ({type(exc).__name__}: {exc})") from None
+    wanted = ["net"] if "net" in names else [n for n in ("layers", "meta", "normalization") if n in names]
+    if "net" not in names and "layers" not in names:
+        raise NetFormatError(f"{path}: the MAT file has no variable 'net' (nor top-level 'layers'); "
+                             f"it holds: {', '.join(sorted(names)) or 'nothing'}")
+    try:
+        data = load_from_mat(str(path), variable_names=wanted)
+    except Exception as exc:
+        raise NetFormatError(f"{path}: cannot read MAT file, it may be truncated or corrupt "
+                             f"({type(exc).__name__}: {exc})") from None
+    return {k: to_python(v) for k, v in data.items() if not k.startswith("__")}
+
+
+def _custom_class(d: dict, where: str) -> str:
+    """Which NetVLAD class a 'custom' layer is (parity README: 'Custom layers in net.mat')."""
+    cls = d.get("__class__")
+    name = d.get("name", "")
+    weights = d.get("weights")
+    n_w = len(weights) if isinstance(weights, list) else 0
+    if cls in CUSTOM_TYPES:
+        kind = cls
+    elif n_w == 2:
+        kind = VLAD
+    elif n_w == 3:
+        kind = VLADV2
+    elif name in ("postL2", "finalL2") or name.endswith("L2"):
+        kind = WHOLE_L2
+    elif name == "max:core":
+        kind = TOTAL_MAX
+    elif name == "avg:core":
+        kind = TOTAL_AVG
+    elif name == "vlad:core":
+        kind = VLAD
+    else:
+        raise NetFormatError(f"unsupported layer type '{cls or 'custom'}' at {where}")
+    if kind in (VLAD, VLADV2) and n_w == 0:
+        raise NetFormatError(
+            f"{where}: {kind} has no weights. The file was probably re-saved by MATLAB without the NetVLAD "
+            f"classes on the path (netvlad issue #6); use the original release file or a struct-ified copy")
+    return kind
+
+
+def _layer(d: Any, index: int) -> LayerSpec:
+    where = f"layer {index + 1}"
+    if not isinstance(d, dict):
+        raise NetFormatError(f"{where}: expected a struct or object, found {type(d).__name__}")
+    name = d.get("name", f"layer{index + 1}")
+    name = name if isinstance(name, str) and name else f"layer{index + 1}"
+    where = f"layer {index + 1} ('{name}')"
+    t = d.get("type")
+    if d.get("__class__") in CUSTOM_TYPES:
+        t = "custom"
+    if not isinstance(t, str) or not t:
+        raise NetFormatError(f"{where}: the layer has no 'type' field")
+    t = _TYPE_ALIASES.get(t, t)
+    if t == "custom":
+        t = _custom_class(d, where)
+    weights = d.get("weights", [])
+    if isinstance(weights, np.ndarray):
+        weights = [] if weights.size == 0 else [weights]
+    weights = [np.asarray(w) for w in (weights or [])]
+    if t == CONV and len(weights) == 2 and weights[1].size == 0:
+        weights = weights[:1]
+    params = {k: v for k, v in d.items() if k not in _TRAINING_FIELDS and not k.startswith("__")}
+    return LayerSpec(type=t, name=name, weights=weights, params=params)
+
+
+def _meta(variables: dict) -> dict:
+    if "net" in variables:
+        net = variables["net"]
+        if not isinstance(net, dict):
+            raise NetFormatError("variable 'net' is not a struct")
+        meta = net.get("meta", {})
+    else:
+        meta = variables.get("meta", {})
+    meta = dict(meta) if isinstance(meta, dict) else {}
+    norm = meta.pop("normalization", None) or variables.get("normalization") or {}
+    out = {k: meta[k] for k in ("netID", "sessionID", "epoch") if k in meta}
+    if isinstance(out.get("epoch"), np.ndarray):
+        out["epoch"] = int(np.asarray(out["epoch"]).ravel()[0]) if out["epoch"].size else 0
+    if isinstance(norm, dict) and norm.get("averageImage") is not None:
+        out["averageImage"] = np.asarray(norm["averageImage"], np.float32)
+    return out
+
+
+def read_net(path: str | os.PathLike) -> NetSpec:
+    """Read ``net`` from a MatConvNet ``.mat`` file of any encoding and validate it."""
+    path = Path(path)
+    variables = _load_variables(path)
+    layers = variables["net"].get("layers") if isinstance(variables.get("net"), dict) else variables.get("layers")
+    if isinstance(layers, dict):
+        layers = [layers]
+    if not isinstance(layers, list) or not layers:
+        raise NetFormatError(f"{path}: net.layers is missing or empty")
+    try:
+        spec = NetSpec(layers=[_layer(d, i) for i, d in enumerate(layers)], meta=_meta(variables))
+        validate(spec)
+    except NetFormatError as exc:
+        raise NetFormatError(f"{path}: {exc}") from None
+    return spec

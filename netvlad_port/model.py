@@ -1,0 +1,92 @@
+"""``SimpleNN``: a MatConvNet SimpleNN network (``vl_simplenn``) as a PyTorch module.
+
+The structure comes from the file, so every ``addLayers`` method and every backbone (vd16, vd19,
+caffe) works. ``model(x)`` takes N x 3 x H x W RGB in 0..255 and subtracts ``averageImage(1,1,:)``
+itself, in float32 as MATLAB does (single); ``model.trace(x)`` returns what the parity suites
+call ``acts``: the input of every layer and the network output, in MATLAB layer order.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import NORMALIZE_MODES, Normalize, build_layer, matlab_flatten
+from .matconvnet.spec import NetSpec, infer_method, infer_shapes, validate
+
+
+class SimpleNN(nn.Module):
+    def __init__(self, spec: NetSpec, normalize: str = "exact"):
+        super().__init__()
+        validate(spec)
+        channels = [3] + [c for _, _, c in infer_shapes(spec, image_hw=None)]
+        self.layers = nn.ModuleList(build_layer(l, channels[i]) for i, l in enumerate(spec.layers))
+        self.meta = {k: v for k, v in spec.meta.items() if k != "averageImage"}
+        self._average_image = spec.meta.get("averageImage")
+        self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1),
+                             persistent=False)
+        self.normalize_mode = normalize
+
+    @property
+    def normalize_mode(self) -> str:
+        return self._normalize_mode
+
+    @normalize_mode.setter
+    def normalize_mode(self, mode: str) -> None:
+        if mode not in NORMALIZE_MODES:
+            raise ValueError(f"normalize must be one of {NORMALIZE_MODES}, got {mode!r}")
+        self._normalize_mode = mode
+        for layer in self.layers:
+            if isinstance(layer, Normalize):
+                layer.mode = mode
+
+    @property
+    def names(self) -> list[str]:
+        return [l.name for l in self.layers]
+
+    @property
+    def method(self) -> str:
+        return infer_method(self.to_spec())
+
+    def _dtype(self) -> torch.dtype:
+        for p in self.parameters():
+            return p.dtype
+        return torch.float32
+
+    def subtract_mean(self, images: torch.Tensor) -> torch.Tensor:
+        """RGB 0..255 minus ``averageImage(1,1,:)``, computed in float32 (reference §6)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images as N x 3 x H x W RGB, got shape {tuple(images.shape)}")
+        x = images.to(device=self.average_rgb.device, dtype=torch.float32) - self.average_rgb.float()
+        return x.to(self._dtype())
+
+    def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Layers ``start .. stop-1`` (0-based) on an already mean-subtracted input."""
+        for layer in self.layers[start:stop]:
+            x = layer(x)
+        return x
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """N x 3 x H x W RGB 0..255 -> N x D descriptors (MATLAB's ``reshape(res(end).x, [], N)``)."""
+        return matlab_flatten(self.run(self.subtract_mean(images)))
+
+    def trace(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """``acts``: [input after mean subtraction, output of layer 1, ..., output of layer L]."""
+        acts = [self.subtract_mean(images)]
+        for layer in self.layers:
+            acts.append(layer(acts[-1]))
+        return acts
+
+    def to_spec(self) -> NetSpec:
+        """The network back in MATLAB layout (for ``save_converted`` and ``write_net``)."""
+        layers = [layer.to_spec() for layer in self.layers]
+        meta = dict(self.meta)
+        if self._average_image is not None:
+            meta["averageImage"] = self._average_image
+        return NetSpec(layers=layers, meta=meta)
+
+    @property
+    def output_dim(self) -> int:
+        h, w, c = infer_shapes(self.to_spec(), image_hw=None)[-1]
+        if h is None:
+            raise ValueError("the output size depends on the image size")
+        return h * w * c
