@@ -58,6 +58,13 @@ def config_of(spec: NetSpec, source: dict | None = None) -> dict:
     }
 
 
+def config_json(cfg: dict) -> str:
+    """``config.json`` text: one line per layer, so it reads like a layer table."""
+    head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in cfg.items() if k != "layers")
+    layers = ",\n".join(f"  {json.dumps(l)}" for l in cfg["layers"])
+    return f"{{\n{head},\n \"layers\": [\n{layers}\n ]\n}}\n"
+
+
 def save_converted(spec: NetSpec, out_dir: str | os.PathLike, source: str | os.PathLike | None = None,
                    force: bool = False) -> Path:
     """Write ``spec`` to ``out_dir`` atomically (the folder appears only when complete)."""
@@ -72,7 +79,7 @@ def save_converted(spec: NetSpec, out_dir: str | os.PathLike, source: str | os.P
     out_dir = Path(out_dir)
     with atomic_dir(out_dir, force=force) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config_of(spec, src), indent=1) + "\n")
+        (tmp / CONFIG_FILE).write_text(config_json(config_of(spec, src)))
     return out_dir
 
 

@@ -137,6 +137,8 @@ def _layer(d: Any, index: int) -> LayerSpec:
     if t == CONV and len(weights) == 2 and weights[1].size == 0:
         weights = weights[:1]
     params = {k: v for k, v in d.items() if k not in _TRAINING_FIELDS and not k.startswith("__")}
+    if t in (VLAD, VLADV2):  # K, D and vladDim follow from the weights
+        params = {}
     return LayerSpec(type=t, name=name, weights=weights, params=params)
 
 

@@ -112,13 +112,16 @@ def normalize_params(layer: LayerSpec, where: str) -> None:
         p["param"] = tuple(float(x) for x in param)
 
 
-def canonical_weights(layer: LayerSpec, where: str) -> None:
-    """Restore the MATLAB shapes that squeezing or MATLAB's trailing-singleton rule dropped."""
+def canonical_weights(layer: LayerSpec, where: str, after_whole_l2: bool = False) -> None:
+    """Restore the MATLAB shapes that squeezing or MATLAB's trailing-singleton rule dropped.
+    A 2-D filter after a whole-vector L2 layer is a squeezed 1 x 1 x Cin x Cout WPCA."""
     w = layer.weights
     if layer.type == CONV and w:
         f = np.asarray(w[0])
         if f.ndim > 4:
             raise NetFormatError(f"{where}: conv filter has {f.ndim} dimensions; expected H x W x Cin x Cout")
+        if f.ndim == 2 and after_whole_l2:
+            f = f[None, None]
         w[0] = f.reshape(f.shape + (1,) * (4 - f.ndim))
         if len(w) == 2:
             w[1] = np.asarray(w[1]).reshape(-1)
@@ -231,5 +234,5 @@ def validate(spec: NetSpec) -> None:
             raise NetFormatError(f"unsupported layer type '{layer.type}' at layer {i + 1} ('{layer.name}')")
         check_weight_count(layer, where)
         normalize_params(layer, where)
-        canonical_weights(layer, where)
+        canonical_weights(layer, where, after_whole_l2=i > 0 and spec.layers[i - 1].type == WHOLE_L2)
     infer_shapes(spec, image_hw=None)

@@ -1,0 +1,120 @@
+"""``netvlad-port``: the command line. Thin wrappers around the package API."""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .errors import NetVladPortError
+
+
+def _friendly(fn):
+    """Report our errors as one line (exit 1), never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except NetVladPortError as exc:
+            raise click.ClickException(str(exc)) from None
+        except BrokenPipeError:  # e.g. `netvlad-port info m.mat | head`
+            return None
+        except OSError as exc:
+            raise click.ClickException(f"{exc.filename or ''}: {exc.strerror or exc}") from None
+
+    return wrapper
+
+
+def _image_size(value: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in value.lower().split("x"))
+        return h, w
+    except ValueError:
+        raise click.BadParameter(f"expected HxW such as 480x640, got {value!r}") from None
+
+
+@click.group()
+@click.version_option(__version__, prog_name="netvlad-port")
+def main():
+    """Exact PyTorch port of MATLAB/MatConvNet NetVLAD + SARE."""
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
+              help="Output folder (model.safetensors + config.json).")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
+@_friendly
+def convert(model: Path, out_dir: Path, force: bool):
+    """Convert a MatConvNet MODEL.mat (any encoding) into a folder of safetensors + JSON."""
+    from .converted import config_of, save_converted
+    from .matconvnet import read_net
+
+    if out_dir.exists() and not force:
+        raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
+    spec = read_net(model)
+    save_converted(spec, out_dir, source=model, force=force)
+    cfg = config_of(spec)
+    click.echo(f"{model} -> {out_dir}: {len(spec.layers)} layers, method {cfg['method'] or '-'}, "
+               f"{'whitened, ' if cfg['whitened'] else ''}output dim {cfg['output_dim']}")
+
+
+def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
+    """Rows like ``vl_simplenn_display``: index, name, type, weight shapes, output size."""
+    from .matconvnet import infer_shapes
+
+    shapes = infer_shapes(spec, image_hw)
+    rows = [f"{'#':>3}  {'name':<16} {'type':<22} {'weights':<28} output (H x W x C)"]
+    for i, (layer, (h, w, c)) in enumerate(zip(spec.layers, shapes), start=1):
+        ws = ", ".join("x".join(map(str, x.shape)) for x in layer.weights) or "-"
+        rows.append(f"{i:>3}  {layer.name:<16} {layer.type:<22} {ws:<28} {h} x {w} x {c}")
+    return rows
+
+
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--image-size", default="480x640", show_default=True, help="HxW input used for output sizes.")
+@_friendly
+def info(model: Path, image_size: str):
+    """Print the layer table of MODEL (.mat or converted folder), like vl_simplenn_display."""
+    from . import load_spec
+    from .converted import config_of
+
+    spec = load_spec(model)
+    cfg = config_of(spec)
+    meta = spec.meta
+    click.echo(f"{model}")
+    click.echo(f"netID {meta.get('netID', '-')}  sessionID {meta.get('sessionID', '-')}  "
+               f"epoch {meta.get('epoch', '-')}")
+    click.echo(f"method {cfg['method'] or '-'}  whitened {'yes' if cfg['whitened'] else 'no'}  "
+               f"output dim {cfg['output_dim']}  averageImage(1,1,:) "
+               f"{' '.join(f'{v:g}' for v in spec.average_rgb)}")
+    for row in layer_table(spec, _image_size(image_size)):
+        click.echo(row)
+
+
+@main.command("export-mat")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True)
+@click.option("--version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True)
+@click.option("--encoding", type=click.Choice(["struct", "classdef", "saveobj"]), default="struct",
+              show_default=True, help="struct: struct-ified SimpleNN (hloc layout); classdef/saveobj: "
+                                      "NetVLAD class objects as the release files hold them.")
+@click.option("--force", is_flag=True, help="Replace the output file if it exists.")
+@_friendly
+def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, force: bool):
+    """Write MODEL (converted folder or .mat) as a MatConvNet SimpleNN .mat file."""
+    from . import load_spec
+    from .matconvnet import write_net
+
+    if out_path.exists() and not force:
+        raise NetVladPortError(f"{out_path}: output file exists (use --force to overwrite)")
+    spec = load_spec(model)
+    write_net(spec, out_path, version=mat_version, encoding=encoding)
+    click.echo(f"{model} -> {out_path} ({mat_version}, {encoding})")
+
+
+if __name__ == "__main__":
+    main()
