@@ -116,5 +116,33 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     click.echo(f"{model} -> {out_path} ({mat_version}, {encoding})")
 
 
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("dump", type=click.Path(path_type=Path))
+@click.option("--images", type=click.Path(path_type=Path), help="images.mat, when the dump has no 'images'.")
+@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
+              help="matconvnet-cpu for dumps made by MATLAB on a CPU (forward only).")
+@click.option("--double/--single", default=False, show_default=True, help="Compute in float64 / float32.")
+@click.option("--rtol", type=float, default=1e-4, show_default=True,
+              help="Per array: max |ours - ref| / max |ref| (activations, dL/dx, dL/dw).")
+@click.option("--atol", type=float, default=1e-5, show_default=True, help="Descriptors: max abs difference.")
+@click.option("--loss-rtol", type=float, default=1e-5, show_default=True, help="SARE losses and dL/dfeats.")
+@click.option("--no-gradients", is_flag=True, help="Forward and losses only.")
+@_friendly
+def parity(model: Path, dump: Path, images, normalize, double, rtol, atol, loss_rtol, no_gradients):
+    """Compare MODEL with a MATLAB reference DUMP (matlab_ref/make_dump.m), layer by layer."""
+    import torch
+
+    from . import load
+    from .parity import format_report, load_dump, run_parity
+
+    net = load(model, normalize=normalize).to(torch.float64 if double else torch.float32)
+    checks = run_parity(net, load_dump(dump, images), rtol=rtol, atol=atol, loss_rtol=loss_rtol,
+                        gradients=not no_gradients)
+    click.echo(format_report(checks))
+    if not all(c.passed for c in checks):
+        raise SystemExit(1)
+
+
 if __name__ == "__main__":
     main()

@@ -25,6 +25,10 @@ def _param(array: np.ndarray) -> nn.Parameter:
     return nn.Parameter(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
 
 
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().double().numpy()
+
+
 def matlab_flatten(x: torch.Tensor) -> torch.Tensor:
     """``reshape(x, [], N)`` of MATLAB's H x W x C x N array, for our N x C x H x W tensor."""
     return x.permute(0, 1, 3, 2).reshape(x.shape[0], -1)
@@ -38,6 +42,17 @@ class MatLayer(nn.Module):
     def __init__(self, name: str):
         super().__init__()
         self.name = name
+
+    def weight_params(self) -> list[nn.Parameter]:
+        """The trainable tensors in the order of MATLAB's ``weights{j}``."""
+        return []
+
+    def matlab_arrays(self, tensors: list[torch.Tensor]) -> list[np.ndarray]:
+        """Tensors shaped like :meth:`weight_params` (the weights or their gradients) in MATLAB layout."""
+        return []
+
+    def matlab_weights(self) -> list[np.ndarray]:
+        return [a.astype(np.float32) for a in self.matlab_arrays(self.weight_params())]
 
     def to_spec(self) -> LayerSpec:
         return LayerSpec(type=self.matlab_type, name=self.name)
@@ -71,11 +86,16 @@ class Conv(MatLayer):
             x, pad = F.pad(x, (l, r, t, b)), 0
         return F.conv2d(x, w, self.bias, self.stride, pad, self.dilate, self.groups)
 
+    def weight_params(self):
+        return [self.weight] + ([self.bias] if self.bias is not None else [])
+
+    def matlab_arrays(self, tensors):
+        out = [_np(tensors[0]).transpose(2, 3, 1, 0)]  # Cout x Cin x H x W -> H x W x Cin x Cout
+        return out + [_np(t) for t in tensors[1:]]
+
     def to_spec(self) -> LayerSpec:
-        ws = [self.weight.detach().cpu().float().numpy().transpose(2, 3, 1, 0)]
-        if self.bias is not None:
-            ws.append(self.bias.detach().cpu().float().numpy())
-        return LayerSpec(CONV, self.name, ws, {"pad": self.pad, "stride": self.stride, "dilate": self.dilate})
+        return LayerSpec(CONV, self.name, self.matlab_weights(),
+                         {"pad": self.pad, "stride": self.stride, "dilate": self.dilate})
 
 
 class ReLU(MatLayer):
@@ -109,6 +129,11 @@ class Pool(MatLayer):
         if self.method == "max":
             if any(padding):
                 x = F.pad(x, padding, value=float("-inf"))
+            if x.requires_grad and torch.is_grad_enabled():
+                # Scan each window W-major like MatConvNet's MEX, so that among equal values the
+                # gradient goes to the same one (the first in MATLAB's column-major order).
+                t = F.max_pool2d(x.transpose(2, 3), self.pool[::-1], self.stride[::-1])
+                return t.transpose(2, 3)
             return F.max_pool2d(x, self.pool, self.stride)
         area = self.pool[0] * self.pool[1]
         if not any(padding):
@@ -196,12 +221,18 @@ class VLADCore(MatLayer):
         v = torch.bmm(xf, a.transpose(1, 2)) + self.offsets[None] * a.sum(2)[:, None, :]  # N x D x K
         return v[:, :, None, :]
 
+    def weight_params(self):
+        bias = [self.assign_bias] if self.assign_bias is not None else []
+        return [self.assign] + bias + [self.offsets]
+
+    def matlab_arrays(self, tensors):
+        out = [_np(tensors[0])[None, None]]  # D x K -> 1 x 1 x D x K
+        if len(tensors) == 3:
+            out.append(_np(tensors[1])[None])  # K -> 1 x K
+        return out + [_np(tensors[-1])[None, None]]
+
     def to_spec(self):
-        ws = [self.assign.detach().cpu().float().numpy()[None, None]]
-        if self.assign_bias is not None:
-            ws.append(self.assign_bias.detach().cpu().float().numpy()[None])
-        ws.append(self.offsets.detach().cpu().float().numpy()[None, None])
-        return LayerSpec(self.matlab_type, self.name, ws, {"K": self.K, "D": self.D})
+        return LayerSpec(self.matlab_type, self.name, self.matlab_weights(), {"K": self.K, "D": self.D})
 
 
 class WholeL2Normalize(MatLayer):

@@ -1,0 +1,176 @@
+"""Compare a model with a MATLAB reference dump, layer by layer (``netvlad-port parity``).
+
+A dump has the field layout of ``tests/data/parity`` (its README; written by the original code or by
+``matlab_ref/make_dump.m``): ``acts``, ``desc_test``, ``feats``, ``sare_all``, ``sare_variant``,
+``dzdx``, ``dzdw``, ``sgd``, ``train`` and, for our own dumps, ``images``. Errors are max |ours - ref| /
+max |ref| per array ("rel"), or max abs for descriptors ("abs").
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+
+from .errors import NetFormatError
+from .layers import matlab_flatten
+from .losses import MATLAB_LOSSES, tuple_loss
+from .sgd import deepibl_sgd_step
+
+SGD_WEIGHTS_RTOL, SGD_MOMENTUM_RTOL = 1e-6, 1e-4
+
+
+@dataclass
+class Check:
+    group: str  # forward | descriptor | loss | dzdy | dzdx | dzdw | sgd
+    name: str
+    error: float
+    tol: float
+    measure: str = "rel"
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.error <= self.tol)
+
+
+def rel_error(ours, ref) -> float:
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    if ours.shape != ref.shape:
+        return float("inf")
+    scale = np.abs(ref).max() if ref.size else 0.0
+    diff = np.abs(ours - ref).max() if ref.size else 0.0
+    return float(diff / scale) if scale > 0 else float(diff)
+
+
+def to_matlab(t: torch.Tensor) -> np.ndarray:
+    """N x C x H x W tensor -> MATLAB's H x W x C x N array."""
+    return t.detach().cpu().double().permute(2, 3, 1, 0).numpy()
+
+
+def _cells(v) -> list:
+    return list(np.asarray(v, dtype=object).ravel(order="F"))
+
+
+def _squeeze4(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a.reshape(a.shape + (1,) * (4 - a.ndim)) if a.ndim < 4 else a
+
+
+def load_dump(path: str | os.PathLike, images: str | os.PathLike | None = None) -> dict:
+    """Read a dump; images come from its ``images`` field, ``images=``, or a sibling ``images.mat``."""
+    path = Path(path)
+    try:
+        dump = scipy.io.loadmat(path)
+    except Exception as exc:
+        raise NetFormatError(f"{path}: cannot read the dump ({type(exc).__name__}: {exc})") from None
+    if "images" not in dump:
+        img_path = Path(images) if images else path.with_name("images.mat")
+        if not img_path.is_file():
+            raise NetFormatError(f"{path}: the dump has no 'images' and {img_path} does not exist (use --images)")
+        dump["images"] = scipy.io.loadmat(img_path)["images"]
+    for key in ("acts", "desc_test"):
+        if key not in dump:
+            raise NetFormatError(f"{path}: the dump has no field '{key}'")
+    return dump
+
+
+def _struct(v):
+    return v[0, 0] if isinstance(v, np.ndarray) and v.dtype.names and v.size else v
+
+
+def _scalar(v) -> float:
+    return float(np.asarray(v, np.float64).ravel()[0])
+
+
+def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_rtol: float = 1e-5,
+               gradients: bool = True) -> list[Check]:
+    """Forward (every layer, descriptors), the SARE losses from the dump's ``feats``, the backward
+    pass and the SGD step where the dump has them."""
+    checks: list[Check] = []
+    dtype = next(model.parameters()).dtype
+    images = torch.from_numpy(_squeeze4(np.asarray(dump["images"], np.float32))).permute(3, 2, 0, 1)
+    names = ["input"] + model.names
+    ref_acts = _cells(dump["acts"])
+    backward = gradients and "dzdw" in dump and model.normalize_mode == "exact"
+    with torch.set_grad_enabled(backward):
+        x0 = model.subtract_mean(images).requires_grad_(backward)
+        acts = [x0]
+        for layer in model.layers:
+            acts.append(layer(acts[-1]))
+            if backward:
+                acts[-1].retain_grad()
+    if len(ref_acts) != len(acts):
+        raise NetFormatError(f"the dump has {len(ref_acts)} activations, the model {len(acts)} (layers + 1)")
+    for name, ours, ref in zip(names, acts, ref_acts):
+        checks.append(Check("forward", name, rel_error(to_matlab(ours), _squeeze4(ref)), rtol))
+    desc = matlab_flatten(acts[-1]).detach().double().numpy().T
+    checks.append(Check("descriptor", "desc_test", float(np.abs(desc - dump["desc_test"]).max())
+                        if desc.shape == dump["desc_test"].shape else float("inf"), atol, "abs"))
+
+    variants = _struct(dump["sare_all"]) if "sare_all" in dump else None
+    if variants is not None and "feats" in dump:
+        feats = torch.from_numpy(np.asarray(dump["feats"], np.float64).T.copy()).requires_grad_()
+        for v in variants.dtype.names:
+            ref = _struct(variants[v])
+            loss = tuple_loss(MATLAB_LOSSES[v][0], feats)
+            (dzdy,) = torch.autograd.grad(loss, feats)
+            ref_loss = _scalar(ref["loss"])
+            checks.append(Check("loss", v, abs(loss.item() - ref_loss) / max(abs(ref_loss), 1e-30), loss_rtol))
+            checks.append(Check("dzdy", v, rel_error(dzdy.numpy().T, ref["dzdy"]), loss_rtol))
+
+    if backward:
+        train = _struct(dump["train"]) if "train" in dump else None
+        n_layers = int(_scalar(train["num_layers"])) if train is not None else len(model.layers)
+        variant = str(np.asarray(dump.get("sare_variant", ["trainGaussKernalInd"])).ravel()[0])
+        feats = matlab_flatten(acts[n_layers]).to(dtype)
+        tuple_loss(MATLAB_LOSSES[variant][0], feats).backward()
+        for i, ref in enumerate(_cells(dump["dzdx"])[: len(acts)]):
+            ref = np.asarray(ref)
+            if ref.size and acts[i].grad is not None:
+                ours = to_matlab(acts[i].grad)
+                if ours.size == ref.size and ours.shape != _squeeze4(ref).shape:  # e.g. D x N dzdy
+                    ours, ref = ours.reshape(-1, order="F"), ref.reshape(-1, order="F")
+                checks.append(Check("dzdx", names[i], rel_error(ours, _squeeze4(ref) if ref.ndim > 2 else ref), rtol))
+        sgd = _struct(dump["sgd"]) if "sgd" in dump else None
+        for i, (layer, ref_w) in enumerate(zip(model.layers, _cells(dump["dzdw"]))):
+            ref_w = [np.asarray(r) for r in _cells(ref_w)] if np.size(ref_w) else []
+            if not ref_w or not any(r.size for r in ref_w):
+                continue
+            grads = layer_grads(layer)
+            weights = layer.matlab_weights()
+            for j, (g, r) in enumerate(zip(grads, ref_w)):
+                checks.append(Check("dzdw", f"{layer.name}{{{j + 1}}}", rel_error(g, r.reshape(g.shape)), rtol))
+            if sgd is None:
+                continue
+            after_w = [np.asarray(r) for r in _cells(_cells(sgd["weights_after"])[i])]
+            after_m = [np.asarray(r) for r in _cells(_cells(sgd["momentum_after"])[i])]
+            for j, (w, g) in enumerate(zip(weights, grads)):
+                new_w, new_m = deepibl_sgd_step(w, g, int(_scalar(sgd["thisBatchSize"])), _scalar(sgd["lr"]),
+                                                momentum_factor=_scalar(sgd["momentum_factor"]),
+                                                weight_decay=_scalar(sgd["weight_decay"]))
+                checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} weights_after",
+                                    rel_error(new_w, after_w[j].reshape(new_w.shape)), SGD_WEIGHTS_RTOL))
+                checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} momentum_after",
+                                    rel_error(new_m, after_m[j].reshape(new_m.shape)), SGD_MOMENTUM_RTOL))
+    return checks
+
+
+def layer_grads(layer) -> list[np.ndarray]:
+    """dL/d(weights{j}) in MATLAB layout, float64."""
+    return layer.matlab_arrays([p.grad if p.grad is not None else torch.zeros_like(p) for p in layer.weight_params()])
+
+
+def format_report(checks: list[Check]) -> str:
+    rows = [f"{'check':<10} {'name':<34} {'error':>10} {'tol':>8}  result"]
+    for c in checks:
+        rows.append(f"{c.group:<10} {c.name:<34} {c.error:>10.2e} {c.tol:>8.0e}  {'ok' if c.passed else 'FAIL'}"
+                    f"{'' if c.measure == 'rel' else ' (max abs)'}")
+    failed = [c for c in checks if not c.passed]
+    rows.append(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    if failed:
+        first = failed[0]
+        rows.append(f"first failure: {first.group} at '{first.name}' (error {first.error:.2e} > {first.tol:.0e})")
+    return "\n".join(rows)
