@@ -140,7 +140,8 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
             if not ref_w or not any(r.size for r in ref_w):
                 continue
             grads = layer_grads(layer)
-            weights = layer.matlab_weights()
+            np_dtype = np.float64 if dtype == torch.float64 else np.float32
+            weights = layer.matlab_arrays(layer.weight_params())
             for j, (g, r) in enumerate(zip(grads, ref_w)):
                 checks.append(Check("dzdw", f"{layer.name}{{{j + 1}}}", rel_error(g, r.reshape(g.shape)), rtol))
             if sgd is None:
@@ -150,7 +151,7 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
             for j, (w, g) in enumerate(zip(weights, grads)):
                 new_w, new_m = deepibl_sgd_step(w, g, int(_scalar(sgd["thisBatchSize"])), _scalar(sgd["lr"]),
                                                 momentum_factor=_scalar(sgd["momentum_factor"]),
-                                                weight_decay=_scalar(sgd["weight_decay"]))
+                                                weight_decay=_scalar(sgd["weight_decay"]), dtype=np_dtype)
                 checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} weights_after",
                                     rel_error(new_w, after_w[j].reshape(new_w.shape)), SGD_WEIGHTS_RTOL))
                 checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} momentum_after",

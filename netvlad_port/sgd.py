@@ -15,11 +15,10 @@ MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3
 
 def deepibl_sgd_step(weights: np.ndarray, grad_sum: np.ndarray, num_pairs: int, lr: float,
                      momentum: np.ndarray | None = None, momentum_factor: float = MOMENTUM,
-                     weight_decay: float = WEIGHT_DECAY) -> tuple[np.ndarray, np.ndarray]:
-    """One update of one tensor, in float32 as MATLAB computes it; returns (weights, momentum)."""
-    w = np.asarray(weights, np.float32)
-    g = np.asarray(grad_sum, np.float32)
-    m = np.zeros_like(w) if momentum is None else np.asarray(momentum, np.float32)
-    f32 = np.float32
-    m = f32(momentum_factor) * m - f32(weight_decay) * w - g * f32(1.0 / num_pairs)
-    return w + f32(lr) * m, m
+                     weight_decay: float = WEIGHT_DECAY, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """One update of one tensor in ``dtype`` (float32: MATLAB's single); returns (weights, momentum)."""
+    w = np.asarray(weights, dtype)
+    g = np.asarray(grad_sum, dtype)
+    m = np.zeros_like(w) if momentum is None else np.asarray(momentum, dtype)
+    m = dtype(momentum_factor) * m - dtype(weight_decay) * w - g / dtype(num_pairs)
+    return w + dtype(lr) * m, m
