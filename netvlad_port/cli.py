@@ -117,6 +117,46 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 
 
 @main.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
+              help="A MatConvNet .mat (any encoding) or a converted folder.")
+@click.option("--images", "images", type=click.Path(path_type=Path), required=True,
+              help="A folder (searched recursively) or a text file with one image path per line.")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="OUT.h5, OUT.bin or OUT.npy.")
+@click.option("--format", "fmt", type=click.Choice(["h5", "bin", "npy"]), help="Default: from the suffix of --out.")
+@click.option("--root", type=click.Path(path_type=Path), help="Root the names in a list file are relative to.")
+@click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="fp32 is exact; the others are opt-in GPU speed-ups.")
+@click.option("--resize-shorter", type=int, default=None,
+              help="vl_imreadjpeg 'Resize', S: shorter side to S (deepIBL's Tokyo 24/7 queries: 640).")
+@click.option("--dim", type=int, default=None, help="cropToDim: keep the first K components and L2 again.")
+@click.option("--half", is_flag=True, help="Store float16 (h5 / npy).")
+@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True)
+@click.option("--on-error", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
+              help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_friendly
+def extract(model_path, images, out, fmt, root, batch_size, workers, device, precision, resize_shorter, dim, half,
+            normalize, on_error, quiet):
+    """Extract descriptors of many images (MATLAB serialAllFeats)."""
+    from . import load
+    from .extract import serial_all_feats, skipped_path
+
+    report = serial_all_feats(load(model_path, normalize=normalize), images, out, batch_size=batch_size, fmt=fmt,
+                              root=root, dim=dim, resize_shorter=resize_shorter, device=device, precision=precision,
+                              num_workers=workers, on_error=on_error, half=half, progress=not quiet)
+    msg = f"{out}: {report.extracted} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s, " \
+          f"{report.device})"
+    if report.already_present:
+        msg += f", {report.already_present} already present"
+    if report.skipped:
+        msg += f", {len(report.skipped)} skipped (listed in {skipped_path(out)})"
+    click.echo(msg)
+
+
+@main.command()
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("dump", type=click.Path(path_type=Path))
 @click.option("--images", type=click.Path(path_type=Path), help="images.mat, when the dump has no 'images'.")

@@ -1,0 +1,285 @@
+"""Descriptor extraction at scale: MATLAB's ``serialAllFeats`` and ``computeRepresentation``.
+
+Images are decoded in DataLoader worker processes while the model runs; images of equal size are
+batched (MATLAB's ``cat(4, ...)`` needs equal sizes too), mixed sizes are grouped by size, and
+outputs keep the input order. Formats (reference §6, peers §2.2):
+
+* ``h5``: hloc's global-descriptor layout, one group per image path relative to the image root
+  with datasets ``global_descriptor`` (D,) and ``image_size`` (W, H). Written batch by batch and
+  flushed; an interrupted run leaves a valid file and a rerun skips the names already in it.
+* ``bin``: ``serialAllFeats``' raw float32, D values per image, image after image, plus
+  ``<out>.names.txt``. Written atomically at the end.
+* ``npy``: an N x D array plus ``<out>.names.txt``. Written atomically at the end.
+
+Files that cannot be read stop the run (``on_error="stop"``) or are listed in
+``<out>.skipped.txt`` with the reason (``on_error="skip"``); nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from .errors import NetVladPortError
+from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
+from .io_utils import atomic_file
+from .layers import WHOLE_L2_EPS
+
+FORMATS = ("h5", "bin", "npy")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+
+
+@dataclass
+class ExtractReport:
+    out: Path
+    extracted: int = 0
+    already_present: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def images_per_second(self) -> float:
+        return self.extracted / self.seconds if self.seconds else 0.0
+
+
+def crop_to_dim(desc: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """``testFromFn``'s ``cropToDim``: first ``dim`` components, L2 again (eps outside; §4.5)."""
+    if not dim or dim >= desc.shape[1]:
+        return desc
+    d = desc[:, :dim]
+    return d / (d.norm(dim=1, keepdim=True) + WHOLE_L2_EPS)
+
+
+def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
+    """(root, names): every image file under a folder (sorted, by extension), or the lines of a
+    list file (paths relative to ``root``, default the list's folder)."""
+    source = Path(source)
+    if source.is_dir():
+        base = Path(root) if root else source
+        names = sorted(p.relative_to(base).as_posix() for p in source.rglob("*")
+                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not names:
+            raise NetVladPortError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return base, names
+    if source.is_file():
+        base = Path(root) if root else source.parent
+        names = [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        if not names:
+            raise NetVladPortError(f"{source}: the image list is empty")
+        return base, names
+    raise NetVladPortError(f"{source}: no such folder or list file")
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, root: Path, names: Sequence[str], resize_shorter: int | None):
+        self.root, self.names, self.resize_shorter = root, names, resize_shorter
+
+    def __len__(self):
+        return len(self.names)
+
+    def __getitem__(self, i):
+        try:
+            return i, read_image(self.root / self.names[i], self.resize_shorter), None
+        except ImageError as exc:
+            return i, None, str(exc)
+
+
+def _collate(items):
+    return items
+
+
+def _size_batches(sizes: list[tuple[int, int] | None], batch_size: int) -> list[list[int]]:
+    """Batches of equal-size images, in order of first appearance (unreadable ones alone)."""
+    groups: OrderedDict = OrderedDict()
+    for i, s in enumerate(sizes):
+        groups.setdefault(s if s is not None else ("bad", i), []).append(i)
+    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise NetVladPortError("--device cuda: no CUDA device is available (this torch build or machine has none)")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device):
+    if precision not in PRECISIONS:
+        raise NetVladPortError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp32":
+        yield
+    elif precision == "tf32":
+        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    else:
+        with torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
+            yield
+
+
+def infer_format(out: Path, fmt: str | None) -> str:
+    fmt = fmt or out.suffix.lower().lstrip(".")
+    fmt = {"hdf5": "h5"}.get(fmt, fmt)
+    if fmt not in FORMATS:
+        raise NetVladPortError(f"{out}: cannot tell the output format from the suffix; use --format {'|'.join(FORMATS)}")
+    return fmt
+
+
+def _h5_names(path: Path) -> set[str]:
+    import h5py
+
+    names: set[str] = set()
+    if not path.exists():
+        return names
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda n, obj: names.add(n.rsplit("/", 1)[0]) if n.endswith("/global_descriptor") else None)
+    except OSError as exc:
+        raise NetVladPortError(f"{path}: exists but is not a readable HDF5 file ({exc}); move it away") from None
+    return names
+
+
+def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path: str | os.PathLike,
+                     batch_size: int = 10, fmt: str | None = None, root: str | os.PathLike | None = None,
+                     dim: int | None = None, resize_shorter: int | None = None, device: str = "cpu",
+                     precision: str = "fp32", num_workers: int | None = None, on_error: str = "stop",
+                     half: bool = False, channels_last: bool | None = None, progress: bool = True) -> ExtractReport:
+    """MATLAB ``serialAllFeats(net, imPath, imageFns, outFn, 'batchSize', 10)``: descriptors of many
+    images to ``out_path``. ``images`` is a folder, a list file, or an iterable of paths (then
+    ``root`` is their common root)."""
+    from tqdm import tqdm
+
+    if on_error not in ("stop", "skip"):
+        raise NetVladPortError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    out = Path(out_path)
+    fmt = infer_format(out, fmt)
+    if isinstance(images, (str, os.PathLike)):
+        base, names = list_images(images, root)
+    else:
+        base, names = Path(root or "."), [str(n) for n in images]
+    report = ExtractReport(out=out)
+    todo = list(range(len(names)))
+    if fmt == "h5":
+        present = _h5_names(out)
+        todo = [i for i in todo if names[i] not in present]
+        report.already_present = len(names) - len(todo)
+
+    def fail(i: int, msg: str):
+        if on_error == "stop":
+            raise ImageError(msg)
+        report.skipped.append((names[i], msg))
+
+    sizes, original = [], {}
+    for i in todo:
+        try:
+            h, w = original[i] = image_size(base / names[i])
+            sizes.append(resized_hw(h, w, resize_shorter) if resize_shorter and h and w else (h, w))
+        except ImageError as exc:
+            sizes.append(None)
+            fail(i, str(exc))
+    batches = [[todo[j] for j in b] for b in _size_batches(sizes, batch_size) if sizes[b[0]] is not None]
+
+    dev = resolve_device(device)
+    report.device = str(dev)
+    model = model.to(dev).eval()
+    if channels_last is None:
+        channels_last = dev.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(_Images(base, names, resize_shorter), batch_sampler=batches,
+                                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    results: dict[int, np.ndarray] = {}
+    store_dtype = np.float16 if half else np.float32
+    h5 = None
+    if fmt == "h5":
+        import h5py
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        h5 = h5py.File(out, "a")
+    start = time.perf_counter()
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="extract", smoothing=0.1)
+    try:
+        with torch.inference_mode(), _precision(precision, dev):
+            for items in loader:
+                ok = [(i, t) for i, t, err in items if err is None]
+                for i, _, err in items:
+                    if err is not None:
+                        fail(i, err)
+                if ok:
+                    x = torch.stack([t for _, t in ok]).to(dev, non_blocking=True)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    desc = crop_to_dim(model(x).float(), dim).cpu().numpy()
+                    for (i, t), d in zip(ok, desc):
+                        if h5 is not None:
+                            grp = h5.require_group(names[i])
+                            for key in ("global_descriptor", "image_size"):
+                                if key in grp:
+                                    del grp[key]
+                            grp.create_dataset("global_descriptor", data=d.astype(store_dtype))
+                            grp.create_dataset("image_size", data=np.array(original[i][::-1]))  # (W, H)
+                        else:
+                            results[i] = d
+                    if h5 is not None:
+                        h5.flush()
+                    report.extracted += len(ok)
+                bar.update(len(items))
+    finally:
+        bar.close()
+        if h5 is not None:
+            h5.close()
+    report.seconds = time.perf_counter() - start
+    if fmt != "h5":
+        order = sorted(results)
+        arr = np.stack([results[i] for i in order]).astype(store_dtype) if order else np.zeros((0, 0), store_dtype)
+        with atomic_file(out) as tmp:
+            if fmt == "bin":
+                arr.astype(np.float32).tofile(tmp)  # serialAllFeats: float32, D per image
+            else:
+                with open(tmp, "wb") as f:
+                    np.save(f, arr)
+        with atomic_file(names_path(out)) as tmp:
+            tmp.write_text("".join(names[i] + "\n" for i in order))
+    skipped = skipped_path(out)
+    if report.skipped:
+        with atomic_file(skipped) as tmp:
+            tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in report.skipped))
+    return report
+
+
+def names_path(out: Path) -> Path:
+    return out.with_name(out.name + ".names.txt")
+
+
+def skipped_path(out: Path) -> Path:
+    return out.with_name(out.name + ".skipped.txt")
+
+
+def compute_representation(model, image, resize_shorter: int | None = None) -> torch.Tensor:
+    """MATLAB ``computeRepresentation(net, im)``: the descriptor (D,) of one image, given as a path,
+    an H x W x 3 array in 0..255, or a 3 x H x W tensor."""
+    if isinstance(image, (str, os.PathLike)):
+        x = read_image(image, resize_shorter)
+    else:
+        x = torch.as_tensor(np.asarray(image, np.float32) if not torch.is_tensor(image) else image).float()
+        if x.ndim == 2:
+            x = x[None].expand(3, -1, -1)
+        elif x.shape[0] != 3 and x.shape[-1] in (1, 3):
+            x = x.permute(2, 0, 1).expand(3, -1, -1)
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        return model(x[None].to(device))[0]
