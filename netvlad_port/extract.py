@@ -195,8 +195,8 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
     dev = resolve_device(device)
     report.device = str(dev)
     model = model.to(dev).eval()
-    if channels_last is None:
-        channels_last = dev.type == "cuda"
+    if channels_last is None:  # faster for the VGG trunk on CPU and GPU alike (measured, benchmarks/extract.py)
+        channels_last = True
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers

@@ -105,8 +105,10 @@ class ReLU(MatLayer):
         super().__init__(spec.name)
         self.leak = spec.params["leak"]
 
-    def forward(self, x):
-        return F.leaky_relu(x, self.leak) if self.leak else F.relu(x)
+    def forward(self, x, inplace: bool = False):
+        if self.leak:
+            return F.leaky_relu(x, self.leak, inplace=inplace)
+        return F.relu_(x) if inplace else F.relu(x)
 
     def to_spec(self):
         return LayerSpec(RELU, self.name, [], {"leak": self.leak})

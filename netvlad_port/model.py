@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import NORMALIZE_MODES, Normalize, build_layer, matlab_flatten
+from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
 from .matconvnet.spec import NetSpec, infer_method, infer_shapes, validate
 
 
@@ -60,9 +60,11 @@ class SimpleNN(nn.Module):
         return x.to(self._dtype())
 
     def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Layers ``start .. stop-1`` (0-based) on an already mean-subtracted input."""
-        for layer in self.layers[start:stop]:
-            x = layer(x)
+        """Layers ``start .. stop-1`` (0-based) on an already mean-subtracted input. Without
+        autograd, ReLUs work in place on the fresh tensors the previous layers return."""
+        inplace = not torch.is_grad_enabled()
+        for i, layer in enumerate(self.layers[start:stop]):
+            x = layer(x, inplace=True) if inplace and i and isinstance(layer, ReLU) else layer(x)
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
