@@ -18,6 +18,7 @@ setup(
         "pillow>=10",
         "tqdm>=4.60",
         "faiss-cpu>=1.8",
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["netvlad-port=netvlad_port.cli:main"]},

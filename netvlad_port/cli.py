@@ -184,5 +184,154 @@ def parity(model: Path, dump: Path, images, normalize, double, rtol, atol, loss_
         raise SystemExit(1)
 
 
+DATASETS = "pitts30k-{train,val,test}, pitts250k-{train,val,test}, tokyo247, tokyoTM-{train,val}, " \
+           "synthetic-{train,val,test}, a spec .mat, or a VG-format folder"
+
+
+def open_dataset(name: str, root: Path | None, spec_dir: Path | None):
+    """A dataset by its short name (see DATASETS)."""
+    from .datasets import DbBase, DbPitts, DbTokyo247, DbTokyoTimeMachine, from_vg_folder, load_db_struct
+    from .datasets.synthetic import load_synthetic
+
+    root = root or Path(".")
+    family, _, which = name.partition("-")
+    if family in ("pitts30k", "pitts250k") and which:
+        return DbPitts(family == "pitts250k", which, root, spec_dir)
+    if name == "tokyo247":
+        return DbTokyo247(root, spec_dir)
+    if family == "tokyoTM" and which:
+        return DbTokyoTimeMachine(which, root, spec_dir)
+    if family == "synthetic" and which:
+        return load_synthetic(root, which)
+    path = Path(name)
+    if path.suffix == ".mat":
+        return DbBase(path.stem, root, root, load_db_struct(path), str(path))
+    if path.is_dir():
+        return from_vg_folder(path)
+    raise NetVladPortError(f"unknown dataset {name!r}: expected {DATASETS}")
+
+
+def run_evaluation(model, db, out_dir: Path, dim, batch_size, device, resize_queries, quiet=False):
+    from .evaluate import dataset_features, plot_mosaic, plot_recall, save_results, test_from_fn
+
+    db.check_images()
+    db_feats, q_feats = dataset_features(model, db, out_dir, batch_size=batch_size, device=device,
+                                         resize_queries=resize_queries, progress=not quiet)
+    res, retrieved = test_from_fn(db, db_feats, q_feats, dim=dim, return_ranks=True)
+    save_results(res, out_dir)
+    plot_recall([res], out_dir / "recall.png")
+    plot_mosaic(db, retrieved, out_dir / "mosaic.png")
+    return res
+
+
+@main.command("test")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True)
+@click.option("--dataset", required=True, help=f"One of: {DATASETS}.")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root (images/, queries/ ...).")
+@click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
+@click.option("--dim", type=int, default=None, help="cropToDim: evaluate the first K dimensions.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Default: results/<dataset>.")
+@click.option("--batch-size", type=int, default=10, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--resize-queries", type=int, default=None, help="Shorter side of queries (Tokyo 24/7: 640).")
+@click.option("--quiet", is_flag=True)
+@_friendly
+def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, device, resize_queries, quiet):
+    """Recall@N on a dataset, as MATLAB's testFromFn (all queries count)."""
+    from . import load
+
+    db = open_dataset(dataset, root, spec_dir)
+    out_dir = out_dir or Path("results") / db.name
+    res = run_evaluation(load(model_path), db, out_dir, dim, batch_size, device, resize_queries, quiet)
+    click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, counted "
+               f"as failures), {res.dim}-D, {res.search}")
+    click.echo(res.table())
+    click.echo(f"results: {out_dir / 'results.json'}, {out_dir / 'recall.png'}, {out_dir / 'mosaic.png'}")
+
+
+def _h5_names(path: Path) -> list[str]:
+    import h5py
+
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda n, o: names.append(n.rsplit("/", 1)[0]) if n.endswith("/global_descriptor") else None)
+    return sorted(names)
+
+
+@main.command()
+@click.option("--db", "db_h5", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("--queries", "q_h5", type=click.Path(path_type=Path, exists=True), required=True)
+@click.option("-k", "k", type=int, default=20, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="hloc pairs file: 'query db' lines.")
+@_friendly
+def search(db_h5, q_h5, k, out):
+    """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
+    from .evaluate import faiss_search, read_h5_descriptors
+    from .io_utils import atomic_file
+
+    db_names, q_names = _h5_names(db_h5), _h5_names(q_h5)
+    if not db_names or not q_names:
+        raise NetVladPortError(f"{db_h5 if not db_names else q_h5}: no global_descriptor datasets")
+    ids, _, where = faiss_search(read_h5_descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names), k)
+    with atomic_file(out) as tmp:
+        tmp.write_text("".join(f"{q} {db_names[j]}\n" for q, row in zip(q_names, ids) for j in row if j >= 0))
+    click.echo(f"{out}: {len(q_names)} queries x {ids.shape[1]} ({where})")
+
+
+@main.command("make-synthetic")
+@click.argument("out", type=click.Path(path_type=Path))
+@click.option("--db-per-split", type=int, default=120, show_default=True)
+@click.option("--queries-per-split", type=int, default=60, show_default=True)
+@click.option("--size", default="120x160", show_default=True, help="HxW (Pitts: 480x640).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True)
+@_friendly
+def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, mat_version):
+    """Write the embedded synthetic place-recognition dataset (train/val/test)."""
+    from .datasets.synthetic import SyntheticConfig, make_synthetic
+
+    cfg = SyntheticConfig(db_per_split=db_per_split, queries_per_split=queries_per_split,
+                          image_hw=_image_size(size), seed=seed)
+    make_synthetic(out, cfg, version=mat_version)
+    click.echo(f"{out}: synthetic_{{train,val,test}}.mat, {db_per_split} db + {queries_per_split} queries per split")
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
+@click.option("--force", is_flag=True, help="Start again in an existing folder.")
+def demo(out_dir: Path, force: bool):
+    """The whole job on embedded synthetic data: dataset, MatConvNet network, convert, extract, evaluate."""
+    import shutil
+    import time
+
+    from . import load
+    from .converted import save_converted
+    from .datasets.synthetic import load_synthetic, make_synthetic
+    from .fixtures import make_net
+    from .matconvnet import read_net, write_net
+
+    if out_dir.exists():
+        if not force:
+            raise click.ClickException(f"{out_dir}: exists (use --force to start again)")
+        shutil.rmtree(out_dir)
+    t0 = time.perf_counter()
+    click.echo(f"1/5 synthetic dataset -> {out_dir / 'data'}")
+    make_synthetic(out_dir / "data")
+    net_path = out_dir / "vd16_synthetic_conv5_3_vlad_preL2_intra_white.mat"
+    click.echo(f"2/5 MatConvNet network (VGG16 structure, 1/8 width, NetVLAD K=16, WPCA 128; layerVLAD "
+               f"as a classdef object) -> {net_path}")
+    write_net(make_net("vd16", "vlad_preL2_intra", width=1 / 8, k=16, pca_dim=128, seed=0), net_path,
+              encoding="saveobj")
+    click.echo(f"3/5 convert -> {out_dir / 'model'}")
+    save_converted(read_net(net_path), out_dir / "model", source=net_path)
+    click.echo("4/5 extract + 5/5 evaluate (synthetic-test)")
+    db = load_synthetic(out_dir / "data", "test")
+    res = run_evaluation(load(out_dir / "model"), db, out_dir / "eval", None, 10, "auto", None, quiet=True)
+    click.echo(f"{db.name}: {res.num_queries} queries, {res.dim}-D descriptors, {res.search}")
+    click.echo(res.table())
+    click.echo(f"plots: {out_dir / 'eval' / 'recall.png'}, {out_dir / 'eval' / 'mosaic.png'}; "
+               f"results: {out_dir / 'eval' / 'results.json'}; {time.perf_counter() - t0:.0f} s")
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,230 @@
+"""``dbBase`` and its subclasses: the NetVLAD dataset specification (reference §7).
+
+A dataset is the ``dbStruct`` of a spec file (``pitts30k_test.mat``, ``tokyo247.mat``,
+``tokyoTM_val.mat``, ...): image file names relative to ``db_path`` / ``q_path``, 2 x N UTM
+coordinates in metres, ``posDistThr`` (metres) and ``nonTrivPosDistSqThr`` (squared metres).
+Methods keep MATLAB's semantics: ground-truth positives are db images with squared UTM distance
+<= posDistThr^2 (inclusive); training positives satisfy 1 < d^2 <= nonTrivPosDistSqThr.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import NetVladPortError
+
+# dbStruct fields in the order of the Pitts spec files (reference §7.1).
+DB_STRUCT_FIELDS = ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",
+                    "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr")
+
+
+class DatasetError(NetVladPortError):
+    """A dataset specification or image folder that cannot be used."""
+
+
+def _names(v) -> list[str]:
+    if isinstance(v, str):
+        return [v]
+    return [str(x) for x in v]
+
+
+def _utm(v, what: str) -> np.ndarray:
+    a = np.asarray(v, np.float64)
+    if a.ndim != 2 or 2 not in a.shape:
+        raise DatasetError(f"{what} must be 2 x N UTM coordinates, got shape {a.shape}")
+    return a if a.shape[0] == 2 else a.T
+
+
+def load_db_struct(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``dbStruct`` of a spec file (MAT v5 or v7.3) as a dict of Python values."""
+    from matio import load_from_mat, whosmat
+
+    from ..matconvnet.read import to_python
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such dataset specification file")
+    try:
+        names = set(whosmat(str(path)))
+        if "dbStruct" not in names:
+            raise DatasetError(f"{path}: no variable 'dbStruct' (it holds: {', '.join(sorted(names)) or 'nothing'})")
+        raw = load_from_mat(str(path), variable_names=["dbStruct"])["dbStruct"]
+    except DatasetError:
+        raise
+    except Exception as exc:
+        raise DatasetError(f"{path}: cannot read the MAT file ({type(exc).__name__}: {exc})") from None
+    s = to_python(raw)
+    if isinstance(s, list) and s and not isinstance(s[0], dict):
+        s = dict(zip(DB_STRUCT_FIELDS, s))  # positional (a struct saved as a cell)
+    if not isinstance(s, dict):
+        raise DatasetError(f"{path}: dbStruct is not a struct")
+    return s
+
+
+def write_db_struct(path: str | os.PathLike, fields: dict[str, Any], version: str = "v7") -> Path:
+    """Write a ``dbStruct`` in MATLAB's field order (v7 with scipy, v7.3 with mat-io), atomically."""
+    from ..io_utils import atomic_file
+    from ..matconvnet.write import _struct
+
+    def cell(names):
+        arr = np.empty((len(names), 1), dtype=object)
+        for i, n in enumerate(names):
+            arr[i, 0] = np.array([n])
+        return arr
+
+    order = list(DB_STRUCT_FIELDS) + [k for k in fields if k not in DB_STRUCT_FIELDS]
+    values = {}
+    for k in order:
+        if k not in fields:
+            continue
+        v = fields[k]
+        if k in ("dbImageFns", "qImageFns"):
+            v = cell(v)
+        elif isinstance(v, str):
+            v = np.array([v])
+        else:
+            v = np.atleast_2d(np.asarray(v, np.float64))
+        values[k] = v
+    s = _struct(values)
+    path = Path(path)
+    with atomic_file(path, suffix=".mat") as tmp:
+        if version == "v7":
+            import scipy.io
+
+            scipy.io.savemat(tmp, {"dbStruct": s})
+        else:
+            from matio import save_to_mat
+
+            save_to_mat(str(tmp), {"dbStruct": s}, version="v7.3")
+    return path
+
+
+class DbBase:
+    """MATLAB ``dbBase``: a database and queries with UTM ground truth."""
+
+    nms_group: int | None = None  # Tokyo 24/7: 12 cutouts per panorama
+
+    def __init__(self, name: str, db_path: str | os.PathLike, q_path: str | os.PathLike, db_struct: dict,
+                 source: str = ""):
+        self.name = name
+        self.db_path, self.q_path = Path(db_path), Path(q_path)
+        where = source or name
+        try:
+            self.which_set = str(db_struct.get("whichSet", ""))
+            self.db_image_fns = _names(db_struct["dbImageFns"])
+            self.q_image_fns = _names(db_struct["qImageFns"])
+            self.utm_db = _utm(db_struct["utmDb"], f"{where}: utmDb")
+            self.utm_q = _utm(db_struct["utmQ"], f"{where}: utmQ")
+            self.pos_dist_thr = float(np.asarray(db_struct["posDistThr"]).ravel()[0])
+            self.non_triv_pos_dist_sq_thr = float(np.asarray(db_struct["nonTrivPosDistSqThr"]).ravel()[0])
+        except KeyError as exc:
+            raise DatasetError(f"{where}: dbStruct has no field {exc.args[0]}") from None
+        self.pos_dist_sq_thr = self.pos_dist_thr ** 2
+        self.db_time_stamp = self._stamps(db_struct.get("dbTimeStamp"), len(self.db_image_fns), "dbTimeStamp", where)
+        self.q_time_stamp = self._stamps(db_struct.get("qTimeStamp"), len(self.q_image_fns), "qTimeStamp", where)
+        for what, n, utm in (("db", len(self.db_image_fns), self.utm_db), ("q", len(self.q_image_fns), self.utm_q)):
+            if utm.shape[1] != n:
+                raise DatasetError(f"{where}: utm{what.capitalize()} has {utm.shape[1]} columns but there are "
+                                   f"{n} {what} image names")
+        for k, n in (("numImages", self.num_images), ("numQueries", self.num_queries)):
+            if k in db_struct and int(np.asarray(db_struct[k]).ravel()[0]) != n:
+                raise DatasetError(f"{where}: {k} = {int(np.asarray(db_struct[k]).ravel()[0])} but there are {n} names")
+        from scipy.spatial import cKDTree
+
+        self._tree = cKDTree(self.utm_db.T)
+
+    @staticmethod
+    def _stamps(v, n: int, what: str, where: str):
+        if v is None:
+            return None
+        a = np.asarray(v).ravel()
+        if a.size != n:
+            raise DatasetError(f"{where}: {what} has {a.size} values for {n} images")
+        return a
+
+    @property
+    def num_images(self) -> int:
+        return len(self.db_image_fns)
+
+    @property
+    def num_queries(self) -> int:
+        return len(self.q_image_fns)
+
+    def db_image(self, i: int) -> Path:
+        return self.db_path / self.db_image_fns[i]
+
+    def q_image(self, i: int) -> Path:
+        return self.q_path / self.q_image_fns[i]
+
+    # --- closePosition (reference §7.2): exact radius search, inclusive -------------------
+    def get_pos_ids(self, utm: np.ndarray, sq_thr: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Db ids with squared distance <= ``sq_thr`` (default posDistThr^2), ascending id, and those distances."""
+        sq_thr = self.pos_dist_sq_thr if sq_thr is None else sq_thr
+        utm = np.asarray(utm, np.float64).reshape(2)
+        cand = np.asarray(self._tree.query_ball_point(utm, np.sqrt(sq_thr) * (1 + 1e-9) + 1e-9), dtype=np.int64)
+        d2 = ((self.utm_db[:, cand] - utm[:, None]) ** 2).sum(0)
+        keep = d2 <= sq_thr
+        order = np.argsort(cand[keep], kind="stable")
+        return cand[keep][order], d2[keep][order]
+
+    def pos_q(self, iq: int) -> np.ndarray:
+        """Ground-truth positives of query ``iq``: db images within posDistThr."""
+        return self.get_pos_ids(self.utm_q[:, iq])[0]
+
+    def is_pos_q(self, iq: int, ids) -> np.ndarray:
+        """MATLAB ``isPosQ``: which of ``ids`` are ground-truth positives of query ``iq``."""
+        return np.isin(np.asarray(ids), self.pos_q(iq))
+
+    def nontrivial_pos_q(self, iq: int) -> np.ndarray:
+        """MATLAB ``nontrivialPosQ``: training positives, 1 < d^2 <= nonTrivPosDistSqThr."""
+        ids, d2 = self.get_pos_ids(self.utm_q[:, iq], max(self.pos_dist_sq_thr, self.non_triv_pos_dist_sq_thr))
+        keep = (d2 > 1) & (d2 <= self.non_triv_pos_dist_sq_thr)
+        if self.q_time_stamp is not None and self.db_time_stamp is not None:
+            keep &= self.db_time_stamp[ids] != self.q_time_stamp[iq]
+        return ids[keep]
+
+    def sample_negs(self, utm: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+        """MATLAB ``sampleNegs``: draw round(1.1 n) db images without replacement, keep those
+        beyond posDistThr, accumulate until n are found, then subsample n (reference §7.3)."""
+        pos = set(self.get_pos_ids(utm)[0].tolist())
+        if self.num_images - len(pos) <= 0:
+            return np.zeros(0, np.int64)
+        n = min(n, self.num_images - len(pos))
+        negs: set[int] = set()
+        while len(negs) < n:
+            draw = rng.choice(self.num_images, size=min(round(1.1 * n), self.num_images), replace=False)
+            negs.update(int(i) for i in draw if int(i) not in pos)
+        negs_arr = np.array(sorted(negs), np.int64)
+        if len(negs_arr) > n:
+            negs_arr = rng.choice(negs_arr, size=n, replace=False)
+        return negs_arr
+
+    def sample_negs_q(self, iq: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        return self.sample_negs(self.utm_q[:, iq], n, rng)
+
+    # --- evaluation hook (reference §9.3) -------------------------------------------------
+    def retrieve_factor(self) -> int:
+        """How many more results ``nn_search_postprocess`` needs than it returns."""
+        return 1
+
+    def nn_search_postprocess(self, iq: int, ids: np.ndarray, ds: np.ndarray, n_top: int):
+        return ids[:n_top], ds[:n_top]
+
+    def missing_images(self) -> list[Path]:
+        paths = [self.db_image(i) for i in range(self.num_images)] + [self.q_image(i) for i in range(self.num_queries)]
+        return [p for p in paths if not p.is_file()]
+
+    def check_images(self) -> None:
+        """Raise, saying how many and which, when image files are missing."""
+        missing = self.missing_images()
+        if missing:
+            first = ", ".join(str(p) for p in missing[:3])
+            raise DatasetError(f"{self.name}: {len(missing)} of {self.num_images + self.num_queries} image files are "
+                               f"missing (first: {first})")
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}('{self.name}', {self.num_images} db, {self.num_queries} queries, "
+                f"posDistThr {self.pos_dist_thr:g} m)")

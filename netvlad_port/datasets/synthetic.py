@@ -1,0 +1,143 @@
+"""A small, genuine place-recognition problem that ships with the package (no download).
+
+Each split is its own set of streets (geographically disjoint, like Pittsburgh's splits): a street
+is a row of procedurally drawn buildings (facade colours, window grids, doors, signs) under a sky.
+Database images are rendered every ``spacing`` metres along the street; queries at random
+positions, with viewpoint (lateral shift), scale (distance to the facade), illumination (gain,
+gamma, colour cast) and noise changes, so that descriptor quality matters. Positions are UTM
+metres. The output is the official layout: ``images/`` (database), ``queries/`` and one
+``dbStruct`` spec per split (``synthetic_<split>.mat``, fields in MATLAB's order).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .db_base import DbBase, load_db_struct, write_db_struct
+
+PX_PER_M = 8          # facade texture resolution
+FACADE_H_M = 20       # facade texture height in metres
+FOV_M = 20.0          # facade width a camera sees at scale 1
+ORIGIN = (584000.0, 4477000.0)  # UTM east / north of the first street (Pittsburgh-like values)
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SyntheticConfig:
+    db_per_split: int = 120
+    queries_per_split: int = 60
+    image_hw: tuple[int, int] = (120, 160)
+    spacing: float = 5.0          # metres between database images
+    streets_per_split: int = 2
+    pos_dist_thr: float = 25.0
+    non_triv_pos_dist_sq_thr: float = 100.0
+    seed: int = 0
+
+
+def _facade(rng: np.random.Generator, length_m: float) -> np.ndarray:
+    """H x W x 3 float texture of a street: buildings of 8-25 m, windows, doors, signs, sky."""
+    h, w = FACADE_H_M * PX_PER_M, int(length_m * PX_PER_M) + 1
+    tex = np.empty((h, w, 3), np.float32)
+    sky = np.linspace(210, 150, h)[:, None, None] * np.array([0.75, 0.85, 1.0])[None, None]
+    tex[:] = sky
+    x = 0
+    while x < w:
+        bw = int(rng.uniform(8, 25) * PX_PER_M)
+        bh = int(rng.uniform(0.45, 0.95) * h)
+        top = h - bh
+        base = rng.uniform(40, 220, 3)
+        tex[top:, x:x + bw] = base
+        rows, cols = rng.integers(2, 7), rng.integers(2, 6)
+        win = rng.uniform(0, 255, 3) if rng.random() < 0.5 else base * rng.uniform(0.2, 0.5)
+        ww, wh = max(2, bw // (2 * cols + 1)), max(2, bh // (2 * rows + 2))
+        for r in range(rows):
+            for c in range(cols):
+                y0, x0 = top + (2 * r + 1) * wh, x + (2 * c + 1) * ww
+                tex[y0:y0 + wh, x0:x0 + ww] = win
+        door = x + int(rng.uniform(0.2, 0.7) * bw)
+        tex[h - 3 * PX_PER_M:, door:door + 2 * PX_PER_M] = base * 0.3
+        if rng.random() < 0.6:  # a sign with its own colour and stripes
+            sy, sx = top + int(rng.uniform(0.05, 0.3) * bh), x + int(rng.uniform(0, 0.5) * bw)
+            sign = rng.uniform(0, 255, 3)
+            tex[sy:sy + PX_PER_M, sx:sx + 4 * PX_PER_M] = sign
+            tex[sy:sy + PX_PER_M, sx:sx + 4 * PX_PER_M:4] = 255 - sign
+        x += bw + int(rng.uniform(0, 3) * PX_PER_M)
+    tex[h - PX_PER_M // 2:] = 90  # pavement
+    return tex
+
+
+def _render(tex: np.ndarray, s_m: float, rng: np.random.Generator, hw: tuple[int, int], query: bool) -> np.ndarray:
+    """The view of the facade centred at ``s_m`` metres, with viewpoint/scale/light changes."""
+    from PIL import Image
+
+    out_h, out_w = hw
+    scale = rng.uniform(0.8, 1.25) if query else rng.uniform(0.95, 1.05)
+    shift = rng.normal(0, 1.5 if query else 0.3)
+    cw = FOV_M * PX_PER_M * scale
+    ch = min(cw * out_h / out_w, tex.shape[0])
+    cx = (s_m + shift) * PX_PER_M
+    x0 = float(np.clip(cx - cw / 2, 0, tex.shape[1] - cw))
+    y0 = float(tex.shape[0] - ch - rng.uniform(0, 0.1 * ch))
+    y0 = max(0.0, y0)
+    im = Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8))
+    im = im.transform((out_w, out_h), Image.Transform.EXTENT, (x0, y0, x0 + cw, y0 + ch), Image.Resampling.BILINEAR)
+    a = np.asarray(im, np.float32) / 255
+    if query:  # illumination: gain, gamma, colour cast; sensor noise
+        a = a ** rng.uniform(0.7, 1.5) * rng.uniform(0.6, 1.2) * rng.uniform(0.85, 1.15, 3)
+        a = a + rng.normal(0, 0.03, a.shape)
+    else:
+        a = a * rng.uniform(0.9, 1.1)
+    return np.clip(a * 255, 0, 255).astype(np.uint8)
+
+
+def make_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = None, version: str = "v7") -> Path:
+    """Write the synthetic dataset to ``out`` (``images/``, ``queries/``, ``synthetic_<split>.mat``)."""
+    from PIL import Image
+
+    cfg = config or SyntheticConfig()
+    out = Path(out)
+    rng = np.random.default_rng(cfg.seed)
+    for si, split in enumerate(SPLITS):
+        streets = cfg.streets_per_split
+        per_street = int(np.ceil(cfg.db_per_split / streets))
+        length = per_street * cfg.spacing + FOV_M
+        db_fns, utm_db, q_fns, utm_q = [], [], [], []
+        for st in range(streets):
+            tex = _facade(rng, length)
+            north = ORIGIN[1] + 1000.0 * (si * streets + st)  # streets 1 km apart
+            n_db = min(per_street, cfg.db_per_split - len(db_fns))
+            for i in range(n_db):
+                s = FOV_M / 2 + i * cfg.spacing
+                name = f"{split}/s{st}/{i:05d}.jpg"
+                _save(Image, _render(tex, s, rng, cfg.image_hw, False), out / "images" / name)
+                db_fns.append(name)
+                utm_db.append((ORIGIN[0] + s, north))
+            n_q = cfg.queries_per_split // streets + (st < cfg.queries_per_split % streets)
+            for i in range(n_q):
+                s = rng.uniform(FOV_M / 2, FOV_M / 2 + (n_db - 1) * cfg.spacing)
+                name = f"{split}/s{st}/q{i:05d}.jpg"
+                _save(Image, _render(tex, s, rng, cfg.image_hw, True), out / "queries" / name)
+                q_fns.append(name)
+                utm_q.append((ORIGIN[0] + s, north + rng.normal(0, 0.5)))
+        write_db_struct(out / f"synthetic_{split}.mat", {
+            "whichSet": split, "dbImageFns": db_fns, "utmDb": np.array(utm_db).T, "qImageFns": q_fns,
+            "utmQ": np.array(utm_q).T, "numImages": len(db_fns), "numQueries": len(q_fns),
+            "posDistThr": cfg.pos_dist_thr, "posDistSqThr": cfg.pos_dist_thr ** 2,
+            "nonTrivPosDistSqThr": cfg.non_triv_pos_dist_sq_thr}, version=version)
+    return out
+
+
+def _save(Image, arr: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, quality=92)
+
+
+def load_synthetic(root: str | os.PathLike, which_set: str = "test") -> DbBase:
+    """The split of a dataset written by :func:`make_synthetic`, as a ``dbBase``."""
+    root = Path(root)
+    name = f"synthetic_{which_set}"
+    return DbBase(name, root / "images", root / "queries", load_db_struct(root / f"{name}.mat"),
+                  str(root / f"{name}.mat"))
