@@ -1,0 +1,126 @@
+"""Recall@N as testFromFn, checked against an independent brute-force numpy computation."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from netvlad_port import evaluate
+from netvlad_port.cli import main
+from netvlad_port.datasets import DbBase, DbTokyo247, write_db_struct
+from test_datasets import E0, N0, line, spec_fields
+
+
+def brute_force_recall(db, db_feats, q_feats, recall_ns, n_top=100, group=None, stamps=None):
+    """Independent: full distance matrix, stable order by (distance, id), MATLAB's recall rule."""
+    d = ((q_feats[:, None, :].astype(np.float64) - db_feats[None].astype(np.float64)) ** 2).sum(-1)
+    out = np.zeros(len(recall_ns))
+    for iq in range(len(q_feats)):
+        order = sorted(range(len(db_feats)), key=lambda j: (round(d[iq, j], 5), j))
+        if group:
+            seen, kept = set(), []
+            for j in order:
+                if j // group not in seen:
+                    seen.add(j // group)
+                    kept.append(j)
+            order = kept
+        if stamps is not None:
+            order = [j for j in order if stamps[0][j] != stamps[1][iq]]
+        order = order[:n_top]
+        pos = set(np.flatnonzero(((db.utm_db - db.utm_q[:, iq:iq + 1]) ** 2).sum(0) <= db.pos_dist_sq_thr))
+        first = next((r for r, j in enumerate(order) if j in pos), None)
+        for k, n in enumerate(recall_ns):
+            out[k] += first is not None and first < min(n, len(order))
+    return out / len(q_feats)
+
+
+def test_random_geometry_matches_brute_force():
+    rng = np.random.default_rng(0)
+    utm_db = np.stack([E0 + rng.uniform(0, 400, 300), N0 + rng.uniform(0, 400, 300)])
+    utm_q = np.stack([E0 + rng.uniform(-100, 500, 80), N0 + rng.uniform(-100, 500, 80)])  # some without positives
+    db = DbBase("r", ".", ".", spec_fields(utm_db, utm_q))
+    f_db = rng.normal(size=(300, 16)).astype(np.float32)
+    f_q = (f_db[rng.integers(0, 300, 80)] + rng.normal(0, 1.0, (80, 16))).astype(np.float32)
+    res = evaluate.test_from_fn(db, f_db, f_q)
+    assert res.recall_ns == list(evaluate.RECALL_NS)
+    assert res.queries_without_positives > 0
+    assert np.allclose(res.recalls, brute_force_recall(db, f_db, f_q, res.recall_ns))
+
+
+def test_query_without_positive_counts_as_failure_and_ties_go_by_index():
+    db = DbBase("t", ".", ".", spec_fields(line(0, 100, 200), line(0, 500)))
+    f_db = np.array([[1, 0], [0, 1], [1, 0]], np.float32)  # db 0 and 2 tie
+    f_q = np.array([[1, 0], [1, 0]], np.float32)
+    res, ranks = evaluate.test_from_fn(db, f_db, f_q, recall_ns=[1, 2, 3], return_ranks=True)
+    assert ranks[0].tolist()[:2] == [0, 2]
+    assert res.recalls == [0.5, 0.5, 0.5] and res.queries_without_positives == 1
+
+
+def test_tokyo_nms_collapses_12_cutouts(tmp_path):
+    utm_db = line(*([0] * 12 + [100] * 12 + [200] * 12))
+    write_db_struct(tmp_path / "tokyo247.mat", spec_fields(utm_db, line(200)))
+    db = DbTokyo247(tmp_path, tmp_path)
+    rng = np.random.default_rng(3)
+    f_db = rng.normal(size=(36, 8)).astype(np.float32)
+    f_db[:12] = f_db[0] + 0.01 * rng.normal(size=(12, 8))  # panorama 0 is closest to the query, 12 times
+    f_q = f_db[:1] + 0.001
+    res, ranks = evaluate.test_from_fn(db, f_db, f_q, recall_ns=[1, 2, 3], return_ranks=True)
+    panoramas = [int(i) // 12 for i in ranks[0]]
+    assert len(panoramas) == 3 and sorted(panoramas) == [0, 1, 2] and panoramas[0] == 0  # one result per panorama
+    assert res.recalls == brute_force_recall(db, f_db, f_q, [1, 2, 3], group=12).tolist()
+
+
+def test_tokyotm_same_timestamp_results_dropped(tmp_path):
+    from netvlad_port.datasets import DbTokyoTimeMachine
+
+    s = spec_fields(line(0, 5, 300), line(0), dbTimeStamp=np.array([[1, 2, 1]]), qTimeStamp=np.array([[1]]))
+    write_db_struct(tmp_path / "tokyoTM_val.mat", s)
+    db = DbTokyoTimeMachine("val", tmp_path, tmp_path)
+    f_db = np.array([[0, 0], [0, 3], [0, 1]], np.float32)
+    f_q = np.array([[0, 0]], np.float32)
+    res, ranks = evaluate.test_from_fn(db, f_db, f_q, recall_ns=[1, 2], return_ranks=True)
+    assert ranks[0].tolist() == [1]  # 0 and 2 share the query's timestamp
+    assert res.recalls == brute_force_recall(db, f_db, f_q, [1, 2], stamps=(db.db_time_stamp, db.q_time_stamp)).tolist()
+
+
+def test_demo_and_test_command(tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert " 1: " in res.output and "100:" in res.output
+    for png in ("recall.png", "mosaic.png"):
+        with Image.open(tmp_path / "demo" / "eval" / png) as im:
+            im.verify()
+    results = json.loads((tmp_path / "demo" / "eval" / "results.json").read_text())
+    assert results["num_queries"] == 60 and results["recall_ns"][:5] == [1, 2, 3, 4, 5]
+    # the same evaluation, independently: the stored features + brute force
+    from netvlad_port.datasets.synthetic import load_synthetic
+    db = load_synthetic(tmp_path / "demo" / "data", "test")
+    f_db = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval" / "db.h5", db.db_image_fns)
+    f_q = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval" / "q.h5", db.q_image_fns)
+    assert np.allclose(results["recalls"], brute_force_recall(db, f_db, f_q, results["recall_ns"]))
+    assert results["recalls"][0] > 0.2  # well above chance (~10 positives in 120)
+    # test command reuses the stored features, with cropToDim
+    res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "demo" / "model"), "--dataset",
+                                    "synthetic-test", "--root", str(tmp_path / "demo" / "data"), "--dim", "32",
+                                    "--out", str(tmp_path / "demo" / "eval"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "32-D" in res.output
+    # search: hloc pairs
+    out = tmp_path / "pairs.txt"
+    res = CliRunner().invoke(main, ["search", "--db", str(tmp_path / "demo" / "eval" / "db.h5"), "--queries",
+                                    str(tmp_path / "demo" / "eval" / "q.h5"), "-k", "5", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    lines = out.read_text().splitlines()
+    assert len(lines) == 60 * 5 and lines[0].split()[0] == sorted(db.q_image_fns)[0]
+
+
+def test_stored_features_of_another_model_are_refused(tmp_path):
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d")])
+    assert res.exit_code == 0
+    from netvlad_port.fixtures import make_net
+    from netvlad_port.matconvnet import write_net
+    write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "other.mat")
+    res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "other.mat"), "--dataset", "synthetic-test",
+                                    "--root", str(tmp_path / "d" / "data"), "--out", str(tmp_path / "d" / "eval")])
+    assert res.exit_code == 1 and "features of another model" in res.output
