@@ -296,6 +296,67 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, mat_ver
     click.echo(f"{out}: synthetic_{{train,val,test}}.mat, {db_per_split} db + {queries_per_split} queries per split")
 
 
+def _dataset_options(fn):
+    fn = click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")(fn)
+    fn = click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")(fn)
+    fn = click.option("--dataset", required=True, help=f"Training set: {DATASETS}.")(fn)
+    return fn
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
+              help="A network (.mat or converted folder), or with --layer a MatConvNet ImageNet model file.")
+@click.option("--layer", default=None, help="loadNet: crop the ImageNet model at this layer (e.g. conv5_3).")
+@click.option("--net-id", type=click.Choice(["vd16", "vd19", "caffe", "places"]), default="vd16", show_default=True)
+@_dataset_options
+@click.option("--method", default="vlad_preL2_intra", show_default=True, help="addLayers method.")
+@click.option("--k", type=int, default=64, show_default=True)
+@click.option("--random-images", is_flag=True,
+              help="Sample descriptors from 500 random images (the original code uses the first 500).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Where to keep *_traindescs.mat / *_clst.mat.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--force", is_flag=True)
+@_friendly
+def cluster(model_path, layer, net_id, dataset, root, spec_dir, method, k, random_images, cache_dir, out_dir, force):
+    """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
+    from . import load_spec
+    from .converted import save_converted
+    from .networks import add_layers, load_net
+
+    if out_dir.exists() and not force:
+        raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
+    spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
+    db = open_dataset(dataset, root, spec_dir)
+    spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images)
+    save_converted(spec, out_dir, force=force)
+    click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
+
+
+@main.command()
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True)
+@_dataset_options
+@click.option("--pca-dim", type=int, default=4096, show_default=True)
+@click.option("--no-white", is_flag=True, help="PCA without whitening.")
+@click.option("--n-train-cap", type=int, default=10000, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--force", is_flag=True)
+@_friendly
+def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, out_dir, force):
+    """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
+    from . import load_spec
+    from .converted import save_converted
+    from .pca import add_pca
+
+    if out_dir.exists() and not force:
+        raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
+    db = open_dataset(dataset, root, spec_dir)
+    spec = add_pca(load_spec(model_path), db, pca_dim=pca_dim, do_white=not no_white, n_train_cap=n_train_cap,
+                   device=device)
+    save_converted(spec, out_dir, force=force)
+    click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")

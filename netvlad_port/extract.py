@@ -152,36 +152,10 @@ def _h5_names(path: Path) -> set[str]:
     return names
 
 
-def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path: str | os.PathLike,
-                     batch_size: int = 10, fmt: str | None = None, root: str | os.PathLike | None = None,
-                     dim: int | None = None, resize_shorter: int | None = None, device: str = "cpu",
-                     precision: str = "fp32", num_workers: int | None = None, on_error: str = "stop",
-                     half: bool = False, channels_last: bool | None = None, progress: bool = True) -> ExtractReport:
-    """MATLAB ``serialAllFeats(net, imPath, imageFns, outFn, 'batchSize', 10)``: descriptors of many
-    images to ``out_path``. ``images`` is a folder, a list file, or an iterable of paths (then
-    ``root`` is their common root)."""
-    from tqdm import tqdm
-
-    if on_error not in ("stop", "skip"):
-        raise NetVladPortError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
-    out = Path(out_path)
-    fmt = infer_format(out, fmt)
-    if isinstance(images, (str, os.PathLike)):
-        base, names = list_images(images, root)
-    else:
-        base, names = Path(root or "."), [str(n) for n in images]
-    report = ExtractReport(out=out)
-    todo = list(range(len(names)))
-    if fmt == "h5":
-        present = _h5_names(out)
-        todo = [i for i in todo if names[i] not in present]
-        report.already_present = len(names) - len(todo)
-
-    def fail(i: int, msg: str):
-        if on_error == "stop":
-            raise ImageError(msg)
-        report.skipped.append((names[i], msg))
-
+def plan_batches(base: Path, names: Sequence[str], todo: Sequence[int], batch_size: int,
+                 resize_shorter: int | None, fail) -> tuple[list[list[int]], dict[int, tuple[int, int]]]:
+    """Batches of equal-size images (indices into ``names``) and each image's original (H, W);
+    ``fail(i, message)`` is called for images whose header cannot be read."""
     sizes, original = [], {}
     for i in todo:
         try:
@@ -191,9 +165,16 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
             sizes.append(None)
             fail(i, str(exc))
     batches = [[todo[j] for j in b] for b in _size_batches(sizes, batch_size) if sizes[b[0]] is not None]
+    return batches, original
+
+
+def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list[int]], fail, dim: int | None = None,
+                     resize_shorter: int | None = None, device: str = "cpu", precision: str = "fp32",
+                     num_workers: int | None = None, channels_last: bool | None = None, progress: bool = True):
+    """Yield (indices, N x D float32 descriptors) batch by batch; decoding runs in worker processes."""
+    from tqdm import tqdm
 
     dev = resolve_device(device)
-    report.device = str(dev)
     model = model.to(dev).eval()
     if channels_last is None:  # faster for the VGG trunk on CPU and GPU alike (measured, benchmarks/extract.py)
         channels_last = True
@@ -202,16 +183,7 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(_Images(base, names, resize_shorter), batch_sampler=batches,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
-    results: dict[int, np.ndarray] = {}
-    store_dtype = np.float16 if half else np.float32
-    h5 = None
-    if fmt == "h5":
-        import h5py
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        h5 = h5py.File(out, "a")
-    start = time.perf_counter()
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, desc="extract", smoothing=0.1)
+    bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress, desc="extract", smoothing=0.1)
     try:
         with torch.inference_mode(), _precision(precision, dev):
             for items in loader:
@@ -223,23 +195,68 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
                     x = torch.stack([t for _, t in ok]).to(dev, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    desc = crop_to_dim(model(x).float(), dim).cpu().numpy()
-                    for (i, t), d in zip(ok, desc):
-                        if h5 is not None:
-                            grp = h5.require_group(names[i])
-                            for key in ("global_descriptor", "image_size"):
-                                if key in grp:
-                                    del grp[key]
-                            grp.create_dataset("global_descriptor", data=d.astype(store_dtype))
-                            grp.create_dataset("image_size", data=np.array(original[i][::-1]))  # (W, H)
-                        else:
-                            results[i] = d
-                    if h5 is not None:
-                        h5.flush()
-                    report.extracted += len(ok)
+                    yield [i for i, _ in ok], crop_to_dim(model(x).float(), dim).cpu().numpy()
                 bar.update(len(items))
     finally:
         bar.close()
+
+
+def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path: str | os.PathLike,
+                     batch_size: int = 10, fmt: str | None = None, root: str | os.PathLike | None = None,
+                     dim: int | None = None, resize_shorter: int | None = None, device: str = "cpu",
+                     precision: str = "fp32", num_workers: int | None = None, on_error: str = "stop",
+                     half: bool = False, channels_last: bool | None = None, progress: bool = True) -> ExtractReport:
+    """MATLAB ``serialAllFeats(net, imPath, imageFns, outFn, 'batchSize', 10)``: descriptors of many
+    images to ``out_path``. ``images`` is a folder, a list file, or an iterable of paths (then
+    ``root`` is their common root)."""
+    if on_error not in ("stop", "skip"):
+        raise NetVladPortError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    out = Path(out_path)
+    fmt = infer_format(out, fmt)
+    if isinstance(images, (str, os.PathLike)):
+        base, names = list_images(images, root)
+    else:
+        base, names = Path(root or "."), [str(n) for n in images]
+    report = ExtractReport(out=out, device=str(resolve_device(device)))
+    todo = list(range(len(names)))
+    if fmt == "h5":
+        present = _h5_names(out)
+        todo = [i for i in todo if names[i] not in present]
+        report.already_present = len(names) - len(todo)
+
+    def fail(i: int, msg: str):
+        if on_error == "stop":
+            raise ImageError(msg)
+        report.skipped.append((names[i], msg))
+
+    batches, original = plan_batches(base, names, todo, batch_size, resize_shorter, fail)
+    results: dict[int, np.ndarray] = {}
+    store_dtype = np.float16 if half else np.float32
+    h5 = None
+    if fmt == "h5":
+        import h5py
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        h5 = h5py.File(out, "a")
+    start = time.perf_counter()
+    try:
+        for ids, desc in iter_descriptors(model, base, names, batches, fail, dim=dim, resize_shorter=resize_shorter,
+                                          device=device, precision=precision, num_workers=num_workers,
+                                          channels_last=channels_last, progress=progress):
+            for i, d in zip(ids, desc):
+                if h5 is not None:
+                    grp = h5.require_group(names[i])
+                    for key in ("global_descriptor", "image_size"):
+                        if key in grp:
+                            del grp[key]
+                    grp.create_dataset("global_descriptor", data=d.astype(store_dtype))
+                    grp.create_dataset("image_size", data=np.array(original[i][::-1]))  # (W, H)
+                else:
+                    results[i] = d
+            if h5 is not None:
+                h5.flush()
+            report.extracted += len(ids)
+    finally:
         if h5 is not None:
             h5.close()
     report.seconds = time.perf_counter() - start
@@ -254,9 +271,8 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
                     np.save(f, arr)
         with atomic_file(names_path(out)) as tmp:
             tmp.write_text("".join(names[i] + "\n" for i in order))
-    skipped = skipped_path(out)
     if report.skipped:
-        with atomic_file(skipped) as tmp:
+        with atomic_file(skipped_path(out)) as tmp:
             tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in report.skipped))
     return report
 

@@ -129,3 +129,40 @@ def make_net(arch: str = "vd16", method: str = "vlad_preL2_intra", width: float 
     spec = NetSpec(layers, {"averageImage": avg, "netID": arch, "sessionID": session, "epoch": 0})
     validate(spec)
     return spec
+
+
+def write_imagenet_model(path, arch: str = "vd16", width: float = 1.0, seed: int = 0, fc_width: int = 4096) -> None:
+    """A MatConvNet ImageNet model file as ``loadNet`` reads it (``imagenet-vgg-verydeep-16.mat``
+    layout: top-level ``layers`` and ``meta`` saved with ``-struct``; relu before pool; the
+    classifier fc6-fc8, dropout and softmax; ``meta.classes``), with random weights."""
+    import scipy.io
+
+    from .matconvnet.write import _cell, _num, _str, _struct, layer_fields
+
+    rng = np.random.default_rng(seed)
+    trunk = vgg_trunk(rng, arch, width, ceil_pool=False)
+    layers, i = [], 0
+    while i < len(trunk):  # undo relja_swapLayersForEfficiency: relu before its pool, as imported
+        if trunk[i].type == POOL and i + 1 < len(trunk) and trunk[i + 1].type == RELU:
+            layers += [trunk[i + 1], trunk[i]]
+            i += 2
+        else:
+            layers.append(trunk[i])
+            i += 1
+    layers += [_relu(f"relu5_{VGG_BLOCKS[arch][-1]}"), _pool("pool5")]
+    cin = layers[-3].weights[0].shape[3]
+    fcw = max(8, round(fc_width * width))
+    raw = [_struct(layer_fields(l)[0]) for l in layers]
+    for name, k, a, b in (("fc6", 7, cin, fcw), ("fc7", 1, fcw, fcw), ("fc8", 1, fcw, 1000)):
+        raw.append(_struct(layer_fields(_conv(rng, name, k, a, b, pad=0))[0]))
+        if name != "fc8":
+            raw.append(_struct(layer_fields(_relu(f"relu{name[2:]}"))[0]))
+            raw.append(_struct({"name": _str(f"drop{name[2:]}"), "type": _str("dropout"), "rate": _num(0.5)}))
+    raw.append(_struct({"name": _str("prob"), "type": _str("softmax")}))
+    meta = _struct({
+        "normalization": _struct({"averageImage": np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3),
+                                  "imageSize": _num([224, 224, 3]), "interpolation": _str("bilinear"),
+                                  "keepAspect": _num(1), "border": _num([0, 0]), "cropSize": _num([0.875, 0.875])}),
+        "classes": _struct({"name": _cell([f"n{i:08d}" for i in range(1000)]),
+                            "description": _cell([f"class {i}" for i in range(1000)])})})
+    scipy.io.savemat(path, {"layers": _cell(raw), "meta": meta})

@@ -160,8 +160,10 @@ def _meta(variables: dict) -> dict:
     return out
 
 
-def read_net(path: str | os.PathLike) -> NetSpec:
-    """Read ``net`` from a MatConvNet ``.mat`` file of any encoding and validate it."""
+def read_net(path: str | os.PathLike, crop_at: str | None = None) -> NetSpec:
+    """Read ``net`` from a MatConvNet ``.mat`` file of any encoding and validate it.
+    ``crop_at``: keep layers up to and including that name (``relja_cropToLayer``), before
+    validation, so the classifier layers of ImageNet models (softmax, dropout) do not matter."""
     path = Path(path)
     variables = _load_variables(path)
     layers = variables["net"].get("layers") if isinstance(variables.get("net"), dict) else variables.get("layers")
@@ -169,6 +171,12 @@ def read_net(path: str | os.PathLike) -> NetSpec:
         layers = [layers]
     if not isinstance(layers, list) or not layers:
         raise NetFormatError(f"{path}: net.layers is missing or empty")
+    if crop_at:
+        hits = [i for i, d in enumerate(layers) if isinstance(d, dict) and d.get("name") == crop_at]
+        if len(hits) != 1:
+            raise NetFormatError(f"{path}: layer name '{crop_at}' matches {len(hits)} layers (relja_whichLayer "
+                                 f"needs exactly one)")
+        layers = layers[: hits[0] + 1]
     try:
         spec = NetSpec(layers=[_layer(d, i) for i, d in enumerate(layers)], meta=_meta(variables))
         validate(spec)

@@ -1,0 +1,102 @@
+"""VLAD initialisation: MATLAB ``getClusters`` (reference §3).
+
+50,000 descriptors of the network's current output (conv5_3 after ``preL2``), 100 per image
+from ``ceil(50000/100) = 500`` database images -- the **first 500 in file order**, as the original
+code really does (it draws ``trainIDs`` and never uses them); ``first_images=False`` uses the
+random sample it intended. k-means with faiss (100 iterations, seed 43, all points). Random draws
+use numpy's generator seeded 43, not MATLAB's ``rng(43)``: the samples differ from MATLAB's; the
+procedure does not. Results are cached under MATLAB's file names
+(``<db>_<netID>_<layer>[_preL2]_traindescs.mat``, ``..._k064_clst.mat``).
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import NetVladPortError
+from .images import read_image
+from .io_utils import atomic_file
+from .matconvnet.spec import NetSpec
+
+N_TRAIN, N_PER_IMAGE, SEED, N_ITER = 50_000, 100, 43, 100
+
+
+def descriptor_name(spec: NetSpec) -> str:
+    """MATLAB's ``whichDesc``: ``<netID>_<layerName>[_preL2]``."""
+    names = [l.name for l in spec.layers]
+    pre = names[-1] == "preL2"
+    layer = names[-2] if pre and len(names) > 1 else names[-1]
+    return f"{spec.meta.get('netID', 'net')}_{layer}{'_preL2' if pre else ''}"
+
+
+def sample_train_descs(spec: NetSpec, db_train, n_train: int = N_TRAIN, n_per_image: int = N_PER_IMAGE,
+                       first_images: bool = True, seed: int = SEED, device: str = "cpu",
+                       progress: bool = True) -> np.ndarray:
+    """D x N local descriptors of the network's output, sampled as ``getClusters`` does."""
+    from tqdm import tqdm
+
+    from .model import SimpleNN
+
+    model = SimpleNN(spec).eval().to(device)
+    rng = np.random.default_rng(seed)
+    n_im = min(math.ceil(n_train / n_per_image), db_train.num_images)
+    drawn = rng.choice(db_train.num_images, size=n_im, replace=False)
+    ids = range(n_im) if first_images else drawn
+    chunks, total = [], 0
+    with torch.inference_mode():
+        for i in tqdm(ids, desc="train descriptors", unit="img", disable=not progress):
+            if total >= n_train:
+                break
+            x = read_image(db_train.db_image(int(i)))[None].to(device)
+            y = model.run(model.subtract_mean(x))[0]  # D x H x W
+            descs = y.permute(0, 2, 1).reshape(y.shape[0], -1).float().cpu().numpy()  # D x (H W), h fastest
+            n_this = min(n_per_image, descs.shape[1], n_train - total)
+            chunks.append(descs[:, rng.choice(descs.shape[1], size=n_this, replace=False)])
+            total += n_this
+    return np.concatenate(chunks, 1).astype(np.float32)
+
+
+def kmeans(train_descs: np.ndarray, k: int, niter: int = N_ITER, seed: int = SEED) -> np.ndarray:
+    """D x K centres (not normalised) of D x N descriptors; faiss on all points."""
+    import faiss
+
+    x = np.ascontiguousarray(train_descs.T, np.float32)
+    if len(x) < k:
+        raise NetVladPortError(f"k-means: {len(x)} descriptors for {k} clusters")
+    km = faiss.Kmeans(x.shape[1], k, niter=niter, seed=seed, verbose=False, max_points_per_centroid=len(x))
+    km.train(x)
+    return np.ascontiguousarray(km.centroids.T, np.float32)
+
+
+def get_clusters(spec: NetSpec, db_train, k: int = 64, cache_dir: str | os.PathLike | None = None,
+                 **sample_kwargs) -> tuple[np.ndarray, np.ndarray]:
+    """MATLAB ``getClusters``: (centres D x K, training descriptors D x N), cached in ``cache_dir``."""
+    import scipy.io
+
+    which = descriptor_name(spec)
+    desc_fn = clst_fn = None
+    if cache_dir:
+        cache_dir = Path(cache_dir)
+        desc_fn = cache_dir / f"{db_train.name}_{which}_traindescs.mat"
+        clst_fn = cache_dir / f"{db_train.name}_{which}_k{k:03d}_clst.mat"
+    if desc_fn is not None and desc_fn.is_file():
+        train_descs = scipy.io.loadmat(desc_fn)["trainDescs"].astype(np.float32)
+    else:
+        train_descs = sample_train_descs(spec, db_train, **sample_kwargs)
+        if desc_fn is not None:
+            with atomic_file(desc_fn) as tmp:
+                scipy.io.savemat(tmp, {"trainDescs": train_descs})
+    if clst_fn is not None and clst_fn.is_file():
+        clusters = scipy.io.loadmat(clst_fn)["clsts"].astype(np.float32)
+        if clusters.shape[1] != k:
+            raise NetVladPortError(f"{clst_fn}: holds {clusters.shape[1]} clusters, not {k}")
+    else:
+        clusters = kmeans(train_descs, k)
+        if clst_fn is not None:
+            with atomic_file(clst_fn) as tmp:
+                scipy.io.savemat(tmp, {"clsts": clusters})
+    return clusters, train_descs

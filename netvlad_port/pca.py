@@ -1,0 +1,97 @@
+"""PCA whitening: MATLAB ``addPCA`` and ``relja_PCA`` (reference §4).
+
+Features are the current network's output (32768-D postL2 for NetVLAD) of at most ``n_train_cap``
+training-database images (a seeded random subset when there are more), written straight into one
+preallocated N x D float32 array that is centred in place (10,000 x 32,768 is 1.3 GB; no second
+copy). Dual PCA when D > N (the Gram matrix in float32, then float64, as ``relja_PCA``), primal
+otherwise; whitening ``U diag(1 / sqrt(lambda + 1e-9))``, bias ``-U_w' mu``, then ``finalL2``.
+Eigenvector signs are arbitrary in MATLAB (ARPACK); here each is flipped so that its entry of
+largest magnitude is positive.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import NetVladPortError
+from .matconvnet.spec import CONV, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
+
+WHITEN_EPS = 1e-9
+SEED = 43
+
+
+def relja_pca(x: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``relja_PCA`` on N x D rows ``x`` (float32, **centred in place**): (U D x P, lambdas P, mu D, U' mu)."""
+    from scipy.linalg import eigh
+
+    n, d = x.shape
+    mu = x.mean(0, dtype=np.float64).astype(np.float32)
+    x -= mu
+    dual = d > n
+    gram = (x @ x.T) if dual else (x.T @ x)  # float32, as MATLAB computes x'*x / x*x' in single
+    gram = gram.astype(np.float64) / (n - 1)
+    m = gram.shape[0]
+    p = min(n_pcs, m)
+    lams, v = eigh(gram, subset_by_index=[m - p, m - 1]) if p < m else eigh(gram)
+    order = np.argsort(lams)[::-1]
+    lams, v = lams[order], v[:, order]
+    if dual:
+        scale = (1 / np.sqrt(np.maximum(lams, 1e-9)) / np.sqrt(n - 1)).astype(np.float32)
+        u = x.T @ (v.astype(np.float32) * scale)  # D x P, float32, no copy of x
+    else:
+        u = v.astype(np.float32)
+    flip = np.sign(u[np.abs(u).argmax(0), np.arange(u.shape[1])])
+    u *= flip.astype(np.float32)
+    return u, lams, mu, u.T @ mu
+
+
+def pca_features(spec: NetSpec, db_train, n_train_cap: int = 10_000, batch_size: int = 10, device: str = "cpu",
+                 seed: int = SEED, progress: bool = True) -> np.ndarray:
+    """N x D output of the network for the training database (at most ``n_train_cap`` images)."""
+    from .extract import iter_descriptors, plan_batches
+    from .model import SimpleNN
+
+    model = SimpleNN(spec).eval()
+    ids = np.arange(db_train.num_images)
+    if len(ids) > n_train_cap:
+        ids = np.sort(np.random.default_rng(seed).choice(len(ids), size=n_train_cap, replace=False))
+    names = [db_train.db_image_fns[i] for i in ids]
+    h, w, c = infer_shapes(spec, image_hw=None)[-1]
+    if h is None:
+        raise NetVladPortError("addPCA needs a network whose output size does not depend on the image size")
+    feats = np.empty((len(names), h * w * c), np.float32)
+
+    def fail(i, msg):
+        raise NetVladPortError(msg)
+
+    batches, _ = plan_batches(db_train.db_path, names, range(len(names)), batch_size, None, fail)
+    for rows, desc in iter_descriptors(model, db_train.db_path, names, batches, fail, device=device,
+                                       progress=progress):
+        feats[rows] = desc
+    return feats
+
+
+def add_pca(spec: NetSpec, db_train=None, pca_dim: int = 4096, do_white: bool = True, n_train_cap: int = 10_000,
+            features: np.ndarray | None = None, **feature_kwargs) -> NetSpec:
+    """MATLAB ``addPCA(net, dbTrain, 'pcaDim', 4096, 'doWhite', true)``: appends WPCA (or PCA) and
+    finalL2. ``features`` (N x D, consumed: centred in place) skips the extraction."""
+    if features is None:
+        if db_train is None:
+            raise NetVladPortError("add_pca needs db_train or features")
+        features = pca_features(spec, db_train, n_train_cap=n_train_cap, **feature_kwargs)
+    n, d = features.shape
+    if pca_dim >= d:
+        raise NetVladPortError(f"pcaDim {pca_dim} must be smaller than the descriptor dimension {d}")
+    u, lams, mu, _ = relja_pca(features, pca_dim)
+    u, lams = u[:, :pca_dim], lams[:pca_dim]
+    if do_white:
+        u = u * (1 / np.sqrt(lams + WHITEN_EPS)).astype(np.float32)
+    name = "WPCA" if do_white else "PCA"
+    layers = list(spec.layers) + [
+        LayerSpec(CONV, name, [u[None, None].astype(np.float32), -(u.T @ mu).astype(np.float32)],
+                  {"pad": 0, "stride": 1, "dilate": 1}),
+        LayerSpec(WHOLE_L2, "finalL2")]
+    meta = dict(spec.meta)
+    meta["sessionID"] = f"{meta.get('sessionID', '')}_{name}"
+    out = NetSpec(layers, meta)
+    validate(out)
+    return out
