@@ -357,6 +357,69 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
 
+def training_splits(dataset: str, root, spec_dir):
+    """(train, val) datasets of a recipe name: pitts30k, pitts250k, tokyoTM, synthetic."""
+    from .datasets import DbPitts, DbTokyoTimeMachine
+    from .datasets.synthetic import load_synthetic
+
+    root = root or Path(".")
+    if dataset in ("pitts30k", "pitts250k"):
+        return (DbPitts(dataset == "pitts250k", "train", root, spec_dir),
+                DbPitts(dataset == "pitts250k", "val", root, spec_dir))
+    if dataset == "tokyoTM":
+        return DbTokyoTimeMachine("train", root, spec_dir), DbTokyoTimeMachine("val", root, spec_dir)
+    if dataset == "synthetic":
+        return load_synthetic(root, "train"), load_synthetic(root, "val")
+    raise NetVladPortError(f"unknown training dataset {dataset!r}: pitts30k, pitts250k, tokyoTM or synthetic")
+
+
+@main.command()
+@click.option("--dataset", required=True, help="pitts30k, pitts250k, tokyoTM or synthetic (train + val splits).")
+@click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")
+@click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="The off-the-shelf network (netvlad-port cluster's output); not needed with --resume.")
+@click.option("--loss", type=click.Choice(["sare-ind", "sare-joint", "cauchy-ind", "cauchy-joint", "exp-ind",
+                                           "exp-joint", "triplet"]), default="sare-ind", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--lr", type=float, default=None, help="Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001).")
+@click.option("--epochs", type=int, default=30, show_default=True)
+@click.option("--back-prop-to-layer", default="conv5_1", show_default=True)
+@click.option("--batch-size", type=int, default=4, show_default=True)
+@click.option("--n-neg-choice", type=int, default=1000, show_default=True)
+@click.option("--save-frequency", type=int, default=2000, show_default=True, help="Queries between checkpoints.")
+@click.option("--comp-feats-frequency", type=int, default=1000, show_default=True,
+              help="Queries between cache refreshes (doubled at each lr drop).")
+@click.option("--pca-dim", type=int, default=4096, show_default=True, help="addPCA on the best epoch; 0: skip.")
+@click.option("--trunk-cache", type=click.Choice(["auto", "memory", "disk", "none"]), default="auto", show_default=True,
+              help="Keep the frozen layers' outputs (auto: memory, else disk); none recomputes them.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest.")
+@_friendly
+def train(dataset, root, spec_dir, model_path, loss, out_dir, lr, epochs, back_prop_to_layer, batch_size,
+          n_neg_choice, save_frequency, comp_feats_frequency, pca_dim, trunk_cache, device, resume):
+    """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun."""
+    import os
+
+    import torch.distributed as dist
+
+    from .train import RECIPE_LR
+    from .train import train as run_training
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    db_train, db_val = training_splits(dataset, root, spec_dir)
+    if not resume and model_path is None:
+        raise NetVladPortError("--model is required (the off-the-shelf network from `netvlad-port cluster`)")
+    bp = int(back_prop_to_layer) if back_prop_to_layer.isdigit() else back_prop_to_layer
+    final = run_training(db_train, db_val, model_path, out_dir, loss=loss, resume=resume, progress=True,
+                         log=click.echo, learning_rate=lr or RECIPE_LR.get(dataset, 1e-3), n_epoch=epochs,
+                         back_prop_to_layer=bp, batch_size=batch_size, n_neg_choice=n_neg_choice,
+                         save_frequency=save_frequency, comp_feats_frequency=comp_feats_frequency, pca_dim=pca_dim,
+                         trunk_cache=trunk_cache, device=device)
+    click.echo(f"final model: {final}")
+
+
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")

@@ -60,12 +60,15 @@ def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: boo
 
 
 def test_from_fn(db, db_feats: np.ndarray, q_feats: np.ndarray, recall_ns=RECALL_NS, dim: int | None = None,
-                 n_top: int = N_TOP, use_gpu: bool | None = None, return_ranks: bool = False):
-    """MATLAB ``testFromFn``: recall@N of query features against database features (rows)."""
+                 n_top: int = N_TOP, use_gpu: bool | None = None, return_ranks: bool = False, query_ids=None):
+    """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
+    ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
+    then holds their features, in that order."""
     import torch
 
     db_feats, q_feats = np.asarray(db_feats, np.float32), np.asarray(q_feats, np.float32)
-    if db_feats.shape[0] != db.num_images or q_feats.shape[0] != db.num_queries:
+    qids = np.arange(db.num_queries) if query_ids is None else np.asarray(query_ids)
+    if db_feats.shape[0] != db.num_images or q_feats.shape[0] != len(qids):
         raise ValueError(f"{db.name}: {db_feats.shape[0]} db / {q_feats.shape[0]} query features for "
                          f"{db.num_images} / {db.num_queries} images")
     if dim:
@@ -73,17 +76,17 @@ def test_from_fn(db, db_feats: np.ndarray, q_feats: np.ndarray, recall_ns=RECALL
         q_feats = crop_to_dim(torch.from_numpy(q_feats), dim).numpy()
     ids, ds, where = faiss_search(db_feats, q_feats, n_top * db.retrieve_factor(), use_gpu)
     recall_ns = list(recall_ns)
-    hits = np.zeros((db.num_queries, len(recall_ns)), bool)
+    hits = np.zeros((len(qids), len(recall_ns)), bool)
     retrieved, no_pos = [], 0
-    for iq in range(db.num_queries):
-        r_ids, _ = db.nn_search_postprocess(iq, ids[iq], ds[iq], n_top)
+    for row, iq in enumerate(qids):
+        r_ids, _ = db.nn_search_postprocess(iq, ids[row], ds[row], n_top)
         is_pos = db.is_pos_q(iq, r_ids)
         no_pos += len(db.pos_q(iq)) == 0
         found = np.cumsum(is_pos) > 0
         if len(found):
-            hits[iq] = found[np.minimum(recall_ns, len(found)) - 1]
+            hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
         retrieved.append(r_ids)
-    res = Results(db.name, recall_ns, hits.mean(0).tolist(), db.num_queries, int(no_pos), int(db_feats.shape[1]), where)
+    res = Results(db.name, recall_ns, hits.mean(0).tolist(), len(qids), int(no_pos), int(db_feats.shape[1]), where)
     return (res, retrieved) if return_ranks else res
 
 

@@ -170,8 +170,10 @@ def plan_batches(base: Path, names: Sequence[str], todo: Sequence[int], batch_si
 
 def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list[int]], fail, dim: int | None = None,
                      resize_shorter: int | None = None, device: str = "cpu", precision: str = "fp32",
-                     num_workers: int | None = None, channels_last: bool | None = None, progress: bool = True):
-    """Yield (indices, N x D float32 descriptors) batch by batch; decoding runs in worker processes."""
+                     num_workers: int | None = None, channels_last: bool | None = None, progress: bool = True,
+                     forward=None, desc: str = "extract"):
+    """Yield (indices, N x D float32 descriptors) batch by batch; decoding runs in worker processes.
+    ``forward(x)`` replaces the whole network (e.g. only the frozen layers), its output is yielded as is."""
     from tqdm import tqdm
 
     dev = resolve_device(device)
@@ -183,7 +185,7 @@ def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(_Images(base, names, resize_shorter), batch_sampler=batches,
                                          num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
-    bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress, desc="extract", smoothing=0.1)
+    bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     try:
         with torch.inference_mode(), _precision(precision, dev):
             for items in loader:
@@ -195,7 +197,8 @@ def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list
                     x = torch.stack([t for _, t in ok]).to(dev, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    yield [i for i, _ in ok], crop_to_dim(model(x).float(), dim).cpu().numpy()
+                    out = forward(x) if forward is not None else crop_to_dim(model(x).float(), dim)
+                    yield [i for i, _ in ok], out.float().cpu().numpy()
                 bar.update(len(items))
     finally:
         bar.close()

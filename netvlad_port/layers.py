@@ -22,7 +22,7 @@ NORMALIZE_MODES = ("exact", "matconvnet-cpu")
 
 
 def _param(array: np.ndarray) -> nn.Parameter:
-    return nn.Parameter(torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)))
+    return nn.Parameter(torch.tensor(np.ascontiguousarray(array), dtype=torch.float32))  # contiguous copy, torch-owned
 
 
 def _np(t: torch.Tensor) -> np.ndarray:

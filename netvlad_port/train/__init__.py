@@ -1,0 +1,57 @@
+"""Training: trainWeakly and deepIBL's train*.m (see loop.py), with MATLAB's names."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .loop import History, Trainer, pick_best_epoch
+from .options import RECIPE_LR, TrainOptions
+
+
+def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-ind", resume: bool = False,
+          progress: bool = False, log=print, **options) -> Path:
+    """Train ``net`` (a NetSpec, .mat or converted folder, normally ``loadNet`` + ``addLayers``) and
+    return the final model folder: the best epoch (``pickBestNet``) with ``addPCA`` applied."""
+    from .. import load_spec
+    from ..converted import load_converted, save_converted
+    from ..pca import add_pca
+
+    out_dir = Path(out_dir)
+    if resume:
+        trainer = Trainer.resume(out_dir, db_train, db_val, progress=progress, log=log)
+    else:
+        spec = net if hasattr(net, "layers") else load_spec(net)
+        trainer = Trainer(spec, db_train, db_val, TrainOptions(loss=loss, **options), out_dir, progress, log)
+    trainer.run()
+    if trainer.rank != 0:
+        return out_dir / "final"
+    best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else \
+        trainer.epoch - 1
+    spec = load_converted(out_dir / f"epoch_{best:06d}")
+    spec.meta["sessionID"] = f"{spec.meta.get('sessionID', '')}"
+    if trainer.opts.pca_dim:
+        spec = add_pca(spec, db_train, pca_dim=trainer.opts.pca_dim, device=trainer.opts.device, progress=progress)
+    save_converted(spec, out_dir / "final", force=True)
+    log(f"best epoch {best}; final model: {out_dir / 'final'}")
+    return out_dir / "final"
+
+
+def _named(loss: str):
+    def fn(db_train, db_val, net, out_dir, **kw):
+        return train(db_train, db_val, net, out_dir, loss=loss, **kw)
+
+    return fn
+
+
+# MATLAB's training functions (deepIBL's file names kept, typos included)
+train_gauss_kernal_ind = _named("sare-ind")
+train_gauss_kernal_joint = _named("sare-joint")
+train_cauchy_kernel_ind = _named("cauchy-ind")
+train_cauchy_kernel_joint = _named("cauchy-joint")
+train_exp_kernal_ind = _named("exp-ind")
+train_exp_kernal_joint = _named("exp-joint")
+train_weakly = _named("triplet")
+
+__all__ = ["Trainer", "TrainOptions", "History", "RECIPE_LR", "pick_best_epoch", "train", "train_gauss_kernal_ind",
+           "train_gauss_kernal_joint", "train_cauchy_kernel_ind", "train_cauchy_kernel_joint", "train_exp_kernal_ind",
+           "train_exp_kernal_joint", "train_weakly"]

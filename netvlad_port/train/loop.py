@@ -1,0 +1,348 @@
+"""The training loop of ``trainWeakly`` and deepIBL's six ``train*.m`` (reference §8.4-8.9).
+
+Per epoch e: ``rng(42 + e)``, a query permutation, ``floor(numQueries / batchSize)`` batches (the
+rest dropped). A checkpoint every ``saveFrequency`` queries; the whole train cache (query and db
+features) recomputed every ``compFeatsFrequency`` queries (not at the first or last batch), the
+interval doubling at each lr drop (epochs 6, 11, ...: lr halved). Each batch mines one tuple per
+query on the cache, runs it fresh, back-propagates it and makes one SGD update of sum(L) / T,
+T = the (query, negative) pairs (triplet: the violators). At epoch end: save, val recall on
+``nTestSample`` fixed queries (``rng(43)``), train cache refresh. ``pick_best_net`` then
+``addPCA`` give the final model.
+
+Multi-process (torchrun, gloo/nccl): every rank mines every tuple (same RNG stream, same cache),
+rank r runs tuples r, r + W, ...; gradients and T are summed over ranks before the update, so it
+equals the single-process update. Cache refreshes are split across ranks and gathered.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..errors import NetVladPortError
+from ..evaluate import test_from_fn
+from ..layers import matlab_flatten
+from ..losses import LOSSES
+from ..model import SimpleNN
+from ..training import back_prop_to_layer, deepibl_sgd, layer_index
+from .checkpoint import load_checkpoint, save_checkpoint
+from .mining import mine_tuple, sq_dists
+from .options import TrainOptions
+from .trunk import TrunkCache
+
+TRAIN_SEED, TEST_SEED = 42, 43
+
+
+@dataclass
+class History:
+    batch_loss: list[float] = field(default_factory=list)       # obj.train.loss: mean tuple loss per batch
+    val_recall: dict[int, list[float]] = field(default_factory=dict)   # epoch -> recall@recall_ns
+    val_rankloss: dict[int, float] = field(default_factory=dict)
+    train_recall: dict[int, list[float]] = field(default_factory=dict)
+    pretrain_val_recall: list[float] | None = None
+
+    def to_json(self):
+        return {"batch_loss": self.batch_loss, "val_recall": {str(k): v for k, v in self.val_recall.items()},
+                "val_rankloss": {str(k): v for k, v in self.val_rankloss.items()},
+                "train_recall": {str(k): v for k, v in self.train_recall.items()},
+                "pretrain_val_recall": self.pretrain_val_recall}
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(d["batch_loss"], {int(k): v for k, v in d["val_recall"].items()},
+                   {int(k): v for k, v in d["val_rankloss"].items()},
+                   {int(k): v for k, v in d["train_recall"].items()}, d.get("pretrain_val_recall"))
+
+
+def _world():
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """State of one training run; ``run()`` trains to the end (or ``stop_after`` batches)."""
+
+    def __init__(self, spec, db_train, db_val, opts: TrainOptions, out_dir, progress: bool = False, log=print):
+        self.opts, self.db_train, self.db_val = opts, db_train, db_val
+        self.out_dir = Path(out_dir)
+        self.rank, self.world = _world()
+        self.progress, self.log = progress and self.rank == 0, log if self.rank == 0 else (lambda *a, **k: None)
+        self._tb = None
+        if opts.loss not in LOSSES:
+            raise NetVladPortError(f"unknown loss {opts.loss!r}: one of {', '.join(LOSSES)}")
+        self.loss_fn = LOSSES[opts.loss]
+        self.triplet = opts.loss == "triplet"
+        self.device = torch.device(opts.device)
+        self.model = SimpleNN(spec).to(self.device)
+        self.first = layer_index(self.model, opts.back_prop_to_layer)
+        self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
+        self.optimizer = deepibl_sgd(self.params, opts.learning_rate)
+        self.epoch, self.batch = opts.start_epoch, 1
+        self.lr = opts.learning_rate
+        self.comp_freq = opts.comp_feats_batch_frequency
+        self.neg_cache: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(db_train.num_queries)]
+        self.rng = np.random.default_rng(TRAIN_SEED + self.epoch)
+        self.history = History()
+        self.train_feats: np.ndarray | None = None  # rows: db images, then queries
+        self.timing = {"cache_refresh": 0.0, "tuples": 0.0, "trunk": 0.0}
+        t = time.perf_counter()
+        self.trunks = {}
+        for key, db in (("train", db_train), ("val", db_val)):
+            if db is None:
+                continue
+            names = [str(db.db_image(i)) for i in range(db.num_images)] + \
+                    [str(db.q_image(i)) for i in range(db.num_queries)]
+            self.trunks[key] = TrunkCache(self.model, self.first, Path(""), names, mode=opts.trunk_cache,
+                                          fp16=opts.trunk_fp16, batch_size=opts.compute_batch_size,
+                                          device=opts.device, cache_dir=self.out_dir / "trunk_cache",
+                                          progress=self.progress)
+        self.timing["trunk"] = time.perf_counter() - t
+
+    # --- features ------------------------------------------------------------------------
+    @torch.no_grad()
+    def all_feats(self, key: str) -> np.ndarray:
+        """Every image's training output (postL2) through the trainable layers, split across ranks."""
+        trunk = self.trunks[key]
+        self.model.eval()
+        n = len(trunk.names)
+        feats = None
+        for k, ids in enumerate(trunk.groups(self.opts.compute_batch_size)):
+            if k % self.world != self.rank:
+                continue
+            out = matlab_flatten(self.model.run(trunk.get(ids), self.first)).float().cpu().numpy()
+            if feats is None:
+                feats = np.zeros((n, out.shape[1]), np.float32)
+            feats[ids] = out
+        if self.world > 1:
+            t = torch.from_numpy(feats if feats is not None else np.zeros((n, self.model.output_dim), np.float32))
+            dist.all_reduce(t)  # each row is computed by exactly one rank
+            feats = t.numpy()
+        return feats
+
+    def refresh_train_cache(self) -> None:
+        t = time.perf_counter()
+        self.train_feats = self.all_feats("train")
+        self.timing["cache_refresh"] += time.perf_counter() - t
+
+    # --- validation (testNet: testCore + testCoreRank) ------------------------------------
+    def evaluate(self, key: str = "val", feats: np.ndarray | None = None):
+        db = self.db_val if key == "val" else self.db_train
+        feats = self.all_feats(key) if feats is None else feats
+        n_db = db.num_images
+        rng = np.random.default_rng(TEST_SEED)
+        qids = np.sort(rng.choice(db.num_queries, size=min(self.opts.n_test_sample, db.num_queries), replace=False))
+        res = test_from_fn(db, feats[:n_db], feats[n_db:][qids], recall_ns=self.opts.recall_ns, query_ids=qids)
+        return res.recalls, self.rank_loss(db, feats[:n_db], feats[n_db:])
+
+    def rank_loss(self, db, db_feats, q_feats) -> float:
+        """testCoreRank: mean over queries of mean over 1000 random negatives of
+        max(0, min positive d^2 + margin - d^2_neg) (a diagnostic)."""
+        rng = np.random.default_rng(TEST_SEED)
+        qids = rng.choice(db.num_queries, size=min(self.opts.n_test_rank_sample, db.num_queries), replace=False)
+        vals = []
+        for iq in qids:
+            pos = db.pos_q(iq)
+            if len(pos) == 0:
+                continue
+            d_p = sq_dists(q_feats[iq], db_feats[pos]).min()
+            negs = db.sample_negs_q(iq, 1000, rng)
+            if len(negs):
+                vals.append(np.maximum(0, d_p + self.opts.margin - sq_dists(q_feats[iq], db_feats[negs])).mean())
+        return float(np.mean(vals)) if vals else float("nan")
+
+    # --- one batch --------------------------------------------------------------------------
+    def tuple_images(self, tup) -> list[int]:
+        n_db = self.db_train.num_images
+        return [n_db + tup.query, tup.positive] + [int(j) for j in tup.negatives]
+
+    def step(self, query_ids) -> float | None:
+        """Mine, forward and backward the batch's tuples; one SGD update. Returns the mean tuple loss."""
+        o = self.opts
+        t0 = time.perf_counter()
+        n_db = self.db_train.num_images
+        tuples = []
+        for iq in query_ids:  # every rank mines every tuple: identical RNG stream and negative cache
+            tuples.append(mine_tuple(self.db_train, int(iq), self.train_feats[n_db + iq], self.train_feats[:n_db],
+                                     self.neg_cache, self.rng, o.n_neg_choice, o.n_neg_cap, o.n_neg_cache,
+                                     margin=o.margin if self.triplet else None))
+        self.model.train()
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            else:
+                p.grad.zero_()
+        loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of tuples)
+        pairs = torch.zeros(1, dtype=torch.float64)
+        for k, tup in enumerate(tuples):
+            if k % self.world != self.rank:
+                continue
+            if tup is None:  # no positive: skipped; triplet without violators: loss 0 is recorded
+                if self.triplet and self.nontrivial(query_ids[k]):
+                    loss_sum[1] += 1
+                continue
+            x = self.trunk_input(self.tuple_images(tup))
+            feats = matlab_flatten(self.model.run(x, self.first)).to(torch.float64 if x.dtype == torch.float64
+                                                                      else torch.float32)
+            loss = self.loss_fn(feats[0], feats[1], feats[2:])
+            n_pairs = int(((feats[0] - feats[1]).pow(2).sum() + o.margin - (feats[0] - feats[2:]).pow(2).sum(1) > 0)
+                          .sum()) if self.triplet else len(tup.negatives)
+            if n_pairs > 0:
+                loss.backward()
+            pairs += n_pairs
+            loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+        grads = [p.grad for p in self.params]
+        if self.world > 1:
+            for g in grads:
+                dist.all_reduce(g)
+            dist.all_reduce(pairs)
+            dist.all_reduce(loss_sum)
+        if pairs.item() > 0:
+            for g in grads:
+                g.div_(pairs.item())
+            self.optimizer.step()
+        self.timing["tuples"] += time.perf_counter() - t0
+        return loss_sum[0].item() / loss_sum[1].item() if loss_sum[1].item() else None
+
+    def nontrivial(self, iq) -> bool:
+        return len(self.db_train.nontrivial_pos_q(int(iq))) > 0
+
+    def trunk_input(self, ids) -> torch.Tensor:
+        x = self.trunks["train"].get(ids)
+        if self.opts.jitter_flip and self.rng.random() < 0.5:
+            x = x.flip(-1) if self.first == 0 else self._flipped(ids)
+        return x.to(next(self.model.parameters()).dtype)
+
+    def _flipped(self, ids) -> torch.Tensor:
+        """jitterFlip on the images: the frozen layers must see the flipped images."""
+        from ..images import read_image
+
+        trunk = self.trunks["train"]
+        x = torch.stack([read_image(trunk.root / trunk.names[i]).flip(-1) for i in ids]).to(self.device)
+        with torch.no_grad():
+            return trunk._frozen(x)
+
+    # --- the run ----------------------------------------------------------------------------
+    def save(self, tag: str = "latest") -> None:
+        if self.rank == 0:
+            save_checkpoint(self, self.out_dir / f"checkpoint_{tag}")
+
+    def run(self, stop_after: int | None = None) -> "Trainer":
+        """Train until ``n_epoch`` (or until ``stop_after`` more batches have run)."""
+        o = self.opts
+        n_batches = self.db_train.num_queries // o.batch_size
+        if n_batches == 0:
+            raise NetVladPortError(f"{self.db_train.name}: fewer queries ({self.db_train.num_queries}) than one batch")
+        if self.train_feats is None:
+            if o.test0 and self.db_val is not None and self.history.pretrain_val_recall is None:
+                self.history.pretrain_val_recall = self.evaluate("val")[0]
+                self.log(f"off-the-shelf val recall@1/5/10: {self._fmt(self.history.pretrain_val_recall)}")
+            self.refresh_train_cache()
+        ran = 0
+        while self.epoch <= o.n_epoch:
+            e = self.epoch
+            order = np.random.default_rng(TRAIN_SEED + e).permutation(self.db_train.num_queries)
+            if self.batch == 1:
+                self.rng = np.random.default_rng(TRAIN_SEED + e)
+                self.rng.permutation(self.db_train.num_queries)  # the stream continues after randperm
+                if e != 1 and e % o.lr_down_freq == 1:
+                    self.lr /= o.lr_down_factor
+                    self.comp_freq = round(self.comp_freq * o.lr_down_factor)
+                for g in self.optimizer.param_groups:
+                    g["lr"] = self.lr
+            while self.batch <= n_batches:
+                b = self.batch
+                if b % o.save_batch_frequency == 0 and ran:
+                    self.save()
+                if stop_after is not None and ran >= stop_after:
+                    return self
+                if b % self.comp_freq == 0 and b != 1 and b != n_batches:
+                    self.refresh_train_cache()
+                loss = self.step(order[(b - 1) * o.batch_size: b * o.batch_size])
+                if loss is not None:
+                    self.history.batch_loss.append(loss)
+                self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss})
+                self.batch += 1
+                ran += 1
+            self.end_epoch()
+        return self
+
+    def event(self, record: dict) -> None:
+        """One line of ``log.jsonl`` (and TensorBoard scalars when tensorboard is installed)."""
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self._tb = False
+        if self._tb:
+            step = len(self.history.batch_loss)
+            for k, v in record.items():
+                if k not in ("epoch", "batch") and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def save_epoch_weights(self) -> None:
+        if self.rank == 0:
+            from ..converted import save_converted
+
+            spec = self.model.to_spec()
+            spec.meta["epoch"] = self.epoch
+            save_converted(spec, self.out_dir / f"epoch_{self.epoch:06d}", force=True)
+
+    def end_epoch(self) -> None:
+        e = self.epoch
+        self.save_epoch_weights()
+        if self.db_val is not None and e % self.opts.epoch_test_frequency == 0:
+            recalls, rank = self.evaluate("val")
+            self.history.val_recall[e], self.history.val_rankloss[e] = recalls, rank
+            self.log(f"epoch {e}: val recall@1/5/10 {self._fmt(recalls)}, rank loss {rank:.4f}")
+            ns = list(self.opts.recall_ns)
+            self.event({"epoch": e, **{f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns},
+                        "val_rankloss": rank})
+        self.refresh_train_cache()
+        self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
+        self.epoch += 1
+        self.batch = 1
+        self.save()
+
+    def _fmt(self, recalls) -> str:
+        ns = list(self.opts.recall_ns)
+        return " ".join(f"{recalls[ns.index(n)] * 100:.1f}" for n in (1, 5, 10) if n in ns)
+
+    @classmethod
+    def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print) -> "Trainer":
+        return load_checkpoint(cls, Path(out_dir) / "checkpoint_latest", db_train, db_val, progress, log)
+
+
+def pick_best_epoch(history: History, recall_ns) -> int:
+    """``getBestEpoch``: max val recall@5; ties (|diff| < 1e-6) by recall@4, 3, 2, 1, then 10, 15, ..."""
+    ns = list(recall_ns)
+    order = [5, 4, 3, 2, 1] + [n for n in ns if n > 5]
+    keys = [ns.index(n) for n in order if n in ns]
+    best = None
+    for e in sorted(history.val_recall):
+        r = history.val_recall[e]
+        if best is None:
+            best = e
+            continue
+        rb = history.val_recall[best]
+        for k in keys:
+            if abs(r[k] - rb[k]) >= 1e-6:
+                if r[k] > rb[k]:
+                    best = e
+                break
+    if best is None:
+        raise NetVladPortError("no epoch has a validation recall (epochTestFrequency must be 1)")
+    return best

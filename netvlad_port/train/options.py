@@ -1,0 +1,70 @@
+"""``trainWeakly`` / deepIBL ``train*.m`` options with their MATLAB defaults (reference §8.1)."""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+from ..evaluate import RECALL_NS
+
+# Recipe learning rates (deepIBL README script, netvlad demo.m): Pitts30k 0.001, Pitts250k/TokyoTM 0.0001.
+RECIPE_LR = {"pitts30k": 1e-3, "pitts250k": 1e-4, "tokyoTM": 1e-4}
+
+
+@dataclass
+class TrainOptions:
+    net_id: str = "caffe"                  # netID
+    layer_name: str = "conv5"              # layerName
+    method: str = "vlad_preL2_intra"
+    batch_size: int = 4                    # tuples per SGD step
+    learning_rate: float = 1e-4            # the recipes use 0.001 for Pitts30k (RECIPE_LR)
+    lr_down_freq: int = 5                  # epochs
+    lr_down_factor: float = 2
+    weight_decay: float = 1e-3
+    momentum: float = 0.9
+    back_prop_to_layer: str | int = 1      # the README scripts use 'conv5_1'
+    fix_layers: tuple[str, ...] = ()
+    n_neg_choice: int = 1000
+    n_neg_cap: int = 10
+    n_neg_cache: int = 10
+    n_epoch: int = 30
+    margin: float = 0.1                    # triplet margin on squared distances (and the rank loss)
+    exclude_very_hard: bool = False        # trainWeakly only
+    jitter_flip: bool = False
+    jitter_scale: tuple[float, ...] = ()
+    test0: bool = True
+    save_frequency: int = 2000             # queries
+    comp_feats_frequency: int = 1000       # queries
+    compute_batch_size: int = 10
+    epoch_test_frequency: int = 1
+    n_test_sample: int = 1000
+    n_test_rank_sample: int = 5000
+    recall_ns: tuple[int, ...] = RECALL_NS
+    start_epoch: int = 1
+    # not in MATLAB
+    loss: str = "sare-ind"
+    trunk_cache: str = "auto"              # memory | disk | none (recompute the frozen layers, as other ports do)
+    trunk_fp16: bool = False
+    device: str = "cpu"
+    pca_dim: int = 4096                    # addPCA on the best epoch; 0: skip
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def save_batch_frequency(self) -> int:
+        return math.ceil(self.save_frequency / self.batch_size)
+
+    @property
+    def comp_feats_batch_frequency(self) -> int:
+        return math.ceil(self.comp_feats_frequency / self.batch_size)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["recall_ns"], d["fix_layers"], d["jitter_scale"] = list(self.recall_ns), list(self.fix_layers), \
+            list(self.jitter_scale)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "TrainOptions":
+        d = dict(d)
+        for k in ("recall_ns", "fix_layers", "jitter_scale"):
+            d[k] = tuple(d.get(k, ()))
+        return cls(**d)
