@@ -422,39 +422,61 @@ def train(dataset, root, spec_dir, model_path, loss, out_dir, lr, epochs, back_p
 
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
+@click.option("--epochs", type=int, default=8, show_default=True, help="SARE training epochs (0: no training).")
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")
-def demo(out_dir: Path, force: bool):
-    """The whole job on embedded synthetic data: dataset, MatConvNet network, convert, extract, evaluate."""
+def demo(out_dir: Path, epochs: int, force: bool):
+    """The whole job on embedded synthetic data: dataset, MatConvNet networks, clusters, convert,
+    extract, evaluate, SARE training, PCA whitening, evaluate again."""
     import shutil
     import time
 
     from . import load
     from .converted import save_converted
-    from .datasets.synthetic import load_synthetic, make_synthetic
-    from .fixtures import make_net
+    from .datasets.synthetic import SyntheticConfig, load_synthetic, make_synthetic
+    from .fixtures import write_imagenet_model
     from .matconvnet import read_net, write_net
+    from .networks import add_layers, load_net
+    from .train import train as run_training
 
     if out_dir.exists():
         if not force:
             raise click.ClickException(f"{out_dir}: exists (use --force to start again)")
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    click.echo(f"1/5 synthetic dataset -> {out_dir / 'data'}")
-    make_synthetic(out_dir / "data")
-    net_path = out_dir / "vd16_synthetic_conv5_3_vlad_preL2_intra_white.mat"
-    click.echo(f"2/5 MatConvNet network (VGG16 structure, 1/8 width, NetVLAD K=16, WPCA 128; layerVLAD "
-               f"as a classdef object) -> {net_path}")
-    write_net(make_net("vd16", "vlad_preL2_intra", width=1 / 8, k=16, pca_dim=128, seed=0), net_path,
-              encoding="saveobj")
-    click.echo(f"3/5 convert -> {out_dir / 'model'}")
-    save_converted(read_net(net_path), out_dir / "model", source=net_path)
-    click.echo("4/5 extract + 5/5 evaluate (synthetic-test)")
-    db = load_synthetic(out_dir / "data", "test")
-    res = run_evaluation(load(out_dir / "model"), db, out_dir / "eval", None, 10, "auto", None, quiet=True)
-    click.echo(f"{db.name}: {res.num_queries} queries, {res.dim}-D descriptors, {res.search}")
-    click.echo(res.table())
-    click.echo(f"plots: {out_dir / 'eval' / 'recall.png'}, {out_dir / 'eval' / 'mosaic.png'}; "
-               f"results: {out_dir / 'eval' / 'results.json'}; {time.perf_counter() - t0:.0f} s")
+    say = click.echo
+    say(f"1/6 synthetic street dataset (train/val/test, 300 db + 200 queries each, 120x160) -> {out_dir / 'data'}")
+    make_synthetic(out_dir / "data", SyntheticConfig(db_per_split=300, queries_per_split=200))
+    db_train, db_val, db_test = (load_synthetic(out_dir / "data", s) for s in ("train", "val", "test"))
+    imagenet = out_dir / "imagenet-vgg-verydeep-16.mat"
+    say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")
+    write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
+    net_path = out_dir / "vd16_offtheshelf_conv5_3_synthetic_vlad_preL2_intra.mat"
+    say(f"3/6 loadNet + getClusters + addLayers (K=16), saved with layerVLAD as a classdef object -> {net_path}")
+    spec = add_layers(load_net("vd16", "conv5_3", imagenet), "vlad_preL2_intra", db_train=db_train, k=16,
+                      cache_dir=out_dir / "init", progress=False)
+    write_net(spec, net_path, encoding="saveobj")
+    save_converted(read_net(net_path), out_dir / "offtheshelf", source=net_path)
+    say("4/6 convert, extract and evaluate the off-the-shelf network on synthetic-test")
+    before = run_evaluation(load(out_dir / "offtheshelf"), db_test, out_dir / "eval_offtheshelf", None, 10, "auto",
+                            None, quiet=True)
+    rows = [("off-the-shelf", before)]
+    if epochs:
+        say(f"5/6 train SARE Gauss-Ind (lr 0.001, conv5_1 up, {epochs} epochs), pick the best epoch on val, "
+            f"addPCA (whitening to 64-D)")
+        final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / "train", loss="sare-ind",
+                             log=lambda *a: None, n_epoch=epochs, learning_rate=1e-3, back_prop_to_layer="conv5_1",
+                             n_neg_choice=200, pca_dim=64)
+        say("6/6 evaluate the trained network on synthetic-test")
+        rows.append(("trained + WPCA", run_evaluation(load(final), db_test, out_dir / "eval_trained", None, 10,
+                                                      "auto", None, quiet=True)))
+    say(f"\n{db_test.name}: {before.num_queries} queries ({before.search})")
+    say("   N  " + "  ".join(f"{name:>15}" for name, _ in rows))
+    for i, n in enumerate(before.recall_ns):
+        if n in (1, 2, 3, 4, 5, 10, 20, 50, 100):
+            say(f"{n:>4}  " + "  ".join(f"{r.recalls[i] * 100:>14.1f}%" for _, r in rows))
+    last = out_dir / ("eval_trained" if epochs else "eval_offtheshelf")
+    say(f"plots: {last / 'recall.png'}, {last / 'mosaic.png'}; results: {last / 'results.json'}; "
+        f"{time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -85,42 +85,44 @@ def test_tokyotm_same_timestamp_results_dropped(tmp_path):
 
 
 def test_demo_and_test_command(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo")])
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"])
     assert res.exit_code == 0, res.output
-    assert " 1: " in res.output and "100:" in res.output
+    assert "off-the-shelf" in res.output and "trained + WPCA" in res.output and "\n   1  " in res.output
     for png in ("recall.png", "mosaic.png"):
-        with Image.open(tmp_path / "demo" / "eval" / png) as im:
+        with Image.open(tmp_path / "demo" / "eval_trained" / png) as im:
             im.verify()
-    results = json.loads((tmp_path / "demo" / "eval" / "results.json").read_text())
-    assert results["num_queries"] == 60 and results["recall_ns"][:5] == [1, 2, 3, 4, 5]
+    trained = json.loads((tmp_path / "demo" / "eval_trained" / "results.json").read_text())
+    assert trained["dim"] == 64
+    results = json.loads((tmp_path / "demo" / "eval_offtheshelf" / "results.json").read_text())
+    assert results["num_queries"] == 200 and results["recall_ns"][:5] == [1, 2, 3, 4, 5]
     # the same evaluation, independently: the stored features + brute force
     from netvlad_port.datasets.synthetic import load_synthetic
     db = load_synthetic(tmp_path / "demo" / "data", "test")
-    f_db = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval" / "db.h5", db.db_image_fns)
-    f_q = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval" / "q.h5", db.q_image_fns)
+    f_db = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "db.h5", db.db_image_fns)
+    f_q = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "q.h5", db.q_image_fns)
     assert np.allclose(results["recalls"], brute_force_recall(db, f_db, f_q, results["recall_ns"]))
-    assert results["recalls"][0] > 0.2  # well above chance (~10 positives in 120)
+    assert results["recalls"][0] > 0.2  # well above chance (~10 positives among 300)
     # test command reuses the stored features, with cropToDim
-    res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "demo" / "model"), "--dataset",
+    res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "demo" / "offtheshelf"), "--dataset",
                                     "synthetic-test", "--root", str(tmp_path / "demo" / "data"), "--dim", "32",
-                                    "--out", str(tmp_path / "demo" / "eval"), "--quiet"])
+                                    "--out", str(tmp_path / "demo" / "eval_offtheshelf"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "32-D" in res.output
     # search: hloc pairs
     out = tmp_path / "pairs.txt"
-    res = CliRunner().invoke(main, ["search", "--db", str(tmp_path / "demo" / "eval" / "db.h5"), "--queries",
-                                    str(tmp_path / "demo" / "eval" / "q.h5"), "-k", "5", "--out", str(out)])
+    res = CliRunner().invoke(main, ["search", "--db", str(tmp_path / "demo" / "eval_offtheshelf" / "db.h5"), "--queries",
+                                    str(tmp_path / "demo" / "eval_offtheshelf" / "q.h5"), "-k", "5", "--out", str(out)])
     assert res.exit_code == 0, res.output
     lines = out.read_text().splitlines()
-    assert len(lines) == 60 * 5 and lines[0].split()[0] == sorted(db.q_image_fns)[0]
+    assert len(lines) == 200 * 5 and lines[0].split()[0] == sorted(db.q_image_fns)[0]
 
 
 def test_stored_features_of_another_model_are_refused(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d")])
+    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), "--epochs", "0"])
     assert res.exit_code == 0
     from netvlad_port.fixtures import make_net
     from netvlad_port.matconvnet import write_net
     write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "other.mat")
     res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "other.mat"), "--dataset", "synthetic-test",
-                                    "--root", str(tmp_path / "d" / "data"), "--out", str(tmp_path / "d" / "eval")])
+                                    "--root", str(tmp_path / "d" / "data"), "--out", str(tmp_path / "d" / "eval_offtheshelf")])
     assert res.exit_code == 1 and "features of another model" in res.output
