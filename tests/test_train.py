@@ -207,3 +207,6 @@ def test_every_loss_trains_to_a_final_model(setup, tmp_path, loss):
                   **{**OPTS, "n_epoch": 1, "test0": True})
     model = netvlad_port.load(final)
     assert model.output_dim == 8 and model.names[-2:] == ["WPCA", "finalL2"]
+    from PIL import Image
+    with Image.open(tmp_path / "recall_per_epoch.png") as im:
+        im.verify()

@@ -25,6 +25,7 @@ def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-i
     trainer.run()
     if trainer.rank != 0:
         return out_dir / "final"
+    plot_epochs(trainer.history, trainer.opts.recall_ns, out_dir / "recall_per_epoch.png")
     best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else \
         trainer.epoch - 1
     spec = load_converted(out_dir / f"epoch_{best:06d}")
@@ -34,6 +35,35 @@ def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-i
     save_converted(spec, out_dir / "final", force=True)
     log(f"best epoch {best}; final model: {out_dir / 'final'}")
     return out_dir / "final"
+
+
+def plot_epochs(history: History, recall_ns, path: Path) -> None:
+    """Validation recall@1/5/10 per epoch (epoch 0: off-the-shelf), as a PNG."""
+    if not history.val_recall:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..io_utils import atomic_file
+
+    ns = list(recall_ns)
+    epochs = sorted(history.val_recall)
+    series = {0: history.pretrain_val_recall} if history.pretrain_val_recall else {}
+    series.update({e: history.val_recall[e] for e in epochs})
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for n in (1, 5, 10):
+        if n in ns:
+            ax.plot(list(series), [series[e][ns.index(n)] * 100 for e in series], marker="o", ms=3, label=f"recall@{n}")
+    ax.set_xlabel("epoch (0: off-the-shelf)")
+    ax.set_ylabel("val recall (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
 
 
 def _named(loss: str):
