@@ -15,7 +15,6 @@ Prints images/s, peak RSS (and CUDA peak), and our speed as a ratio to the basel
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import tempfile
 import time
@@ -25,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common import in_fresh_process
 
 
 def make_images(folder: Path, n: int, h: int, w: int) -> None:
@@ -120,14 +121,8 @@ def _run(kind: str, folder: str, spec_args: dict, batch: int, precision: str, de
     q.put((len(paths) / seconds, _peak_rss_mb(), cuda_peak))
 
 
-def measure(kind, folder, spec_args, batch, precision, device):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(kind, folder, spec_args, batch, precision, device, q))
-    p.start()
-    result = q.get()
-    p.join()
-    return result
+def measure(*args):
+    return in_fresh_process(_run, *args)
 
 
 def main():

@@ -12,11 +12,12 @@ Pitts30k is 10,000 db + 7,416 queries at 480x640; pass those (and a GPU) for the
 from __future__ import annotations
 
 import argparse
-import multiprocessing as mp
 import resource
 import tempfile
 import time
 from pathlib import Path
+
+from common import in_fresh_process
 
 
 def _run(data: str, mode: str, width: float, k: int, device: str, q) -> None:
@@ -41,13 +42,7 @@ def _run(data: str, mode: str, width: float, k: int, device: str, q) -> None:
 
 
 def measure(*args):
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    p = ctx.Process(target=_run, args=(*args, q))
-    p.start()
-    out = q.get()
-    p.join()
-    return out
+    return in_fresh_process(_run, *args)
 
 
 def main():

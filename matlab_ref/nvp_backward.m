@@ -98,14 +98,7 @@ function [dzdx, dzdw] = vlad_backward(x, l, dzdy)
 [h, w, d, n] = size(x);
 k = size(l.weights{1}, 4);
 v2 = strcmp(l.type, 'vladv2');
-w1 = reshape(l.weights{1}, d, k);
-if v2
-  bias = reshape(l.weights{2}, 1, k);
-  w2 = reshape(l.weights{3}, d, k);
-else
-  bias = zeros(1, k, class(x));
-  w2 = reshape(l.weights{2}, d, k);
-end
+[w1, bias, w2] = nvp_vlad_weights(l, d, class(x));
 dzdx = zeros(size(x), class(x));
 dw1 = zeros(d, k, class(x)); db = zeros(1, k, class(x)); dw2 = zeros(d, k, class(x));
 for in = 1:n

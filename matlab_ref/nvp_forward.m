@@ -67,14 +67,7 @@ end
 function y = nvp_vlad(x, l)
 [h, w, d, n] = size(x);
 k = size(l.weights{1}, 4);
-w1 = reshape(l.weights{1}, d, k);
-if strcmp(l.type, 'vladv2')
-  bias = reshape(l.weights{2}, 1, k);
-  w2 = reshape(l.weights{3}, d, k);
-else
-  bias = zeros(1, k, class(x));
-  w2 = reshape(l.weights{2}, d, k);
-end
+[w1, bias, w2] = nvp_vlad_weights(l, d, class(x));
 y = zeros(1, k, d, n, class(x));
 for in = 1:n
   xn = reshape(x(:, :, :, in), h * w, d);
