@@ -393,11 +393,16 @@ def training_splits(dataset: str, root, spec_dir):
 @click.option("--pca-dim", type=int, default=4096, show_default=True, help="addPCA on the best epoch; 0: skip.")
 @click.option("--trunk-cache", type=click.Choice(["auto", "memory", "disk", "none"]), default="auto", show_default=True,
               help="Keep the frozen layers' outputs (auto: memory, else disk); none recomputes them.")
+@click.option("--trunk-fp16", is_flag=True, help="Store the frozen layers' outputs in float16 (opt-in, inexact).")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="Autocast for the trainable layers (opt-in).")
+@click.option("--margin", type=float, default=0.1, show_default=True, help="Triplet margin (squared distances).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest.")
 @_friendly
 def train(dataset, root, spec_dir, model_path, loss, out_dir, lr, epochs, back_prop_to_layer, batch_size,
-          n_neg_choice, save_frequency, comp_feats_frequency, pca_dim, trunk_cache, device, resume):
+          n_neg_choice, save_frequency, comp_feats_frequency, pca_dim, trunk_cache, trunk_fp16, precision, margin,
+          device, resume):
     """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun."""
     import os
 
@@ -416,7 +421,8 @@ def train(dataset, root, spec_dir, model_path, loss, out_dir, lr, epochs, back_p
                          log=click.echo, learning_rate=lr or RECIPE_LR.get(dataset, 1e-3), n_epoch=epochs,
                          back_prop_to_layer=bp, batch_size=batch_size, n_neg_choice=n_neg_choice,
                          save_frequency=save_frequency, comp_feats_frequency=comp_feats_frequency, pca_dim=pca_dim,
-                         trunk_cache=trunk_cache, device=device)
+                         trunk_cache=trunk_cache, trunk_fp16=trunk_fp16, precision=precision, margin=margin,
+                         device=device)
     click.echo(f"final model: {final}")
 
 

@@ -57,6 +57,11 @@ def test_triplet_violation_filter():
     feats[10] = q + [0.2, 0]                    # d_n = 0.04 < d_p + 0.1
     t = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1)
     assert t.negatives.tolist() == [10]
+    feats[2] = q + [0.3, 0]                     # now d_p = 0.09 > d_n: negative 10 is "very hard"
+    kept = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1)
+    assert 10 in kept.negatives.tolist()
+    vh = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1, exclude_very_hard=True)
+    assert vh is None or 10 not in vh.negatives.tolist()
 
 
 def test_pick_best_epoch_ties():
@@ -194,6 +199,15 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path):
                                                                          tmp_path / "x", log=lambda *a: None)
                                                                  .model.parameters()))
     assert moved > 0  # the update did something
+
+
+def test_jitter_and_mixed_precision_options_run(setup, tmp_path):
+    _, tr, _, spec = setup
+    t = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1, "jitter_flip": True, "jitter_scale": (0.9, 1.1),
+                                                "precision": "bf16", "loss": "triplet", "exclude_very_hard": True}),
+                tmp_path, log=lambda *a: None)
+    t.run(stop_after=3)
+    assert len(t.history.batch_loss) == 3 and all(np.isfinite(t.history.batch_loss))
 
 
 @pytest.mark.parametrize("loss", ["sare-ind", "sare-joint", "cauchy-ind", "cauchy-joint", "exp-ind", "exp-joint",

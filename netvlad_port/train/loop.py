@@ -171,7 +171,8 @@ class Trainer:
         for iq in query_ids:  # every rank mines every tuple: identical RNG stream and negative cache
             tuples.append(mine_tuple(self.db_train, int(iq), self.train_feats[n_db + iq], self.train_feats[:n_db],
                                      self.neg_cache, self.rng, o.n_neg_choice, o.n_neg_cap, o.n_neg_cache,
-                                     margin=o.margin if self.triplet else None))
+                                     margin=o.margin if self.triplet else None,
+                                     exclude_very_hard=o.exclude_very_hard))
         self.model.train()
         for p in self.params:
             if p.grad is None:
@@ -188,13 +189,22 @@ class Trainer:
                     loss_sum[1] += 1
                 continue
             x = self.trunk_input(self.tuple_images(tup))
-            feats = matlab_flatten(self.model.run(x, self.first)).to(torch.float64 if x.dtype == torch.float64
-                                                                      else torch.float32)
-            loss = self.loss_fn(feats[0], feats[1], feats[2:])
-            n_pairs = int(((feats[0] - feats[1]).pow(2).sum() + o.margin - (feats[0] - feats[2:]).pow(2).sum(1) > 0)
-                          .sum()) if self.triplet else len(tup.negatives)
+            with self._autocast():
+                out = self.model.run(x, self.first)
+            feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+            if self.triplet:  # trainWeakly on fresh features: loss over all, gradient over the violators
+                d_p = (feats[0] - feats[1]).pow(2).sum()
+                d_n = (feats[0][None] - feats[2:]).pow(2).sum(1)
+                hinge = (d_p + o.margin - d_n).clamp_min(0)
+                active = d_n < d_p + o.margin
+                if o.exclude_very_hard:
+                    active &= ~(d_n < d_p)
+                loss, objective, n_pairs = hinge.sum(), (hinge * active).sum(), int(active.sum())
+            else:
+                loss = objective = self.loss_fn(feats[0], feats[1], feats[2:])
+                n_pairs = len(tup.negatives)
             if n_pairs > 0:
-                loss.backward()
+                objective.backward()
             pairs += n_pairs
             loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
         grads = [p.grad for p in self.params]
@@ -213,18 +223,34 @@ class Trainer:
     def nontrivial(self, iq) -> bool:
         return len(self.db_train.nontrivial_pos_q(int(iq))) > 0
 
+    def _autocast(self):
+        import contextlib
+
+        if self.opts.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.opts.precision == "bf16" else torch.float16)
+
     def trunk_input(self, ids) -> torch.Tensor:
-        x = self.trunks["train"].get(ids)
-        if self.opts.jitter_flip and self.rng.random() < 0.5:
-            x = x.flip(-1) if self.first == 0 else self._flipped(ids)
+        """The frozen layers' output for a tuple's images; with jitterScale / jitterFlip the images
+        are rescaled (shorter side round(s * that of the first db image)) or flipped first."""
+        o = self.opts
+        shorter = None
+        if o.jitter_scale:
+            h, w = self.trunks["train"]._size[0]
+            shorter = round(float(self.rng.choice(list(o.jitter_scale))) * min(h, w))
+        flip = o.jitter_flip and self.rng.random() < 0.5
+        if shorter is None and not flip:
+            x = self.trunks["train"].get(ids)
+        else:
+            x = self._jittered(ids, shorter, flip)
         return x.to(next(self.model.parameters()).dtype)
 
-    def _flipped(self, ids) -> torch.Tensor:
-        """jitterFlip on the images: the frozen layers must see the flipped images."""
+    def _jittered(self, ids, shorter, flip) -> torch.Tensor:
         from ..images import read_image
 
         trunk = self.trunks["train"]
-        x = torch.stack([read_image(trunk.root / trunk.names[i]).flip(-1) for i in ids]).to(self.device)
+        ims = [read_image(trunk.root / trunk.names[i], shorter) for i in ids]
+        x = torch.stack([im.flip(-1) if flip else im for im in ims]).to(self.device)
         with torch.no_grad():
             return trunk._frozen(x)
 

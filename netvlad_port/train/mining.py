@@ -27,9 +27,9 @@ def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 def mine_tuple(db, iq: int, q_feat: np.ndarray, db_feats: np.ndarray, neg_cache: list, rng: np.random.Generator,
                n_neg_choice: int = 1000, n_neg_cap: int = 10, n_neg_cache: int = 10,
-               margin: float | None = None) -> Tuple | None:
+               margin: float | None = None, exclude_very_hard: bool = False) -> Tuple | None:
     """One query's tuple, or None (no non-trivial positive; triplet: no violating negative).
-    Updates ``neg_cache[iq]``."""
+    Updates ``neg_cache[iq]``. ``exclude_very_hard`` (trainWeakly): drop negatives closer than the positive."""
     pos = db.nontrivial_pos_q(iq)
     if len(pos) == 0:
         return None
@@ -43,6 +43,8 @@ def mine_tuple(db, iq: int, q_feat: np.ndarray, db_feats: np.ndarray, neg_cache:
     neg_cache[iq] = cand[:n_neg_cache].copy()
     if margin is not None:  # trainWeakly: violators only
         keep = dn < d_p + margin
+        if exclude_very_hard:
+            keep &= ~(dn < d_p)
         cand = cand[keep]
         if len(cand) == 0:
             return None

@@ -44,6 +44,7 @@ class TrainOptions:
     loss: str = "sare-ind"
     trunk_cache: str = "auto"              # memory | disk | none (recompute the frozen layers, as other ports do)
     trunk_fp16: bool = False
+    precision: str = "fp32"                # bf16 | fp16: autocast for the trainable layers (opt-in)
     device: str = "cpu"
     pca_dim: int = 4096                    # addPCA on the best epoch; 0: skip
     extra: dict = field(default_factory=dict)
