@@ -201,6 +201,20 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path):
     assert moved > 0  # the update did something
 
 
+def test_tensorboard_scalars_and_jsonl_log(setup, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, tr, va, spec = setup
+    t = Trainer(spec, tr, va, TrainOptions(**{**OPTS, "n_epoch": 1}), tmp_path, log=lambda *a: None).run()
+    t._tb.flush()
+    ea = EventAccumulator(str(tmp_path / "tensorboard"))
+    ea.Reload()
+    assert {"loss", "lr", "val_recall@1", "val_recall@5"} <= set(ea.Tags()["scalars"])
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
+    assert sum("loss" in r for r in records) == tr.num_queries // 4 and any("val_recall@1" in r for r in records)
+
+
 def test_jitter_and_mixed_precision_options_run(setup, tmp_path):
     _, tr, _, spec = setup
     t = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1, "jitter_flip": True, "jitter_scale": (0.9, 1.1),
