@@ -7,7 +7,7 @@ import torch
 import netvlad_port
 from netvlad_port.matconvnet import read_net, write_net
 from netvlad_port.matconvnet.read import to_python
-from conftest import DATA, SUITES, suite
+from conftest import DATA, suite
 
 ENCODINGS = [(v, e) for v in ("v7", "v7.3") for e in ("struct", "classdef", "saveobj")]
 

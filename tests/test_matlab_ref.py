@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
-import torch
 from click.testing import CliRunner
 
 from netvlad_port.cli import main

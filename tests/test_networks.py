@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import netvlad_port
 from netvlad_port.cli import main
 from netvlad_port.clusters import get_clusters, kmeans
-from netvlad_port.fixtures import VGG_BLOCKS, make_net, write_imagenet_model
+from netvlad_port.fixtures import make_net, write_imagenet_model
 from netvlad_port.losses import gauss_kernal_ind, tuple_loss
 from netvlad_port.matconvnet import read_net
 from netvlad_port.model import SimpleNN

@@ -14,7 +14,7 @@ import torch
 from netvlad_port.datasets import DbBase
 from netvlad_port.train import History, Trainer, TrainOptions, pick_best_epoch
 from netvlad_port.train.mining import mine_tuple
-from test_datasets import E0, N0, line, spec_fields
+from test_datasets import E0, line, spec_fields
 
 
 def crafted():

@@ -16,7 +16,6 @@ equals the single-process update. Cache refreshes are split across ranks and gat
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
