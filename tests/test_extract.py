@@ -139,7 +139,7 @@ def test_ctrl_c_on_a_real_process_leaves_a_valid_file(data):
     cmd = [sys.executable, "-m", "netvlad_port.cli", "extract", "--model", str(net), "--images",
            str(tmp / "images"), "--out", str(out), "--batch-size", "1", "--workers", "0", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 60
+    deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
         try:
             if len(read_hloc(out)) >= 5:

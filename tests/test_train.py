@@ -189,8 +189,12 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path):
     single = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1}), tmp_path / "one", log=lambda *a: None)
     single.run(stop_after=3)
     (tmp_path / "two").mkdir()
-    mp.spawn(_ddp_worker, args=(2, str(root / "data"), str(root / "offtheshelf.mat"), tmp_path / "two",
-                                29500 + os.getpid() % 1000), nprocs=2, join=True)
+    import socket
+    with socket.socket() as sock:  # a free port on loopback for the gloo rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, str(root / "data"), str(root / "offtheshelf.mat"), tmp_path / "two", port),
+             nprocs=2, join=True)
     two = load_file(str(tmp_path / "two" / "weights.safetensors"))
     for n, p in single.model.named_parameters():
         assert torch.allclose(p, two[n], rtol=1e-5, atol=1e-7), n
