@@ -249,15 +249,6 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
     click.echo(f"results: {out_dir / 'results.json'}, {out_dir / 'recall.png'}, {out_dir / 'mosaic.png'}")
 
 
-def _h5_names(path: Path) -> list[str]:
-    import h5py
-
-    names = []
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda n, o: names.append(n.rsplit("/", 1)[0]) if n.endswith("/global_descriptor") else None)
-    return sorted(names)
-
-
 @main.command()
 @click.option("--db", "db_h5", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--queries", "q_h5", type=click.Path(path_type=Path, exists=True), required=True)
@@ -267,9 +258,10 @@ def _h5_names(path: Path) -> list[str]:
 def search(db_h5, q_h5, k, out):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
     from .evaluate import faiss_search, read_h5_descriptors
+    from .extract import h5_names
     from .io_utils import atomic_file
 
-    db_names, q_names = _h5_names(db_h5), _h5_names(q_h5)
+    db_names, q_names = sorted(h5_names(db_h5)), sorted(h5_names(q_h5))
     if not db_names or not q_names:
         raise NetVladPortError(f"{db_h5 if not db_names else q_h5}: no global_descriptor datasets")
     ids, _, where = faiss_search(read_h5_descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names), k)

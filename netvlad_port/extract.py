@@ -138,7 +138,8 @@ def infer_format(out: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _h5_names(path: Path) -> set[str]:
+def h5_names(path: Path) -> set[str]:
+    """Image names with a ``global_descriptor`` in an hloc-layout h5 (empty if the file is absent)."""
     import h5py
 
     names: set[str] = set()
@@ -223,7 +224,7 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
     report = ExtractReport(out=out, device=str(resolve_device(device)))
     todo = list(range(len(names)))
     if fmt == "h5":
-        present = _h5_names(out)
+        present = h5_names(out)
         todo = [i for i in todo if names[i] not in present]
         report.already_present = len(names) - len(todo)
 

@@ -98,8 +98,7 @@ def net_variable(spec: NetSpec, encoding: str = "struct") -> np.ndarray:
             continue
         from matio.utils.matclass import MatlabOpaque
 
-        props = {k: v for k, v in fields.items()}
-        layers.append(MatlabOpaque({"any": _struct(props)} if encoding == "saveobj" else props, cls))
+        layers.append(MatlabOpaque({"any": _struct(fields)} if encoding == "saveobj" else fields, cls))
     meta = spec.meta
     avg = meta.get("averageImage")
     norm = {"averageImage": np.asarray(avg, np.float32) if avg is not None else np.zeros((1, 1, 3), np.float32)}

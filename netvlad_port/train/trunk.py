@@ -78,7 +78,6 @@ class TrunkCache:
                 os.unlink(path)  # the mapping keeps it alive; nothing is left behind
             else:
                 self._arrays[shape] = np.empty((n,) + shape, self.dtype)
-        self.bytes = total
         for ids, out in iter_descriptors(self.model, self.root, self.names, batches, fail, device=str(self.device),
                                          forward=self._frozen, progress=progress, desc="frozen trunk",
                                          channels_last=False):
