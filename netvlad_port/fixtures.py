@@ -1,6 +1,6 @@
 """Networks with the real NetVLAD layer structure and random weights, for tests, demos and benchmarks.
 
-The layer lists are what ``loadNet`` + ``addLayers`` + ``addPCA`` produce (reference §2.1-2.2, §4.4):
+The layer lists are what ``loadNet`` + ``addLayers`` + ``addPCA`` produce ([docs/matlab.md#loadnet](../docs/matlab.md#loadnet)):
 the MatConvNet backbone cropped at its last conv (no ReLU after it), each max pool moved before
 its ReLU (``relja_swapLayersForEfficiency``), then preL2, the aggregation layer, intra-norm, postL2
 and optionally WPCA + finalL2. ``width`` scales the channel counts (1.0 is the real VGG16: 35
@@ -12,10 +12,11 @@ import math
 
 import numpy as np
 
-from .matconvnet.spec import (CONV, NORMALIZE, POOL, RELU, TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2,
-                              LayerSpec, NetSpec, validate)
+from .matconvnet import mat
+from .matconvnet.spec import CONV, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
+from .networks import aggregation_types
 
-# MatConvNet's VGG/CaffeNet mean (RGB), imported with --average-value (reference §5.6).
+# MatConvNet's VGG/CaffeNet mean (RGB), imported with --average-value ([docs/matlab.md#simplenn-struct]).
 VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 # VGG blocks: number of convs and width per block; the last layer kept is the last conv.
 VGG_BLOCKS = {"vd16": (2, 2, 3, 3, 3), "vd19": (2, 2, 4, 4, 4)}
@@ -74,18 +75,15 @@ def caffe_trunk(rng, width: float) -> list[LayerSpec]:
     ]
 
 
-def vlad_weights(rng, d: int, k: int, v2: bool) -> list[np.ndarray]:
-    """Weights as ``addLayers`` builds them from k-means centres of unit descriptors (reference §3)."""
+def random_centres(rng, d: int, k: int) -> np.ndarray:
+    """D x K "k-means centres" of unit descriptors (means of 50 random unit vectors each, |c| < 1)."""
     x = rng.standard_normal((d, 50 * k)).astype(np.float32)
     x /= np.linalg.norm(x, axis=0, keepdims=True)
-    c = np.stack([x[:, i::k].mean(1) for i in range(k)], 1).astype(np.float32)  # D x K, |c| < 1
-    if v2:
-        alpha = 10.0
-        return [(2 * alpha * c)[None, None].astype(np.float32),
-                (-alpha * (c ** 2).sum(0))[None].astype(np.float32), (-c)[None, None]]
-    chat = c / (np.linalg.norm(c, axis=0, keepdims=True) + 1e-12)
-    alpha = 20.0
-    return [(alpha * chat)[None, None].astype(np.float32), (-c)[None, None]]
+    return np.stack([x[:, i::k].mean(1) for i in range(k)], 1).astype(np.float32)
+
+
+# alpha of the random aggregation layers (addLayers would compute it from training descriptors)
+FIXTURE_ALPHA = {"vlad": 20.0, "vladv2": 10.0}
 
 
 def make_net(arch: str = "vd16", method: str = "vlad_preL2_intra", width: float = 1.0, k: int = 64,
@@ -96,24 +94,26 @@ def make_net(arch: str = "vd16", method: str = "vlad_preL2_intra", width: float 
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     tokens = method.split("_")
-    aggs = [t for t in tokens if t in ("vlad", "vladv2", "max", "avg")]
-    if len(aggs) != 1 or any(t not in ("vlad", "vladv2", "max", "avg", "preL2", "intra") for t in tokens):
-        raise ValueError(f"unsupported method {method!r} (addLayers tokens: vlad|vladv2|max|avg, preL2, intra)")
+    types = aggregation_types()
+    aggs = [t for t in tokens if t in types]
+    if len(aggs) != 1 or any(t not in types and t not in ("preL2", "intra") for t in tokens):
+        raise ValueError(f"unsupported method {method!r} (addLayers tokens: {'|'.join(types)}, preL2, intra)")
     rng = np.random.default_rng(seed)
     layers = caffe_trunk(rng, width) if arch == "caffe" else vgg_trunk(rng, arch, width, ceil_pool)
     d = layers[-1].weights[0].shape[3]
     if "preL2" in tokens:
         layers.append(LayerSpec(NORMALIZE, "preL2", [], {"param": [2 * d, 1e-12, 1, 0.5]}))
-    agg, dim = aggs[0], d
-    if agg in ("vlad", "vladv2"):
-        layers.append(LayerSpec(VLADV2 if agg == "vladv2" else VLAD, "vlad:core",
-                                vlad_weights(rng, d, k, agg == "vladv2"), {"K": k, "D": d}))
-        dim = d * k
+    entry = types[aggs[0]]
+    if entry.alpha is None:
+        layers.append(entry.aggregate(d, None, None))
+    else:
+        layers.append(entry.aggregate(d, random_centres(rng, d, k), FIXTURE_ALPHA.get(entry.token, 20.0)))
         if "intra" in tokens:
             layers.append(LayerSpec(NORMALIZE, "vlad:intranorm", [], {"param": [2 * d, 1e-12, 1, 0.5]}))
-    else:
-        layers.append(LayerSpec(TOTAL_MAX if agg == "max" else TOTAL_AVG, f"{agg}:core"))
     layers.append(LayerSpec(WHOLE_L2, "postL2"))
+    head = NetSpec(list(layers))
+    validate(head)
+    dim = infer_shapes(head, image_hw=None)[-1][2]
     last_conv = [l.name for l in layers if l.type == CONV][-1]
     session = f"{arch}_offtheshelf_{last_conv}_synthetic_{method}"
     if pca_dim:
@@ -137,7 +137,7 @@ def write_imagenet_model(path, arch: str = "vd16", width: float = 1.0, seed: int
     classifier fc6-fc8, dropout and softmax; ``meta.classes``), with random weights."""
     import scipy.io
 
-    from .matconvnet.write import _cell, _num, _str, _struct, layer_fields
+    from .matconvnet.write import layer_fields
 
     rng = np.random.default_rng(seed)
     trunk = vgg_trunk(rng, arch, width, ceil_pool=False)
@@ -152,17 +152,17 @@ def write_imagenet_model(path, arch: str = "vd16", width: float = 1.0, seed: int
     layers += [_relu(f"relu5_{VGG_BLOCKS[arch][-1]}"), _pool("pool5")]
     cin = layers[-3].weights[0].shape[3]
     fcw = max(8, round(fc_width * width))
-    raw = [_struct(layer_fields(l)[0]) for l in layers]
+    raw = [mat.struct(layer_fields(l)[0]) for l in layers]
     for name, k, a, b in (("fc6", 7, cin, fcw), ("fc7", 1, fcw, fcw), ("fc8", 1, fcw, 1000)):
-        raw.append(_struct(layer_fields(_conv(rng, name, k, a, b, pad=0))[0]))
+        raw.append(mat.struct(layer_fields(_conv(rng, name, k, a, b, pad=0))[0]))
         if name != "fc8":
-            raw.append(_struct(layer_fields(_relu(f"relu{name[2:]}"))[0]))
-            raw.append(_struct({"name": _str(f"drop{name[2:]}"), "type": _str("dropout"), "rate": _num(0.5)}))
-    raw.append(_struct({"name": _str("prob"), "type": _str("softmax")}))
-    meta = _struct({
-        "normalization": _struct({"averageImage": np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3),
-                                  "imageSize": _num([224, 224, 3]), "interpolation": _str("bilinear"),
-                                  "keepAspect": _num(1), "border": _num([0, 0]), "cropSize": _num([0.875, 0.875])}),
-        "classes": _struct({"name": _cell([f"n{i:08d}" for i in range(1000)]),
-                            "description": _cell([f"class {i}" for i in range(1000)])})})
-    scipy.io.savemat(path, {"layers": _cell(raw), "meta": meta})
+            raw.append(mat.struct(layer_fields(_relu(f"relu{name[2:]}"))[0]))
+            raw.append(mat.struct({"name": mat.string(f"drop{name[2:]}"), "type": mat.string("dropout"), "rate": mat.num(0.5)}))
+    raw.append(mat.struct({"name": mat.string("prob"), "type": mat.string("softmax")}))
+    meta = mat.struct({
+        "normalization": mat.struct({"averageImage": np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3),
+                                  "imageSize": mat.num([224, 224, 3]), "interpolation": mat.string("bilinear"),
+                                  "keepAspect": mat.num(1), "border": mat.num([0, 0]), "cropSize": mat.num([0.875, 0.875])}),
+        "classes": mat.struct({"name": mat.cell([f"n{i:08d}" for i in range(1000)]),
+                            "description": mat.cell([f"class {i}" for i in range(1000)])})})
+    scipy.io.savemat(path, {"layers": mat.cell(raw), "meta": meta})

@@ -53,7 +53,7 @@ class SimpleNN(nn.Module):
         return torch.float32
 
     def subtract_mean(self, images: torch.Tensor) -> torch.Tensor:
-        """RGB 0..255 minus ``averageImage(1,1,:)``, computed in float32 (reference §6)."""
+        """RGB 0..255 minus ``averageImage(1,1,:)``, computed in float32 ([docs/matlab.md#images])."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images as N x 3 x H x W RGB, got shape {tuple(images.shape)}")
         x = images.to(device=self.average_rgb.device, dtype=torch.float32) - self.average_rgb.float()

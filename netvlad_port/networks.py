@@ -1,22 +1,22 @@
-"""Build networks as NetVLAD's MATLAB code does: ``loadNet`` and ``addLayers`` (reference §2.1-2.2, §3).
+"""Build networks as NetVLAD's MATLAB code does: ``loadNet`` and ``addLayers``
+([docs/matlab.md#loadnet](../docs/matlab.md#loadnet), [#addlayers](../docs/matlab.md#addlayers)).
 
 Both work on a :class:`NetSpec` (MATLAB layout), so the result can be converted, exported or loaded.
 """
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 
 from .errors import NetVladPortError
-from .matconvnet.spec import (NORMALIZE, POOL, RELU, TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2, LayerSpec,
-                              NetSpec, infer_shapes, validate)
+from .layers.netvlad import vlad_alpha, vladv2_alpha  # noqa: F401  (addLayers' alpha rules, re-exported)
+from .matconvnet.spec import (LAYER_TYPES, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, NetSpec, infer_shapes,
+                              validate)
 
 NET_FILES = {"vd16": "imagenet-vgg-verydeep-16.mat", "vd19": "imagenet-vgg-verydeep-19.mat",
              "caffe": "imagenet-caffe-ref.mat", "places": "places-caffe.mat"}
 DEFAULT_K = 64
-ALPHA_TARGET = -math.log(0.01)  # addLayers: alpha = -log(0.01) / mean(dot1 - dot2)
 
 
 def swap_layers_for_efficiency(layers: list[LayerSpec]) -> list[LayerSpec]:
@@ -48,27 +48,6 @@ def load_net(net_id: str = "vd16", layer_name: str | None = "conv5_3",
     return spec
 
 
-def _l2_cols(a: np.ndarray) -> np.ndarray:
-    """``relja_l2normalize_col``: columns over (norm + 1e-12)."""
-    return a / (np.sqrt((a.astype(np.float64) ** 2).sum(0)) + 1e-12).astype(a.dtype)
-
-
-def vlad_alpha(clusters: np.ndarray, train_descs: np.ndarray) -> float:
-    """addLayers' alpha for ``layerVLAD``: -log(0.01) / mean(top1 - top2 dot with the L2-normalised
-    centres), over the training descriptors (D x N)."""
-    dots = _l2_cols(clusters).T.astype(np.float64) @ train_descs.astype(np.float64)  # K x N
-    top2 = -np.partition(-dots, 1, axis=0)[:2]
-    return float(ALPHA_TARGET / np.mean(top2[0] - top2[1]))
-
-
-def vladv2_alpha(clusters: np.ndarray, train_descs: np.ndarray) -> float:
-    """addLayers' alpha for ``layerVLADv2``: -log(0.01) / mean(d2^2 - d1^2) to the two nearest centres."""
-    c, x = clusters.astype(np.float64), train_descs.astype(np.float64)
-    d2 = (x ** 2).sum(0)[None] - 2 * c.T @ x + (c ** 2).sum(0)[:, None]
-    near = np.partition(d2, 1, axis=0)[:2]
-    return float(ALPHA_TARGET / np.mean(near[1] - near[0]))
-
-
 def add_layers(spec: NetSpec, method: str = "vlad_preL2_intra", clusters: np.ndarray | None = None,
                train_descs: np.ndarray | None = None, db_name: str = "", db_train=None, k: int = DEFAULT_K,
                **cluster_kwargs) -> NetSpec:
@@ -77,13 +56,14 @@ def add_layers(spec: NetSpec, method: str = "vlad_preL2_intra", clusters: np.nda
     ``clusters`` (D x K) and ``train_descs`` (D x N) for alpha, or ``db_train`` to compute them with
     :func:`netvlad_port.clusters.get_clusters`."""
     tokens = method.split("_")
-    known = {"preL2", "max", "avg", "vlad", "vladv2", "intra"}
-    if set(tokens) - known:
-        raise NetVladPortError(f"Unsupported options (method={method}): {', '.join(sorted(set(tokens) - known))}")
-    aggs = [t for t in tokens if t in ("max", "avg", "vlad", "vladv2")]
+    types = aggregation_types()
+    unknown = set(tokens) - {"preL2", "intra"} - set(types)
+    if unknown:
+        raise NetVladPortError(f"Unsupported options (method={method}): {', '.join(sorted(unknown))}")
+    aggs = [t for t in tokens if t in types]
     if len(aggs) != 1:
-        raise NetVladPortError(f'Unsupported method "{method}": exactly one of vlad, vladv2, max, avg')
-    if "intra" in tokens and aggs[0] not in ("vlad", "vladv2"):
+        raise NetVladPortError(f'Unsupported method "{method}": exactly one of {", ".join(types)}')
+    if "intra" in tokens and types[aggs[0]].alpha is None:
         raise NetVladPortError(f"Unsupported options (method={method}): intra")
     layers = list(spec.layers)
     d = infer_shapes(spec, image_hw=None)[-1][2]
@@ -91,9 +71,9 @@ def add_layers(spec: NetSpec, method: str = "vlad_preL2_intra", clusters: np.nda
     out = NetSpec(layers, meta)
     if "preL2" in tokens:
         layers.append(LayerSpec(NORMALIZE, "preL2", [], {"param": [2 * d, 1e-12, 1, 0.5]}))
-    agg = aggs[0]
-    if agg in ("max", "avg"):
-        layers.append(LayerSpec(TOTAL_MAX if agg == "max" else TOTAL_AVG, f"{agg}:core"))
+    entry = aggregation_types()[aggs[0]]
+    if entry.alpha is None:
+        layers.append(entry.aggregate(d, None, None))
     else:
         if clusters is None:
             if db_train is None:
@@ -107,18 +87,9 @@ def add_layers(spec: NetSpec, method: str = "vlad_preL2_intra", clusters: np.nda
         clusters = np.asarray(clusters, np.float32)
         if clusters.shape[0] != d:
             raise NetVladPortError(f"clusters are {clusters.shape[0]}-D but the network outputs {d} channels")
-        kk = clusters.shape[1]
         if db_name:
             meta["sessionID"] = f"{meta.get('sessionID', '')}_{db_name}"
-        if agg == "vladv2":
-            a = vladv2_alpha(clusters, train_descs)
-            w = [(a * 2 * clusters)[None, None], (-a * (clusters.astype(np.float64) ** 2).sum(0))[None],
-                 (-clusters)[None, None]]
-            layers.append(LayerSpec(VLADV2, "vlad:core", [np.asarray(x, np.float32) for x in w], {"K": kk, "D": d}))
-        else:
-            a = vlad_alpha(clusters, train_descs)
-            w = [(a * _l2_cols(clusters))[None, None], (-clusters)[None, None]]
-            layers.append(LayerSpec(VLAD, "vlad:core", [np.asarray(x, np.float32) for x in w], {"K": kk, "D": d}))
+        layers.append(entry.aggregate(d, clusters, entry.alpha(clusters, train_descs)))
         if "intra" in tokens:
             layers.append(LayerSpec(NORMALIZE, "vlad:intranorm", [], {"param": [2 * d, 1e-12, 1, 0.5]}))
     layers.append(LayerSpec(WHOLE_L2, "postL2"))
@@ -126,3 +97,8 @@ def add_layers(spec: NetSpec, method: str = "vlad_preL2_intra", clusters: np.nda
     meta["epoch"] = 0
     validate(out)
     return out
+
+
+def aggregation_types() -> dict:
+    """``addLayers`` method token -> the registered layer type it appends (vlad, vladv2, max, avg, ...)."""
+    return {e.token: e for _, e in LAYER_TYPES.items() if e.token}

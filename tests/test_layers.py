@@ -5,12 +5,12 @@ import torch
 
 from netvlad_port import fastpow
 from netvlad_port.layers import Normalize, Pool, VLADCore, WholeL2Normalize, build_layer
-from netvlad_port.matconvnet.spec import LayerSpec, normalize_params
+from netvlad_port.matconvnet.spec import LayerSpec, canonicalise
 
 
 def spec(t, name="l", weights=(), **params):
     s = LayerSpec(t, name, list(weights), params)
-    normalize_params(s, name)
+    canonicalise(s, name)
     return s
 
 
@@ -21,7 +21,7 @@ def test_vlad_flatten_is_k_fastest():
     w1, w2 = rng.standard_normal((1, 1, d, k)).astype(np.float32), rng.standard_normal((1, 1, d, k)).astype(np.float32)
     vlad = VLADCore(spec("layerVLAD", "vlad:core", [w1, w2], K=k, D=d)).double()
     x = torch.from_numpy(rng.standard_normal((1, d, 5, 6)))
-    flat = WholeL2Normalize("postL2")(vlad(x)).flatten().detach()
+    flat = WholeL2Normalize(LayerSpec("layerWholeL2Normalize", "postL2"))(vlad(x)).flatten().detach()
     xs = x[0].reshape(d, -1).numpy()  # D x M
     s = w1[0, 0].T.astype(np.float64) @ xs
     a = np.exp(s - s.max(0)) / np.exp(s - s.max(0)).sum(0)  # K x M
@@ -67,7 +67,7 @@ def test_l2_normalize_epsilons_differ():
     """preL2: eps inside the root; postL2: eps outside (reference §2.3, §2.6)."""
     x = torch.full((1, 2, 1, 1), 1e-7, dtype=torch.float64)
     pre = Normalize(spec("normalize", param=[4, 1e-12, 1, 0.5])).double()(x)
-    post = WholeL2Normalize("postL2")(x)
+    post = WholeL2Normalize(LayerSpec("layerWholeL2Normalize", "postL2"))(x)
     norm = np.sqrt(2) * 1e-7
     assert np.isclose(pre[0, 0, 0, 0].item(), 1e-7 / np.sqrt(norm ** 2 + 1e-12), rtol=1e-12)
     assert np.isclose(post[0, 0, 0, 0].item(), 1e-7 / (norm + 1e-12), rtol=1e-12)

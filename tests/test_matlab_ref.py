@@ -74,7 +74,7 @@ def test_broken_model_fails_against_octave_dump(fixture_dumps, monkeypatch):
     from netvlad_port import layers
 
     net, dump, _ = fixture_dumps["vd16_vlad_wpca"]
-    monkeypatch.setattr(layers, "WHOLE_L2_EPS", 1e-3)
+    monkeypatch.setattr(layers.netvlad, "WHOLE_L2_EPS", 1e-3)
     result = parity(net, dump, "--double", "--rtol", "1e-9", "--atol", "1e-12", "--no-gradients")
     assert result.exit_code == 1 and "first failure: forward at 'postL2'" in result.output
 

@@ -56,7 +56,7 @@ def test_cluster_major_flatten_is_caught_at_postL2(monkeypatch):
         return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1) if x.shape[2] == 1 and x.shape[3] > 1 else \
             x.permute(0, 1, 3, 2).reshape(x.shape[0], -1)
 
-    monkeypatch.setattr(layers, "matlab_flatten", cluster_major)
+    monkeypatch.setattr(layers.netvlad, "matlab_flatten", cluster_major)
     result = parity_cli(s.net_path, s.dir / "ref.mat", "--no-gradients")
     assert result.exit_code == 1
     assert "first failure: forward at 'postL2'" in result.output

@@ -67,7 +67,7 @@ def load_db_struct(path: str | os.PathLike) -> dict[str, Any]:
 def write_db_struct(path: str | os.PathLike, fields: dict[str, Any], version: str = "v7") -> Path:
     """Write a ``dbStruct`` in MATLAB's field order (v7 with scipy, v7.3 with mat-io), atomically."""
     from ..io_utils import atomic_file
-    from ..matconvnet.write import _struct
+    from ..matconvnet.mat import struct as _struct
 
     def cell(names):
         arr = np.empty((len(names), 1), dtype=object)

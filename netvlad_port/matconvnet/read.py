@@ -1,6 +1,6 @@
 """Read MatConvNet SimpleNN networks from MAT files (MATLAB ``load(fn, 'net')``).
 
-One reader for the three encodings users hold (reference §10, peers §2, §5):
+One reader for the three encodings users hold ([docs/formats.md#mat-files](../../docs/formats.md#mat-files)):
 
 * MAT v5/v7 with plain structs (hloc's struct-ified ``Pitts30K_struct.mat``, our ``export-mat``);
 * MAT v7.3 / HDF5, e.g. training checkpoints ``*_latest.mat`` holding ``net, obj, opts, auxData``;
@@ -20,13 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import NetFormatError
-from .spec import (CONV, CUSTOM_TYPES, NORMALIZE, TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2,
-                   LayerSpec, NetSpec, validate)
+from .spec import CONV, LAYER_TYPES, LayerSpec, NetSpec, validate
 
 # Fields that only matter to MATLAB's training loop or memory management.
 _TRAINING_FIELDS = {"type", "name", "weights", "momentum", "learningRate", "weightDecay", "precious", "opts"}
-# 'lrn' is the older MatConvNet name of 'normalize'.
-_TYPE_ALIASES = {"lrn": NORMALIZE}
 
 
 def to_python(value: Any) -> Any:
@@ -87,32 +84,16 @@ def _load_variables(path: Path) -> dict[str, Any]:
 
 
 def _custom_class(d: dict, where: str) -> str:
-    """Which NetVLAD class a 'custom' layer is (parity README: 'Custom layers in net.mat')."""
+    """Which registered custom class a layer is: its class name, or for a struct-ified copy the first
+    type that recognises its fields (parity README, 'Custom layers in net.mat')."""
     cls = d.get("__class__")
-    name = d.get("name", "")
-    weights = d.get("weights")
-    n_w = len(weights) if isinstance(weights, list) else 0
-    if cls in CUSTOM_TYPES:
-        kind = cls
-    elif n_w == 2:
-        kind = VLAD
-    elif n_w == 3:
-        kind = VLADV2
-    elif name in ("postL2", "finalL2") or name.endswith("L2"):
-        kind = WHOLE_L2
-    elif name == "max:core":
-        kind = TOTAL_MAX
-    elif name == "avg:core":
-        kind = TOTAL_AVG
-    elif name == "vlad:core":
-        kind = VLAD
-    else:
-        raise NetFormatError(f"unsupported layer type '{cls or 'custom'}' at {where}")
-    if kind in (VLAD, VLADV2) and n_w == 0:
-        raise NetFormatError(
-            f"{where}: {kind} has no weights. The file was probably re-saved by MATLAB without the NetVLAD "
-            f"classes on the path (netvlad issue #6); use the original release file or a struct-ified copy")
-    return kind
+    entry = LAYER_TYPES.get(cls) if cls else None
+    if entry is not None and entry.custom:
+        return entry.name
+    for name, entry in LAYER_TYPES.items():
+        if entry.custom and entry.recognise is not None and entry.recognise(d):
+            return name
+    raise NetFormatError(f"unsupported layer type '{cls or 'custom'}' at {where}")
 
 
 def _layer(d: Any, index: int) -> LayerSpec:
@@ -123,22 +104,22 @@ def _layer(d: Any, index: int) -> LayerSpec:
     name = name if isinstance(name, str) and name else f"layer{index + 1}"
     where = f"layer {index + 1} ('{name}')"
     t = d.get("type")
-    if d.get("__class__") in CUSTOM_TYPES:
+    if d.get("__class__") and d["__class__"] in LAYER_TYPES:
         t = "custom"
     if not isinstance(t, str) or not t:
         raise NetFormatError(f"{where}: the layer has no 'type' field")
-    t = _TYPE_ALIASES.get(t, t)
-    if t == "custom":
-        t = _custom_class(d, where)
+    t = _custom_class(d, where) if t == "custom" else (LAYER_TYPES.name(t) if t in LAYER_TYPES else t)
     weights = d.get("weights", [])
     if isinstance(weights, np.ndarray):
         weights = [] if weights.size == 0 else [weights]
     weights = [np.asarray(w) for w in (weights or [])]
     if t == CONV and len(weights) == 2 and weights[1].size == 0:
         weights = weights[:1]
-    params = {k: v for k, v in d.items() if k not in _TRAINING_FIELDS and not k.startswith("__")}
-    if t in (VLAD, VLADV2):  # K, D and vladDim follow from the weights
-        params = {}
+    entry = LAYER_TYPES.get(t)
+    if entry is not None and entry.read is not None:
+        params = entry.read({**d, "weights": weights}, where)
+    else:
+        params = {k: v for k, v in d.items() if k not in _TRAINING_FIELDS and not k.startswith("__")}
     return LayerSpec(type=t, name=name, weights=weights, params=params)
 
 

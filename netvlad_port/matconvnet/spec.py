@@ -3,27 +3,28 @@
 Every reader (MAT v5 structs, MAT v7.3/HDF5, classdef objects) produces a :class:`NetSpec`;
 the PyTorch model, the converted folder and ``export-mat`` all consume one. Weights are kept in
 MATLAB layout (H x W x Cin x Cout filters, 1 x 1 x D x K VLAD tensors), so a round trip is exact.
-Facts: ``shared/spec/matlab_reference.md`` §2, §5.6, §10.
+
+What a layer type means -- its module, weight count, defaults, shape rule and MAT fields -- is one
+:class:`LayerType` in :data:`LAYER_TYPES` (the built-in ones are in ``netvlad_port/layers/``).
+Facts: [docs/matlab.md#simplenn-struct](../../docs/matlab.md#simplenn-struct).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import NetFormatError
+from ..registry import Registry
 
-# Layer types as MatConvNet / NetVLAD name them (custom layers by their MATLAB class).
+# Built-in layer types as MatConvNet / NetVLAD name them (custom layers by their MATLAB class).
 CONV, RELU, POOL, NORMALIZE = "conv", "relu", "pool", "normalize"
 VLAD, VLADV2 = "layerVLAD", "layerVLADv2"
 WHOLE_L2, TOTAL_MAX, TOTAL_AVG = "layerWholeL2Normalize", "layerTotalMaxPool", "layerTotalAvgPool"
-CUSTOM_TYPES = (VLAD, VLADV2, WHOLE_L2, TOTAL_MAX, TOTAL_AVG)
-LAYER_TYPES = (CONV, RELU, POOL, NORMALIZE) + CUSTOM_TYPES
 
-# Number of weight tensors each type carries (None: any / optional).
-_N_WEIGHTS = {CONV: (1, 2), RELU: (0,), POOL: (0,), NORMALIZE: (0,), VLAD: (2,), VLADV2: (3,),
-              WHOLE_L2: (0,), TOTAL_MAX: (0,), TOTAL_AVG: (0,)}
+Shape = tuple[int | None, int | None, int]  # (H, W, C) of a layer's output; H, W None: unknown
 
 
 @dataclass
@@ -46,7 +47,8 @@ class NetSpec:
 
     @property
     def average_rgb(self) -> np.ndarray:
-        """``averageImage(1,1,:)`` as float32 (3,): what NetVLAD subtracts (reference §6)."""
+        """``averageImage(1,1,:)`` as float32 (3,): what NetVLAD subtracts
+        ([docs/matlab.md#images](../../docs/matlab.md#images))."""
         avg = self.meta.get("averageImage")
         if avg is None or np.size(avg) == 0:
             return np.zeros(3, np.float32)
@@ -65,16 +67,61 @@ class NetSpec:
         return hits[0]
 
 
-def _pad4(value, what: str) -> tuple[int, int, int, int]:
+@dataclass(frozen=True)
+class LayerType:
+    """Everything the package knows about one layer type; register new ones with :func:`register_layer`.
+
+    ``module(spec, in_channels)`` builds the torch module. ``canonical(layer, where, previous)`` fills
+    MatConvNet's defaults and restores MATLAB shapes in place; ``shape(layer, (h, w, c), where)`` is
+    the output size (``h, w`` may be None); ``fields(layer)`` the MATLAB struct fields as written;
+    ``read(fields, where)`` the params from a MAT struct (default: every non-training field);
+    ``recognise(fields)`` identifies a struct-ified custom layer that lost its class name. ``token``
+    is the ``addLayers`` method token of an aggregation layer, built by ``aggregate(d, clusters,
+    alpha)``; ``alpha(clusters, train_descs)`` is its initialisation rule when it needs k-means centres.
+    """
+
+    name: str
+    module: Callable
+    n_weights: tuple[int, ...] = (0,)
+    custom: bool = False
+    canonical: Callable[[LayerSpec, str, LayerSpec | None], None] | None = None
+    shape: Callable[[LayerSpec, Shape, str], Shape] | None = None
+    fields: Callable[[LayerSpec], dict] | None = None
+    read: Callable[[dict, str], dict] | None = None
+    recognise: Callable[[dict], bool] | None = None
+    token: str | None = None
+    aggregate: Callable[..., LayerSpec] | None = None
+    alpha: Callable[[np.ndarray, np.ndarray], float] | None = None
+
+
+LAYER_TYPES: Registry[LayerType] = Registry("layer type", builtins="netvlad_port.layers")
+
+
+def register_layer(entry: LayerType, aliases: tuple[str, ...] = (), replace: bool = False) -> LayerType:
+    """Make a layer type known to the reader, writer, model, converted folder and ``addLayers``."""
+    return LAYER_TYPES.register(entry.name, entry, aliases, replace)
+
+
+def layer_type(name: str, where: str = "") -> LayerType:
+    entry = LAYER_TYPES.get(name)
+    if entry is None:
+        raise NetFormatError(f"unsupported layer type '{name}'" + (f" at {where}" if where else ""))
+    return entry
+
+
+# --- helpers for layer definitions ------------------------------------------------------------
+def pad4(value, what: str) -> tuple[int, int, int, int]:
+    """A scalar or [top bottom left right] pad."""
     v = [int(x) for x in np.asarray(value, dtype=np.float64).ravel()]
     if len(v) == 1:
         return (v[0],) * 4
     if len(v) == 4:
-        return tuple(v)  # top bottom left right
+        return tuple(v)
     raise NetFormatError(f"{what}: pad must be a scalar or [top bottom left right], got {v}")
 
 
-def _pair(value, what: str, default: int = 1) -> tuple[int, int]:
+def pair(value, what: str, default: int = 1) -> tuple[int, int]:
+    """A scalar or [y x] (stride, dilate, pool size)."""
     if value is None or np.size(value) == 0:
         return (default, default)
     v = [int(x) for x in np.asarray(value, dtype=np.float64).ravel()]
@@ -85,143 +132,50 @@ def _pair(value, what: str, default: int = 1) -> tuple[int, int]:
     raise NetFormatError(f"{what}: expected a scalar or [y x], got {v}")
 
 
-def normalize_params(layer: LayerSpec, where: str) -> None:
-    """Fill MatConvNet defaults (``vl_simplenn_tidy``) and canonicalise shapes in place."""
-    p = layer.params
-    if layer.type == CONV:
-        p["pad"] = _pad4(p.get("pad", 0), f"{where} pad")
-        p["stride"] = _pair(p.get("stride"), f"{where} stride")
-        p["dilate"] = _pair(p.get("dilate"), f"{where} dilate")
-    elif layer.type == POOL:
-        method = str(p.get("method", "max"))
-        if method not in ("max", "avg"):
-            raise NetFormatError(f"{where}: pool method '{method}' is not max or avg")
-        p["method"] = method
-        if "pool" not in p or np.size(p["pool"]) == 0:
-            raise NetFormatError(f"{where}: pool layer has no 'pool' window size")
-        p["pool"] = _pair(p["pool"], f"{where} pool")
-        p["stride"] = _pair(p.get("stride"), f"{where} stride")
-        p["pad"] = _pad4(p.get("pad", 0), f"{where} pad")
-    elif layer.type == RELU:
-        leak = p.get("leak", 0)
-        p["leak"] = float(np.asarray(leak).ravel()[0]) if np.size(leak) else 0.0
-    elif layer.type == NORMALIZE:
-        param = np.asarray(p.get("param", []), np.float64).ravel()
-        if param.size != 4:
-            raise NetFormatError(f"{where}: normalize param must be [N kappa alpha beta], got {param.tolist()}")
-        p["param"] = tuple(float(x) for x in param)
-
-
-def canonical_weights(layer: LayerSpec, where: str, after_whole_l2: bool = False) -> None:
-    """Restore the MATLAB shapes that squeezing or MATLAB's trailing-singleton rule dropped.
-    A 2-D filter after a whole-vector L2 layer is a squeezed 1 x 1 x Cin x Cout WPCA."""
-    w = layer.weights
-    if layer.type == CONV and w:
-        f = np.asarray(w[0])
-        if f.ndim > 4:
-            raise NetFormatError(f"{where}: conv filter has {f.ndim} dimensions; expected H x W x Cin x Cout")
-        if f.ndim == 2 and after_whole_l2:
-            f = f[None, None]
-        w[0] = f.reshape(f.shape + (1,) * (4 - f.ndim))
-        if len(w) == 2:
-            w[1] = np.asarray(w[1]).reshape(-1)
-    elif layer.type in (VLAD, VLADV2):
-        d, k = layer.params.get("D"), layer.params.get("K")
-        a = np.asarray(w[0])
-        if a.ndim == 2:  # squeezed D x K
-            d, k = a.shape
-        elif a.ndim == 4:
-            d, k = a.shape[2], a.shape[3]
-        else:
-            raise NetFormatError(f"{where}: VLAD weights{{1}} has shape {a.shape}; expected 1x1xDxK or DxK")
-        layer.params["D"], layer.params["K"] = int(d), int(k)
-        offsets = 1 if layer.type == VLAD else 2
-        for j in (0, offsets):
-            if np.asarray(w[j]).size != d * k:
-                raise NetFormatError(f"{where}: weights{{{j + 1}}} has {np.asarray(w[j]).size} values; "
-                                     f"expected D*K = {d}*{k}")
-            w[j] = np.asarray(w[j]).reshape(1, 1, d, k, order="F")
-        if layer.type == VLADV2:
-            if np.asarray(w[1]).size != k:
-                raise NetFormatError(f"{where}: layerVLADv2 weights{{2}} has {np.asarray(w[1]).size} values; "
-                                     f"expected K = {k}")
-            w[1] = np.asarray(w[1]).reshape(1, k)
-
-
-def check_weight_count(layer: LayerSpec, where: str) -> None:
-    allowed = _N_WEIGHTS[layer.type]
-    if len(layer.weights) not in allowed:
-        raise NetFormatError(f"{where}: {layer.type} layer has {len(layer.weights)} weight arrays; "
-                             f"expected {' or '.join(map(str, allowed))}")
-
-
-def _pool_out(n: int, k: int, s: int, p0: int, p1: int, where: str) -> int:
+def window_out(n: int, k: int, s: int, p0: int, p1: int, where: str) -> int:
+    """Output length of a window k, stride s over n padded by p0 + p1 (``vl_nnpool`` / ``vl_nnconv``)."""
     if n + p0 + p1 < k:
         raise NetFormatError(f"{where}: window {k} does not fit the padded input size {n + p0 + p1}")
     return (n + p0 + p1 - k) // s + 1
 
 
-def infer_shapes(spec: NetSpec, image_hw: tuple[int, int] | None = (480, 640),
-                 in_channels: int = 3) -> list[tuple[int | None, int | None, int]]:
-    """Output (H, W, C) of every layer, checking that weight shapes chain (MATLAB ``vl_simplenn``
-    rules, reference §5). ``image_hw=None`` checks channels only (spatial sizes stay ``None``)."""
-    h, w = image_hw if image_hw is not None else (None, None)
-    c = in_channels
+# --- whole-network checks ------------------------------------------------------------------------
+def infer_shapes(spec: NetSpec, image_hw: tuple[int, int] | None = (480, 640), in_channels: int = 3) -> list[Shape]:
+    """Output (H, W, C) of every layer, checking that weight shapes chain (``vl_simplenn`` rules).
+    ``image_hw=None`` checks channels only (spatial sizes stay ``None``)."""
+    shape: Shape = (*(image_hw or (None, None)), in_channels)
     out = []
     for i, layer in enumerate(spec.layers):
-        where = layer.where(i)
-        p = layer.params
-        if layer.type == CONV:
-            f = layer.weights[0]
-            fh, fw, fcin, fcout = f.shape
-            if fcin == 0 or c % fcin:
-                raise NetFormatError(f"{where}: filters expect {fcin} input channels but the previous layer "
-                                     f"gives {c} (not a multiple)")
-            groups = c // fcin
-            if fcout % groups:
-                raise NetFormatError(f"{where}: {fcout} filters cannot be split into {groups} groups")
-            if len(layer.weights) == 2 and layer.weights[1].size not in (0, fcout):
-                raise NetFormatError(f"{where}: bias has {layer.weights[1].size} values for {fcout} filters")
-            if h is not None:
-                (pt, pb, pl, pr), (sy, sx), (dy, dx) = p["pad"], p["stride"], p["dilate"]
-                h = _pool_out(h, (fh - 1) * dy + 1, sy, pt, pb, where)
-                w = _pool_out(w, (fw - 1) * dx + 1, sx, pl, pr, where)
-            c = fcout
-        elif layer.type == POOL:
-            if h is not None:
-                (ph, pw), (sy, sx), (pt, pb, pl, pr) = p["pool"], p["stride"], p["pad"]
-                h = _pool_out(h, ph, sy, pt, pb, where)
-                w = _pool_out(w, pw, sx, pl, pr, where)
-        elif layer.type in (VLAD, VLADV2):
-            d, k = p["D"], p["K"]
-            if d != c:
-                raise NetFormatError(f"{where}: VLAD expects D = {d} input channels but the previous layer gives {c}")
-            h, w, c = 1, k, d
-        elif layer.type in (TOTAL_MAX, TOTAL_AVG):
-            h, w = 1, 1
-        elif layer.type == WHOLE_L2:
-            if h is None:
-                if i and spec.layers[i - 1].type in (VLAD, VLADV2):
-                    c = c * spec.layers[i - 1].params["K"]
-                    h = w = 1
-            else:
-                c, h, w = h * w * c, 1, 1
-        out.append((h, w, c))
+        rule = layer_type(layer.type, layer.where(i)).shape
+        if rule is not None:
+            shape = rule(layer, shape, layer.where(i))
+        out.append(shape)
     return out
 
 
 def infer_method(spec: NetSpec) -> str:
     """The ``addLayers`` method string (e.g. ``vlad_preL2_intra``) the layers correspond to."""
-    types = [l.type for l in spec.layers]
-    names = [l.name for l in spec.layers]
-    core = {VLAD: "vlad", VLADV2: "vladv2", TOTAL_MAX: "max", TOTAL_AVG: "avg"}
-    agg = [core[t] for t in types if t in core]
-    if not agg:
+    entries = [layer_type(l.type) for l in spec.layers]
+    aggs = [e for e in entries if e.token]
+    if not aggs:
         return ""
+    names = {l.name for l in spec.layers}
     pre = ["preL2"] if "preL2" in names else []
-    if agg[0] in ("max", "avg"):  # addLayers' own examples: max, avg, preL2_max
-        return "_".join(pre + agg[:1])
-    return "_".join(agg[:1] + pre + (["intra"] if "vlad:intranorm" in names else []))
+    if aggs[0].alpha is None:  # addLayers' own examples: max, avg, preL2_max
+        return "_".join(pre + [aggs[0].token])
+    return "_".join([aggs[0].token] + pre + (["intra"] if "vlad:intranorm" in names else []))
+
+
+def canonicalise(layer: LayerSpec, where: str = "", previous: LayerSpec | None = None) -> None:
+    """Fill MatConvNet's defaults (``vl_simplenn_tidy``) and restore MATLAB shapes, in place."""
+    entry = layer_type(layer.type, where)
+    if len(layer.weights) not in entry.n_weights:
+        raise NetFormatError(
+            f"{where}: {layer.type} layer has {len(layer.weights)} weight arrays; "
+            f"expected {' or '.join(map(str, entry.n_weights))}"
+        )
+    if entry.canonical is not None:
+        entry.canonical(layer, where, previous)
 
 
 def validate(spec: NetSpec) -> None:
@@ -229,10 +183,5 @@ def validate(spec: NetSpec) -> None:
     if not spec.layers:
         raise NetFormatError("the network has no layers")
     for i, layer in enumerate(spec.layers):
-        where = layer.where(i)
-        if layer.type not in LAYER_TYPES:
-            raise NetFormatError(f"unsupported layer type '{layer.type}' at layer {i + 1} ('{layer.name}')")
-        check_weight_count(layer, where)
-        normalize_params(layer, where)
-        canonical_weights(layer, where, after_whole_l2=i > 0 and spec.layers[i - 1].type == WHOLE_L2)
+        canonicalise(layer, layer.where(i), spec.layers[i - 1] if i else None)
     infer_shapes(spec, image_hw=None)

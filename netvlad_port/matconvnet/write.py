@@ -9,8 +9,8 @@ Encodings (``encoding=``):
 * ``"saveobj"``: custom layers as objects carrying the struct their ``saveobj`` returns
   (``relja_saveobj``), as the NetVLAD release files store ``layerVLAD`` and ``layerWholeL2Normalize``.
 
-Layer fields follow ``vl_simplenn_tidy`` (reference §5.6) and the NetVLAD class properties
-(parity README, 'Custom layers in net.mat').
+Each layer's fields come from its registered :class:`~.spec.LayerType` (``vl_simplenn_tidy``'s
+fields and the NetVLAD class properties: [docs/matlab.md#simplenn-struct](../../docs/matlab.md#simplenn-struct)).
 """
 from __future__ import annotations
 
@@ -21,69 +21,17 @@ from typing import Any
 import numpy as np
 
 from ..io_utils import atomic_file
-from .spec import CONV, NORMALIZE, POOL, RELU, VLAD, VLADV2, NetSpec, LayerSpec
+from .mat import cell, num, string, struct
+from .spec import LayerSpec, NetSpec, layer_type
 
 ENCODINGS = ("struct", "classdef", "saveobj")
 VERSIONS = ("v7", "v7.3")
 
 
-def _cell(items: list) -> np.ndarray:
-    arr = np.empty((1, len(items)), dtype=object)
-    for i, v in enumerate(items):
-        arr[0, i] = v
-    return arr
-
-
-def _struct(fields: dict[str, Any]) -> np.ndarray:
-    arr = np.empty((1, 1), dtype=[(k, object) for k in fields])
-    for k, v in fields.items():
-        arr[0, 0][k] = v
-    return arr
-
-
-def _num(v) -> np.ndarray:
-    return np.atleast_2d(np.asarray(v, dtype=np.float64))
-
-
-def _str(s: str) -> np.ndarray:
-    return np.array([s])
-
-
-def _empty() -> np.ndarray:
-    return np.zeros((0, 0))
-
-
-def _weights(layer: LayerSpec) -> np.ndarray:
-    ws = []
-    for w in layer.weights:
-        w = np.asarray(w, np.float32)
-        ws.append(w.reshape(-1, 1) if w.ndim == 1 else w)  # biases are Cout x 1
-    return _cell(ws)
-
-
 def layer_fields(layer: LayerSpec) -> tuple[dict[str, Any], str | None]:
-    """MATLAB fields of one layer, and the NetVLAD class name for custom layers (else None)."""
-    p = layer.params
-    if layer.type == CONV:
-        return {"name": _str(layer.name), "type": _str("conv"), "weights": _weights(layer),
-                "pad": _num([p["pad"]]), "stride": _num([p["stride"]]), "dilate": _num([p["dilate"]]),
-                "opts": _cell([]), "precious": np.array([[False]])}, None
-    if layer.type == POOL:
-        return {"name": _str(layer.name), "type": _str("pool"), "method": _str(p["method"]),
-                "pool": _num([p["pool"]]), "stride": _num([p["stride"]]), "pad": _num([p["pad"]]),
-                "opts": _cell([]), "precious": np.array([[False]])}, None
-    if layer.type == RELU:
-        return {"name": _str(layer.name), "type": _str("relu"), "leak": _num(p["leak"]),
-                "precious": np.array([[False]])}, None
-    if layer.type == NORMALIZE:
-        return {"name": _str(layer.name), "type": _str("normalize"), "param": _num([p["param"]]),
-                "precious": np.array([[False]])}, None
-    if layer.type in (VLAD, VLADV2):
-        d, k = p["D"], p["K"]
-        return {"type": _str("custom"), "name": _str(layer.name), "K": _num(k), "D": _num(d),
-                "vladDim": _num(d * k), "weights": _weights(layer), "momentum": _empty(),
-                "learningRate": _empty(), "weightDecay": _empty(), "precious": np.array([[False]])}, layer.type
-    return {"type": _str("custom"), "name": _str(layer.name), "precious": np.array([[False]])}, layer.type
+    """MATLAB fields of one layer, and its class name for custom layers (else None)."""
+    entry = layer_type(layer.type)
+    return entry.fields(layer), (layer.type if entry.custom else None)
 
 
 def net_variable(spec: NetSpec, encoding: str = "struct") -> np.ndarray:
@@ -94,20 +42,20 @@ def net_variable(spec: NetSpec, encoding: str = "struct") -> np.ndarray:
     for layer in spec.layers:
         fields, cls = layer_fields(layer)
         if cls is None or encoding == "struct":
-            layers.append(_struct(fields))
+            layers.append(struct(fields))
             continue
         from matio.utils.matclass import MatlabOpaque
 
-        layers.append(MatlabOpaque({"any": _struct(fields)} if encoding == "saveobj" else fields, cls))
+        layers.append(MatlabOpaque({"any": struct(fields)} if encoding == "saveobj" else fields, cls))
     meta = spec.meta
     avg = meta.get("averageImage")
     norm = {"averageImage": np.asarray(avg, np.float32) if avg is not None else np.zeros((1, 1, 3), np.float32)}
-    meta_fields = {"normalization": _struct(norm)}
+    meta_fields = {"normalization": struct(norm)}
     for key in ("netID", "sessionID"):
         if meta.get(key) is not None:
-            meta_fields[key] = _str(str(meta[key]))
-    meta_fields["epoch"] = _num(meta.get("epoch", 0) or 0)
-    return _struct({"layers": _cell(layers), "meta": _struct(meta_fields)})
+            meta_fields[key] = string(str(meta[key]))
+    meta_fields["epoch"] = num(meta.get("epoch", 0) or 0)
+    return struct({"layers": cell(layers), "meta": struct(meta_fields)})
 
 
 def write_net(spec: NetSpec, path: str | os.PathLike, version: str = "v7", encoding: str = "struct",
