@@ -8,6 +8,7 @@ import click
 
 from . import __version__
 from .errors import NetVladPortError
+from .losses.base import LOSSES
 
 
 def _friendly(fn):
@@ -184,49 +185,26 @@ def parity(model: Path, dump: Path, images, normalize, double, rtol, atol, loss_
         raise SystemExit(1)
 
 
-DATASETS = "pitts30k-{train,val,test}, pitts250k-{train,val,test}, tokyo247, tokyoTM-{train,val}, " \
-           "synthetic-{train,val,test}, a spec .mat, or a VG-format folder"
+class RegistryChoice(click.Choice):
+    """A choice among a registry's names, read when the command runs (so registered extensions count)."""
+
+    def __init__(self, registry):
+        self.registry, self.case_sensitive = registry, False
+
+    @property
+    def choices(self):
+        return tuple(self.registry)
 
 
-def open_dataset(name: str, root: Path | None, spec_dir: Path | None):
-    """A dataset by its short name (see DATASETS)."""
-    from .datasets import DbBase, DbPitts, DbTokyo247, DbTokyoTimeMachine, from_vg_folder, load_db_struct
-    from .datasets.synthetic import load_synthetic
+def _datasets_help() -> str:
+    from .datasets import dataset_names
 
-    root = root or Path(".")
-    family, _, which = name.partition("-")
-    if family in ("pitts30k", "pitts250k") and which:
-        return DbPitts(family == "pitts250k", which, root, spec_dir)
-    if name == "tokyo247":
-        return DbTokyo247(root, spec_dir)
-    if family == "tokyoTM" and which:
-        return DbTokyoTimeMachine(which, root, spec_dir)
-    if family == "synthetic" and which:
-        return load_synthetic(root, which)
-    path = Path(name)
-    if path.suffix == ".mat":
-        return DbBase(path.stem, root, root, load_db_struct(path), str(path))
-    if path.is_dir():
-        return from_vg_folder(path)
-    raise NetVladPortError(f"unknown dataset {name!r}: expected {DATASETS}")
-
-
-def run_evaluation(model, db, out_dir: Path, dim, batch_size, device, resize_queries, quiet=False):
-    from .evaluate import dataset_features, plot_mosaic, plot_recall, save_results, test_from_fn
-
-    db.check_images()
-    db_feats, q_feats = dataset_features(model, db, out_dir, batch_size=batch_size, device=device,
-                                         resize_queries=resize_queries, progress=not quiet)
-    res, retrieved = test_from_fn(db, db_feats, q_feats, dim=dim, return_ranks=True)
-    save_results(res, out_dir)
-    plot_recall([res], out_dir / "recall.png")
-    plot_mosaic(db, retrieved, out_dir / "mosaic.png")
-    return res
+    return dataset_names()
 
 
 @main.command("test")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True)
-@click.option("--dataset", required=True, help=f"One of: {DATASETS}.")
+@click.option("--dataset", required=True, help=f"One of: {_datasets_help()}.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root (images/, queries/ ...).")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
 @click.option("--dim", type=int, default=None, help="cropToDim: evaluate the first K dimensions.")
@@ -239,6 +217,8 @@ def run_evaluation(model, db, out_dir: Path, dim, batch_size, device, resize_que
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, device, resize_queries, quiet):
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count)."""
     from . import load
+    from .datasets import open_dataset
+    from .evaluate import run_evaluation
 
     db = open_dataset(dataset, root, spec_dir)
     out_dir = out_dir or Path("results") / db.name
@@ -257,8 +237,8 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
 @_friendly
 def search(db_h5, q_h5, k, out):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
-    from .evaluate import faiss_search, read_h5_descriptors
-    from .extract import h5_names
+    from .feature_store import h5_names, read_h5_descriptors
+    from .retrieval import faiss_search
     from .io_utils import atomic_file
 
     db_names, q_names = sorted(h5_names(db_h5)), sorted(h5_names(q_h5))
@@ -291,7 +271,7 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, mat_ver
 def _dataset_options(fn):
     fn = click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")(fn)
     fn = click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")(fn)
-    fn = click.option("--dataset", required=True, help=f"Training set: {DATASETS}.")(fn)
+    fn = click.option("--dataset", required=True, help=f"Training set: {_datasets_help()}.")(fn)
     return fn
 
 
@@ -313,6 +293,7 @@ def cluster(model_path, layer, net_id, dataset, root, spec_dir, method, k, rando
     """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
     from . import load_spec
     from .converted import save_converted
+    from .datasets import open_dataset
     from .networks import add_layers, load_net
 
     if out_dir.exists() and not force:
@@ -338,6 +319,7 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
     from . import load_spec
     from .converted import save_converted
+    from .datasets import open_dataset
     from .pca import add_pca
 
     if out_dir.exists() and not force:
@@ -349,30 +331,17 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
 
-def training_splits(dataset: str, root, spec_dir):
-    """(train, val) datasets of a recipe name: pitts30k, pitts250k, tokyoTM, synthetic."""
-    from .datasets import DbPitts, DbTokyoTimeMachine
-    from .datasets.synthetic import load_synthetic
-
-    root = root or Path(".")
-    if dataset in ("pitts30k", "pitts250k"):
-        return (DbPitts(dataset == "pitts250k", "train", root, spec_dir),
-                DbPitts(dataset == "pitts250k", "val", root, spec_dir))
-    if dataset == "tokyoTM":
-        return DbTokyoTimeMachine("train", root, spec_dir), DbTokyoTimeMachine("val", root, spec_dir)
-    if dataset == "synthetic":
-        return load_synthetic(root, "train"), load_synthetic(root, "val")
-    raise NetVladPortError(f"unknown training dataset {dataset!r}: pitts30k, pitts250k, tokyoTM or synthetic")
-
-
 @main.command()
-@click.option("--dataset", required=True, help="pitts30k, pitts250k, tokyoTM or synthetic (train + val splits).")
+@click.option("--dataset", required=True, help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, "
+              "synthetic, or one you registered.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="The off-the-shelf network (netvlad-port cluster's output); not needed with --resume.")
-@click.option("--loss", type=click.Choice(["sare-ind", "sare-joint", "cauchy-ind", "cauchy-joint", "exp-ind",
-                                           "exp-joint", "triplet"]), default="sare-ind", show_default=True)
+@click.option("--loss", type=RegistryChoice(LOSSES), default="sare-ind", show_default=True,
+              help="A registered loss (netvlad_port.losses.LOSSES).")
+@click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
+              help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--lr", type=float, default=None, help="Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001).")
 @click.option("--epochs", type=int, default=30, show_default=True)
@@ -392,30 +361,45 @@ def training_splits(dataset: str, root, spec_dir):
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest.")
 @_friendly
-def train(dataset, root, spec_dir, model_path, loss, out_dir, lr, epochs, back_prop_to_layer, batch_size,
-          n_neg_choice, save_frequency, comp_feats_frequency, pca_dim, trunk_cache, trunk_fp16, precision, margin,
-          device, resume):
+def train(dataset, root, spec_dir, model_path, loss, loss_params, out_dir, lr, epochs, back_prop_to_layer,
+          batch_size, n_neg_choice, save_frequency, comp_feats_frequency, pca_dim, trunk_cache, trunk_fp16, precision,
+          margin, device, resume):
     """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun."""
     import os
 
     import torch.distributed as dist
 
-    from .train import RECIPE_LR
+    from .datasets import training_splits
+    from .train import TrainOptions
     from .train import train as run_training
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    db_train, db_val = training_splits(dataset, root, spec_dir)
+    db_train, db_val, family = training_splits(dataset, root, spec_dir)
     if not resume and model_path is None:
         raise NetVladPortError("--model is required (the off-the-shelf network from `netvlad-port cluster`)")
     bp = int(back_prop_to_layer) if back_prop_to_layer.isdigit() else back_prop_to_layer
     final = run_training(db_train, db_val, model_path, out_dir, loss=loss, resume=resume, progress=True,
-                         log=click.echo, learning_rate=lr or RECIPE_LR.get(dataset, 1e-3), n_epoch=epochs,
+                         log=click.echo, learning_rate=lr or family.recipe_lr or TrainOptions.learning_rate,
+                         loss_params=_loss_params(loss_params), n_epoch=epochs,
                          back_prop_to_layer=bp, batch_size=batch_size, n_neg_choice=n_neg_choice,
                          save_frequency=save_frequency, comp_feats_frequency=comp_feats_frequency, pca_dim=pca_dim,
                          trunk_cache=trunk_cache, trunk_fp16=trunk_fp16, precision=precision, margin=margin,
                          device=device)
     click.echo(f"final model: {final}")
+
+
+def _loss_params(pairs) -> dict:
+    out = {}
+    for item in pairs:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise NetVladPortError(f"--loss-param {item!r}: expected NAME=VALUE")
+        try:
+            out[name] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            out[name] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
 
 
 @main.command()
@@ -431,6 +415,7 @@ def demo(out_dir: Path, epochs: int, force: bool):
     from . import load
     from .converted import save_converted
     from .datasets.synthetic import SyntheticConfig, load_synthetic, make_synthetic
+    from .evaluate import run_evaluation
     from .fixtures import write_imagenet_model
     from .matconvnet import read_net, write_net
     from .networks import add_layers, load_net

@@ -2,7 +2,7 @@
 
 Images are decoded in DataLoader worker processes while the model runs; images of equal size are
 batched (MATLAB's ``cat(4, ...)`` needs equal sizes too), mixed sizes are grouped by size, and
-outputs keep the input order. Formats (reference §6, peers §2.2):
+outputs keep the input order. Formats ([docs/formats.md](../docs/formats.md)):
 
 * ``h5``: hloc's global-descriptor layout, one group per image path relative to the image root
   with datasets ``global_descriptor`` (D,) and ``image_size`` (W, H). Written batch by batch and
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .errors import NetVladPortError
+from .feature_store import h5_names, write_h5_descriptor
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
 from .layers import WHOLE_L2_EPS
@@ -51,7 +52,8 @@ class ExtractReport:
 
 
 def crop_to_dim(desc: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """``testFromFn``'s ``cropToDim``: first ``dim`` components, L2 again (eps outside; §4.5)."""
+    """``testFromFn``'s ``cropToDim``: first ``dim`` components, L2 again (eps outside;
+    [docs/matlab.md#addpca](../docs/matlab.md#addpca))."""
     if not dim or dim >= desc.shape[1]:
         return desc
     d = desc[:, :dim]
@@ -136,21 +138,6 @@ def infer_format(out: Path, fmt: str | None) -> str:
     if fmt not in FORMATS:
         raise NetVladPortError(f"{out}: cannot tell the output format from the suffix; use --format {'|'.join(FORMATS)}")
     return fmt
-
-
-def h5_names(path: Path) -> set[str]:
-    """Image names with a ``global_descriptor`` in an hloc-layout h5 (empty if the file is absent)."""
-    import h5py
-
-    names: set[str] = set()
-    if not path.exists():
-        return names
-    try:
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda n, obj: names.add(n.rsplit("/", 1)[0]) if n.endswith("/global_descriptor") else None)
-    except OSError as exc:
-        raise NetVladPortError(f"{path}: exists but is not a readable HDF5 file ({exc}); move it away") from None
-    return names
 
 
 def plan_batches(base: Path, names: Sequence[str], todo: Sequence[int], batch_size: int,
@@ -249,12 +236,7 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
                                           channels_last=channels_last, progress=progress):
             for i, d in zip(ids, desc):
                 if h5 is not None:
-                    grp = h5.require_group(names[i])
-                    for key in ("global_descriptor", "image_size"):
-                        if key in grp:
-                            del grp[key]
-                    grp.create_dataset("global_descriptor", data=d.astype(store_dtype))
-                    grp.create_dataset("image_size", data=np.array(original[i][::-1]))  # (W, H)
+                    write_h5_descriptor(h5, names[i], d.astype(store_dtype), original[i])
                 else:
                     results[i] = d
             if h5 is not None:

@@ -17,8 +17,8 @@ import torch
 
 from .errors import NetFormatError
 from .layers import matlab_flatten
-from .losses import MATLAB_LOSSES, tuple_loss
-from .sgd import deepibl_sgd_step
+from .losses import by_matlab_name, tuple_loss
+from .train.options import MOMENTUM, WEIGHT_DECAY
 
 SGD_WEIGHTS_RTOL, SGD_MOMENTUM_RTOL = 1e-6, 1e-4
 
@@ -115,7 +115,7 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
         feats = torch.from_numpy(np.asarray(dump["feats"], np.float64).T.copy()).requires_grad_()
         for v in variants.dtype.names:
             ref = _struct(variants[v])
-            loss = tuple_loss(MATLAB_LOSSES[v][0], feats)
+            loss = tuple_loss(by_matlab_name(v), feats)
             (dzdy,) = torch.autograd.grad(loss, feats)
             ref_loss = _scalar(ref["loss"])
             checks.append(Check("loss", v, abs(loss.item() - ref_loss) / max(abs(ref_loss), 1e-30), loss_rtol))
@@ -126,7 +126,7 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
         n_layers = int(_scalar(train["num_layers"])) if train is not None else len(model.layers)
         variant = str(np.asarray(dump.get("sare_variant", ["trainGaussKernalInd"])).ravel()[0])
         feats = matlab_flatten(acts[n_layers]).to(dtype)
-        tuple_loss(MATLAB_LOSSES[variant][0], feats).backward()
+        tuple_loss(by_matlab_name(variant), feats).backward()
         for i, ref in enumerate(_cells(dump["dzdx"])[: len(acts)]):
             ref = np.asarray(ref)
             if ref.size and acts[i].grad is not None:
@@ -157,6 +157,19 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
                 checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} momentum_after",
                                     rel_error(new_m, after_m[j].reshape(new_m.shape)), SGD_MOMENTUM_RTOL))
     return checks
+
+
+def deepibl_sgd_step(weights: np.ndarray, grad_sum: np.ndarray, num_pairs: int, lr: float,
+                     momentum: np.ndarray | None = None, momentum_factor: float = MOMENTUM,
+                     weight_decay: float = WEIGHT_DECAY, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """deepIBL's SGD block for one tensor, in numpy (float32: MATLAB's single), as the reference the
+    torch optimizer is checked against: m <- mu m - wd W - G / T; W <- W + lr m. Returns (W, m)
+    ([docs/matlab.md#sgd-step](../docs/matlab.md#sgd-step))."""
+    w = np.asarray(weights, dtype)
+    g = np.asarray(grad_sum, dtype)
+    m = np.zeros_like(w) if momentum is None else np.asarray(momentum, dtype)
+    m = dtype(momentum_factor) * m - dtype(weight_decay) * w - g / dtype(num_pairs)
+    return w + dtype(lr) * m, m
 
 
 def layer_grads(layer) -> list[np.ndarray]:

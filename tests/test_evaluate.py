@@ -5,7 +5,7 @@ import numpy as np
 from click.testing import CliRunner
 from PIL import Image
 
-from netvlad_port import evaluate
+from netvlad_port import feature_store, retrieval
 from netvlad_port.cli import main
 from netvlad_port.datasets import DbBase, DbTokyo247, write_db_struct
 from test_datasets import E0, N0, line, spec_fields
@@ -41,8 +41,8 @@ def test_random_geometry_matches_brute_force():
     db = DbBase("r", ".", ".", spec_fields(utm_db, utm_q))
     f_db = rng.normal(size=(300, 16)).astype(np.float32)
     f_q = (f_db[rng.integers(0, 300, 80)] + rng.normal(0, 1.0, (80, 16))).astype(np.float32)
-    res = evaluate.test_from_fn(db, f_db, f_q)
-    assert res.recall_ns == list(evaluate.RECALL_NS)
+    res = retrieval.test_from_fn(db, f_db, f_q)
+    assert res.recall_ns == list(retrieval.RECALL_NS)
     assert res.queries_without_positives > 0
     assert np.allclose(res.recalls, brute_force_recall(db, f_db, f_q, res.recall_ns))
 
@@ -51,7 +51,7 @@ def test_query_without_positive_counts_as_failure_and_ties_go_by_index():
     db = DbBase("t", ".", ".", spec_fields(line(0, 100, 200), line(0, 500)))
     f_db = np.array([[1, 0], [0, 1], [1, 0]], np.float32)  # db 0 and 2 tie
     f_q = np.array([[1, 0], [1, 0]], np.float32)
-    res, ranks = evaluate.test_from_fn(db, f_db, f_q, recall_ns=[1, 2, 3], return_ranks=True)
+    res, ranks = retrieval.test_from_fn(db, f_db, f_q, recall_ns=[1, 2, 3], return_ranks=True)
     assert ranks[0].tolist()[:2] == [0, 2]
     assert res.recalls == [0.5, 0.5, 0.5] and res.queries_without_positives == 1
 
@@ -64,7 +64,7 @@ def test_tokyo_nms_collapses_12_cutouts(tmp_path):
     f_db = rng.normal(size=(36, 8)).astype(np.float32)
     f_db[:12] = f_db[0] + 0.01 * rng.normal(size=(12, 8))  # panorama 0 is closest to the query, 12 times
     f_q = f_db[:1] + 0.001
-    res, ranks = evaluate.test_from_fn(db, f_db, f_q, recall_ns=[1, 2, 3], return_ranks=True)
+    res, ranks = retrieval.test_from_fn(db, f_db, f_q, recall_ns=[1, 2, 3], return_ranks=True)
     panoramas = [int(i) // 12 for i in ranks[0]]
     assert len(panoramas) == 3 and sorted(panoramas) == [0, 1, 2] and panoramas[0] == 0  # one result per panorama
     assert res.recalls == brute_force_recall(db, f_db, f_q, [1, 2, 3], group=12).tolist()
@@ -78,7 +78,7 @@ def test_tokyotm_same_timestamp_results_dropped(tmp_path):
     db = DbTokyoTimeMachine("val", tmp_path, tmp_path)
     f_db = np.array([[0, 0], [0, 3], [0, 1]], np.float32)
     f_q = np.array([[0, 0]], np.float32)
-    res, ranks = evaluate.test_from_fn(db, f_db, f_q, recall_ns=[1, 2], return_ranks=True)
+    res, ranks = retrieval.test_from_fn(db, f_db, f_q, recall_ns=[1, 2], return_ranks=True)
     assert ranks[0].tolist() == [1]  # 0 and 2 share the query's timestamp
     assert res.recalls == brute_force_recall(db, f_db, f_q, [1, 2], stamps=(db.db_time_stamp, db.q_time_stamp)).tolist()
 
@@ -97,8 +97,8 @@ def test_demo_and_test_command(tmp_path):
     # the same evaluation, independently: the stored features + brute force
     from netvlad_port.datasets.synthetic import load_synthetic
     db = load_synthetic(tmp_path / "demo" / "data", "test")
-    f_db = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "db.h5", db.db_image_fns)
-    f_q = evaluate.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "q.h5", db.q_image_fns)
+    f_db = feature_store.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "db.h5", db.db_image_fns)
+    f_q = feature_store.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "q.h5", db.q_image_fns)
     assert np.allclose(results["recalls"], brute_force_recall(db, f_db, f_q, results["recall_ns"]))
     assert results["recalls"][0] > 0.2  # well above chance (~10 positives among 300)
     # test command reuses the stored features, with cropToDim

@@ -9,12 +9,12 @@ import netvlad_port
 from netvlad_port.cli import main
 from netvlad_port.clusters import get_clusters, kmeans
 from netvlad_port.fixtures import make_net, write_imagenet_model
-from netvlad_port.losses import gauss_kernal_ind, tuple_loss
+from netvlad_port.losses import LOSSES, tuple_loss
 from netvlad_port.matconvnet import read_net
 from netvlad_port.model import SimpleNN
 from netvlad_port.networks import add_layers, load_net, vlad_alpha
 from netvlad_port.pca import add_pca, relja_pca
-from netvlad_port.training import back_prop_to_layer, batch_objective, deepibl_sgd, frozen_trunk_forward
+from netvlad_port.train.update import back_prop_to_layer, deepibl_sgd
 from conftest import SUITES, suite
 
 
@@ -159,8 +159,10 @@ def test_back_prop_to_layer_trains_exactly_conv5_and_vlad():
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     assert names == ["layers.24.weight", "layers.24.bias", "layers.26.weight", "layers.26.bias", "layers.28.weight",
                      "layers.28.bias", "layers.30.assign", "layers.30.offsets"] and len(params) == 8
-    feats = frozen_trunk_forward(model, s.images, 24).flatten(1)
-    tuple_loss(gauss_kernal_ind, feats).backward()
+    with torch.no_grad():  # the frozen trunk, as the trunk cache computes it
+        x = model.run(model.subtract_mean(s.images), 0, 24)
+    feats = model.run(x, 24).flatten(1)
+    tuple_loss(LOSSES["sare-ind"], feats).backward()
     assert all(p.grad is not None for p in params)
     assert model.layers[21].weight.grad is None  # conv4_3: frozen, no gradient computed
     assert len(back_prop_to_layer(model, 25, fix_layers=["conv5_2"])) == 6
@@ -177,7 +179,7 @@ def test_one_sgd_step_reproduces_deepibl(name, dtype):
     opt = deepibl_sgd(params, lr=float(sgd["lr"][0, 0]))
     feats = model.run(model.subtract_mean(s.images)).flatten(1)
     n_neg = int(sgd["thisBatchSize"][0, 0])
-    batch_objective([tuple_loss(gauss_kernal_ind, feats)], n_neg).backward()
+    (tuple_loss(LOSSES["sare-ind"], feats) / n_neg).backward()  # the batch objective sum(L) / T
     opt.step()
     after_w, after_m = sgd["weights_after"].ravel(), sgd["momentum_after"].ravel()
     checked = 0

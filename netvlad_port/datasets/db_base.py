@@ -178,6 +178,12 @@ class DbBase:
         """MATLAB ``isPosQ``: which of ``ids`` are ground-truth positives of query ``iq``."""
         return np.isin(np.asarray(ids), self.pos_q(iq))
 
+    def similarity(self, iq: int, ids) -> np.ndarray:
+        """Graded similarity in [0, 1] of db images ``ids`` to query ``iq``, for losses with graded
+        labels. The dbStruct has positions only, so it is binary here (ground-truth positive or not);
+        datasets with graded ground truth override it."""
+        return self.is_pos_q(iq, ids).astype(np.float32)
+
     def nontrivial_pos_q(self, iq: int) -> np.ndarray:
         """MATLAB ``nontrivialPosQ``: training positives, 1 < d^2 <= nonTrivPosDistSqThr."""
         ids, d2 = self.get_pos_ids(self.utm_q[:, iq], max(self.pos_dist_sq_thr, self.non_triv_pos_dist_sq_thr))

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .db_base import DatasetError, DbBase, load_db_struct
+from .registry import register_dataset
 
 
 def _spec(spec_dir, root, name: str) -> Path:
@@ -82,3 +83,12 @@ class DbTokyoTimeMachine(DbBase):
     def nn_search_postprocess(self, iq, ids, ds, n_top):
         keep = self.db_time_stamp[ids] != self.q_time_stamp[iq]
         return ids[keep][:n_top], ds[keep][:n_top]
+
+
+register_dataset("pitts30k", lambda split, root, spec_dir: DbPitts(False, split, root, spec_dir),
+                 ("train", "val", "test"), recipe_lr=1e-3)
+register_dataset("pitts250k", lambda split, root, spec_dir: DbPitts(True, split, root, spec_dir),
+                 ("train", "val", "test"), recipe_lr=1e-4)
+register_dataset("tokyo247", lambda split, root, spec_dir: DbTokyo247(root, spec_dir))
+register_dataset("tokyoTM", lambda split, root, spec_dir: DbTokyoTimeMachine(split, root, spec_dir), ("train", "val"),
+                 recipe_lr=1e-4)

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .db_base import DbBase, load_db_struct, write_db_struct
+from .registry import register_dataset
 
 PX_PER_M = 8          # facade texture resolution
 FACADE_H_M = 20       # facade texture height in metres
@@ -141,3 +142,7 @@ def load_synthetic(root: str | os.PathLike, which_set: str = "test") -> DbBase:
     name = f"synthetic_{which_set}"
     return DbBase(name, root / "images", root / "queries", load_db_struct(root / f"{name}.mat"),
                   str(root / f"{name}.mat"))
+
+
+register_dataset("synthetic", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"),
+                 recipe_lr=1e-3)

@@ -1,11 +1,14 @@
-"""Training: trainWeakly and deepIBL's train*.m (see loop.py), with MATLAB's names."""
+"""Training: trainWeakly and deepIBL's train*.m, with MATLAB's names.
+
+``options`` (defaults), ``mining`` (tuples), ``trunk`` (frozen layers computed once), ``update``
+(backPropToLayer, the SGD step), ``loop`` (the Trainer), ``checkpoint`` (file I/O)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 from .loop import History, Trainer, pick_best_epoch
-from .options import RECIPE_LR, TrainOptions
+from .options import TrainOptions
 
 
 def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-ind", resume: bool = False,
@@ -15,6 +18,7 @@ def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-i
     from .. import load_spec
     from ..converted import load_converted, save_converted
     from ..pca import add_pca
+    from ..plots import plot_epochs
 
     out_dir = Path(out_dir)
     if resume:
@@ -37,35 +41,6 @@ def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-i
     return out_dir / "final"
 
 
-def plot_epochs(history: History, recall_ns, path: Path) -> None:
-    """Validation recall@1/5/10 per epoch (epoch 0: off-the-shelf), as a PNG."""
-    if not history.val_recall:
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..io_utils import atomic_file
-
-    ns = list(recall_ns)
-    epochs = sorted(history.val_recall)
-    series = {0: history.pretrain_val_recall} if history.pretrain_val_recall else {}
-    series.update({e: history.val_recall[e] for e in epochs})
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-    for n in (1, 5, 10):
-        if n in ns:
-            ax.plot(list(series), [series[e][ns.index(n)] * 100 for e in series], marker="o", ms=3, label=f"recall@{n}")
-    ax.set_xlabel("epoch (0: off-the-shelf)")
-    ax.set_ylabel("val recall (%)")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-
-
 def _named(loss: str):
     def fn(db_train, db_val, net, out_dir, **kw):
         return train(db_train, db_val, net, out_dir, loss=loss, **kw)
@@ -82,6 +57,6 @@ train_exp_kernal_ind = _named("exp-ind")
 train_exp_kernal_joint = _named("exp-joint")
 train_weakly = _named("triplet")
 
-__all__ = ["Trainer", "TrainOptions", "History", "RECIPE_LR", "pick_best_epoch", "train", "train_gauss_kernal_ind",
+__all__ = ["Trainer", "TrainOptions", "History", "pick_best_epoch", "train", "train_gauss_kernal_ind",
            "train_gauss_kernal_joint", "train_cauchy_kernel_ind", "train_cauchy_kernel_joint", "train_exp_kernal_ind",
            "train_exp_kernal_joint", "train_weakly"]

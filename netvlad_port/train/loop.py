@@ -1,4 +1,5 @@
-"""The training loop of ``trainWeakly`` and deepIBL's six ``train*.m`` (reference §8.4-8.9).
+"""The training loop of ``trainWeakly`` and deepIBL's six ``train*.m``
+([docs/matlab.md#training-loop](../../docs/matlab.md#training-loop)).
 
 Per epoch e: ``rng(42 + e)``, a query permutation, ``floor(numQueries / batchSize)`` batches (the
 rest dropped). A checkpoint every ``saveFrequency`` queries; the whole train cache (query and db
@@ -25,15 +26,15 @@ import torch
 import torch.distributed as dist
 
 from ..errors import NetVladPortError
-from ..evaluate import test_from_fn
+from ..retrieval import test_from_fn
 from ..layers import matlab_flatten
 from ..losses import LOSSES
 from ..model import SimpleNN
-from ..training import back_prop_to_layer, deepibl_sgd, layer_index
 from .checkpoint import load_checkpoint, save_checkpoint
 from .mining import mine_tuple, sq_dists
 from .options import TrainOptions
 from .trunk import TrunkCache
+from .update import back_prop_to_layer, deepibl_sgd, layer_index
 
 TRAIN_SEED, TEST_SEED = 42, 43
 
@@ -74,15 +75,13 @@ class Trainer:
         self.rank, self.world = _world()
         self.progress, self.log = progress and self.rank == 0, log if self.rank == 0 else (lambda *a, **k: None)
         self._tb = None
-        if opts.loss not in LOSSES:
-            raise NetVladPortError(f"unknown loss {opts.loss!r}: one of {', '.join(LOSSES)}")
-        self.loss_fn = LOSSES[opts.loss]
-        self.triplet = opts.loss == "triplet"
+        self.loss = LOSSES[opts.loss]
+        self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
         self.device = torch.device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
-        self.optimizer = deepibl_sgd(self.params, opts.learning_rate)
+        self.optimizer = deepibl_sgd(self.params, opts.learning_rate, opts.momentum, opts.weight_decay)
         self.epoch, self.batch = opts.start_epoch, 1
         self.lr = opts.learning_rate
         self.comp_freq = opts.comp_feats_batch_frequency
@@ -167,11 +166,14 @@ class Trainer:
         t0 = time.perf_counter()
         n_db = self.db_train.num_images
         tuples = []
+        violators = self.loss.mining == "violators"
         for iq in query_ids:  # every rank mines every tuple: identical RNG stream and negative cache
-            tuples.append(mine_tuple(self.db_train, int(iq), self.train_feats[n_db + iq], self.train_feats[:n_db],
-                                     self.neg_cache, self.rng, o.n_neg_choice, o.n_neg_cap, o.n_neg_cache,
-                                     margin=o.margin if self.triplet else None,
-                                     exclude_very_hard=o.exclude_very_hard))
+            tup = mine_tuple(self.db_train, int(iq), self.train_feats[n_db + iq], self.train_feats[:n_db],
+                             self.neg_cache, self.rng, o.n_neg_choice, o.n_neg_cap, o.n_neg_cache,
+                             margin=o.margin if violators else None, exclude_very_hard=o.exclude_very_hard)
+            if tup is not None and self.loss.graded:
+                tup.labels = self.db_train.similarity(tup.query, [tup.positive, *tup.negatives])
+            tuples.append(tup)
         self.model.train()
         for p in self.params:
             if p.grad is None:
@@ -183,29 +185,19 @@ class Trainer:
         for k, tup in enumerate(tuples):
             if k % self.world != self.rank:
                 continue
-            if tup is None:  # no positive: skipped; triplet without violators: loss 0 is recorded
-                if self.triplet and self.nontrivial(query_ids[k]):
+            if tup is None:  # no positive: skipped; trainWeakly without violators: loss 0 is recorded
+                if violators and self.nontrivial(query_ids[k]):
                     loss_sum[1] += 1
                 continue
             x = self.trunk_input(self.tuple_images(tup))
             with self._autocast():
                 out = self.model.run(x, self.first)
             feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-            if self.triplet:  # trainWeakly on fresh features: loss over all, gradient over the violators
-                d_p = (feats[0] - feats[1]).pow(2).sum()
-                d_n = (feats[0][None] - feats[2:]).pow(2).sum(1)
-                hinge = (d_p + o.margin - d_n).clamp_min(0)
-                active = d_n < d_p + o.margin
-                if o.exclude_very_hard:
-                    active &= ~(d_n < d_p)
-                loss, objective, n_pairs = hinge.sum(), (hinge * active).sum(), int(active.sum())
-            else:
-                loss = objective = self.loss_fn(feats[0], feats[1], feats[2:])
-                n_pairs = len(tup.negatives)
-            if n_pairs > 0:
-                objective.backward()
-            pairs += n_pairs
-            loss_sum += torch.tensor([loss.item(), 1.0], dtype=torch.float64)
+            res = self.loss(feats[0], feats[1], feats[2:], labels=tup.labels, **self.loss_params)
+            if res.n_pairs > 0:
+                res.loss.backward()
+            pairs += res.n_pairs
+            loss_sum += torch.tensor([res.logged.item(), 1.0], dtype=torch.float64)
         grads = [p.grad for p in self.params]
         if self.world > 1:
             for g in grads:
@@ -235,7 +227,7 @@ class Trainer:
         o = self.opts
         shorter = None
         if o.jitter_scale:
-            h, w = self.trunks["train"]._size[0]
+            h, w = self.trunks["train"].sizes[0]
             shorter = round(float(self.rng.choice(list(o.jitter_scale))) * min(h, w))
         flip = o.jitter_flip and self.rng.random() < 0.5
         if shorter is None and not flip:
@@ -251,12 +243,39 @@ class Trainer:
         ims = [read_image(trunk.root / trunk.names[i], shorter) for i in ids]
         x = torch.stack([im.flip(-1) if flip else im for im in ims]).to(self.device)
         with torch.no_grad():
-            return trunk._frozen(x)
+            return trunk.frozen(x)
 
     # --- the run ----------------------------------------------------------------------------
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """Everything a resume needs besides the weights: (JSON-able state, tensors)."""
+        tensors = {f"momentum.{i}": self.optimizer.state[p]["momentum_buffer"].detach().cpu().numpy()
+                   for i, p in enumerate(self.params) if "momentum_buffer" in self.optimizer.state.get(p, {})}
+        if self.train_feats is not None:
+            tensors["train_feats"] = self.train_feats
+        state = {"epoch": self.epoch, "batch": self.batch, "lr": self.lr, "comp_freq": self.comp_freq,
+                 "rng": self.rng.bit_generator.state, "neg_cache": [c.tolist() for c in self.neg_cache],
+                 "history": self.history.to_json(), "options": self.opts.to_json(),
+                 "param_dtype": str(self.params[0].dtype) if self.params else "torch.float32"}
+        return state, tensors
+
+    def load_state_dict(self, state: dict, tensors: dict[str, np.ndarray]) -> None:
+        if state["param_dtype"] == "torch.float64":
+            self.model.double()
+        self.epoch, self.batch, self.lr, self.comp_freq = state["epoch"], state["batch"], state["lr"], state["comp_freq"]
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr
+        self.rng.bit_generator.state = state["rng"]
+        self.neg_cache = [np.asarray(c, np.int64) for c in state["neg_cache"]]
+        self.history = History.from_json(state["history"])
+        for i, p in enumerate(self.params):
+            if f"momentum.{i}" in tensors:
+                self.optimizer.state[p]["momentum_buffer"] = torch.from_numpy(tensors[f"momentum.{i}"]).to(p)
+        self.train_feats = tensors.get("train_feats")
+
     def save(self, tag: str = "latest") -> None:
         if self.rank == 0:
-            save_checkpoint(self, self.out_dir / f"checkpoint_{tag}")
+            state, tensors = self.state_dict()
+            save_checkpoint(self.out_dir / f"checkpoint_{tag}", self.model.to_spec(), state, tensors)
 
     def run(self, stop_after: int | None = None) -> "Trainer":
         """Train until ``n_epoch`` (or until ``stop_after`` more batches have run)."""
@@ -348,7 +367,10 @@ class Trainer:
 
     @classmethod
     def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print) -> "Trainer":
-        return load_checkpoint(cls, Path(out_dir) / "checkpoint_latest", db_train, db_val, progress, log)
+        spec, state, tensors = load_checkpoint(Path(out_dir) / "checkpoint_latest")
+        trainer = cls(spec, db_train, db_val, TrainOptions.from_json(state["options"]), out_dir, progress, log)
+        trainer.load_state_dict(state, tensors)
+        return trainer
 
 
 def pick_best_epoch(history: History, recall_ns) -> int:

@@ -1,4 +1,5 @@
-"""Tuple mining on the cached features (reference §8.5; ``trainWeakly`` and deepIBL alike).
+"""Tuple mining on the cached features (``trainWeakly`` and deepIBL alike;
+[docs/matlab.md#mining](../../docs/matlab.md#mining)).
 
 Distances are squared L2 on the cache. Positive: the nearest of the query's non-trivial positives.
 Negatives: the per-query cache of ``nNegCache`` plus ``nNegChoice`` random db images beyond
@@ -18,6 +19,7 @@ class Tuple:
     query: int
     positive: int
     negatives: np.ndarray
+    labels: np.ndarray | None = None  # graded similarity of [positive, *negatives] to the query
 
 
 def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:

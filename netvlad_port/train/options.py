@@ -1,26 +1,26 @@
-"""``trainWeakly`` / deepIBL ``train*.m`` options with their MATLAB defaults (reference §8.1)."""
+"""``trainWeakly`` / deepIBL ``train*.m`` options with their MATLAB defaults
+([docs/matlab.md#training-options](../../docs/matlab.md#training-options)).
+
+The network options of the MATLAB trainers (netID, layerName, method) describe the network they
+build; here the network comes built (``netvlad-port cluster``), so they are not options."""
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 
-from ..evaluate import RECALL_NS
+from ..retrieval import RECALL_NS
 
-# Recipe learning rates (deepIBL README script, netvlad demo.m): Pitts30k 0.001, Pitts250k/TokyoTM 0.0001.
-RECIPE_LR = {"pitts30k": 1e-3, "pitts250k": 1e-4, "tokyoTM": 1e-4}
+MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 
 
 @dataclass
 class TrainOptions:
-    net_id: str = "caffe"                  # netID
-    layer_name: str = "conv5"              # layerName
-    method: str = "vlad_preL2_intra"
     batch_size: int = 4                    # tuples per SGD step
-    learning_rate: float = 1e-4            # the recipes use 0.001 for Pitts30k (RECIPE_LR)
+    learning_rate: float = 1e-4            # the recipes use 0.001 for Pitts30k (datasets.DATASETS recipe_lr)
     lr_down_freq: int = 5                  # epochs
     lr_down_factor: float = 2
-    weight_decay: float = 1e-3
-    momentum: float = 0.9
+    weight_decay: float = WEIGHT_DECAY
+    momentum: float = MOMENTUM
     back_prop_to_layer: str | int = 1      # the README scripts use 'conv5_1'
     fix_layers: tuple[str, ...] = ()
     n_neg_choice: int = 1000
@@ -47,7 +47,7 @@ class TrainOptions:
     precision: str = "fp32"                # bf16 | fp16: autocast for the trainable layers (opt-in)
     device: str = "cpu"
     pca_dim: int = 4096                    # addPCA on the best epoch; 0: skip
-    extra: dict = field(default_factory=dict)
+    loss_params: dict = field(default_factory=dict)  # keyword hyperparameters of the loss function
 
     @property
     def save_batch_frequency(self) -> int:
@@ -65,7 +65,7 @@ class TrainOptions:
 
     @classmethod
     def from_json(cls, d: dict) -> "TrainOptions":
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k not in ("net_id", "layer_name", "method", "extra")}  # older runs
         for k in ("recall_ns", "fix_layers", "jitter_scale"):
             d[k] = tuple(d.get(k, ()))
         return cls(**d)

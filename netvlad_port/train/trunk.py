@@ -41,12 +41,13 @@ class TrunkCache:
         self.dtype = np.float16 if fp16 else np.float32
         self._arrays: dict[tuple, np.ndarray] = {}  # output shape -> array of that shape's images
         self._where: list[tuple[tuple, int]] = []     # image -> (output shape, row)
-        self._size = [image_size(self.root / n) for n in self.names]
+        self.sizes = [image_size(self.root / n) for n in self.names]  # (H, W) of every image
         if mode != "none":
             self._build(batch_size, cache_dir, progress)
 
-    def _frozen(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.run(self.model.subtract_mean(x), 0, self.first)
+    def frozen(self, images: torch.Tensor) -> torch.Tensor:
+        """The frozen layers' output for RGB 0..255 ``images`` (N x 3 x H x W)."""
+        return self.model.run(self.model.subtract_mean(images), 0, self.first)
 
     def _build(self, batch_size, cache_dir, progress) -> None:
         def fail(i, msg):
@@ -55,11 +56,11 @@ class TrunkCache:
         batches, _ = plan_batches(self.root, self.names, range(len(self.names)), batch_size, None, fail)
         out_shape: dict[tuple, tuple] = {}
         with torch.inference_mode():  # the output shape of each image size
-            for i, hw in enumerate(self._size):
+            for i, hw in enumerate(self.sizes):
                 if hw not in out_shape:
                     x = read_image(self.root / self.names[i])[None].to(self.device)
-                    out_shape[hw] = tuple(self._frozen(x).shape[1:])
-        shapes = {i: out_shape[hw] for i, hw in enumerate(self._size)}
+                    out_shape[hw] = tuple(self.frozen(x).shape[1:])
+        shapes = {i: out_shape[hw] for i, hw in enumerate(self.sizes)}
         counts: dict[tuple, int] = {}
         self._where = [None] * len(self.names)  # type: ignore[list-item]
         for i in range(len(self.names)):
@@ -79,7 +80,7 @@ class TrunkCache:
             else:
                 self._arrays[shape] = np.empty((n,) + shape, self.dtype)
         for ids, out in iter_descriptors(self.model, self.root, self.names, batches, fail, device=str(self.device),
-                                         forward=self._frozen, progress=progress, desc="frozen trunk",
+                                         forward=self.frozen, progress=progress, desc="frozen trunk",
                                          channels_last=False):
             for i, o in zip(ids, out):
                 shape, row = self._where[i]
@@ -90,7 +91,7 @@ class TrunkCache:
         if self.mode == "none":
             x = torch.stack([read_image(self.root / self.names[i]) for i in ids]).to(self.device)
             with torch.no_grad():
-                return self._frozen(x)
+                return self.frozen(x)
         shape = self._where[ids[0]][0]
         rows = [self._where[i][1] for i in ids]
         if any(self._where[i][0] != shape for i in ids):
@@ -100,7 +101,7 @@ class TrunkCache:
     def groups(self, batch_size: int):
         """Batches of image indices of equal size, covering every image."""
         by_size: dict[tuple, list[int]] = {}
-        for i, hw in enumerate(self._size):
+        for i, hw in enumerate(self.sizes):
             by_size.setdefault(hw, []).append(i)
         for ids in by_size.values():
             for k in range(0, len(ids), batch_size):

@@ -1,0 +1,92 @@
+"""Retrieval and recall as MATLAB's ``testFromFn`` / ``testCore`` / ``recallAtN``
+([docs/matlab.md#evaluation](../docs/matlab.md#evaluation)).
+
+Exhaustive squared-L2 search (``yael_nn``; here faiss ``IndexFlatL2``, on the GPU when faiss-gpu
+and a GPU are present), the dataset's ``nnSearchPostprocess`` (Tokyo 24/7 panorama NMS, TokyoTM
+timestamps), and recall@N over **all** queries: a query without any ground-truth positive counts
+as a failure. Results within equal distances are ordered by database index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .extract import crop_to_dim
+
+RECALL_NS = (1, 2, 3, 4, 5) + tuple(range(10, 101, 5))  # testFromFn's [1:5, 10:5:100]
+N_TOP = 100
+
+
+@dataclass
+class Results:
+    dataset: str
+    recall_ns: list[int]
+    recalls: list[float]
+    num_queries: int
+    queries_without_positives: int
+    dim: int
+    search: str
+
+    def recall(self, n: int) -> float:
+        return self.recalls[self.recall_ns.index(n)]
+
+    def table(self) -> str:
+        """Printed as MATLAB's testFromFn does: one line per N."""
+        return "\n".join(f"{n:>4}: {r * 100:6.2f}" for n, r in zip(self.recall_ns, self.recalls))
+
+
+def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: bool | None = None):
+    """(ids, squared distances), each Q x k, ascending, ties by database index; and a description."""
+    import faiss
+
+    db = np.ascontiguousarray(db_feats, np.float32)
+    q = np.ascontiguousarray(q_feats, np.float32)
+    k = min(k, len(db))
+    index = faiss.IndexFlatL2(db.shape[1])
+    where = "faiss CPU (IndexFlatL2)"
+    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if (use_gpu or use_gpu is None) and gpus > 0 and hasattr(faiss, "StandardGpuResources"):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+        where = "faiss GPU (GpuIndexFlatL2)"
+    elif use_gpu:
+        where += " - faiss-gpu or a GPU is missing"
+    index.add(db)
+    ds, ids = index.search(q, k)
+    order = np.lexsort((ids, ds), axis=1)  # by distance, then by id
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(ds, order, 1), where
+
+
+def test_from_fn(db, db_feats: np.ndarray, q_feats: np.ndarray, recall_ns=RECALL_NS, dim: int | None = None,
+                 n_top: int = N_TOP, use_gpu: bool | None = None, return_ranks: bool = False, query_ids=None):
+    """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
+    ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
+    then holds their features, in that order."""
+    import torch
+
+    db_feats, q_feats = np.asarray(db_feats, np.float32), np.asarray(q_feats, np.float32)
+    qids = np.arange(db.num_queries) if query_ids is None else np.asarray(query_ids)
+    if db_feats.shape[0] != db.num_images or q_feats.shape[0] != len(qids):
+        raise ValueError(f"{db.name}: {db_feats.shape[0]} db / {q_feats.shape[0]} query features for "
+                         f"{db.num_images} / {db.num_queries} images")
+    if dim:
+        db_feats = crop_to_dim(torch.from_numpy(db_feats), dim).numpy()
+        q_feats = crop_to_dim(torch.from_numpy(q_feats), dim).numpy()
+    ids, ds, where = faiss_search(db_feats, q_feats, n_top * db.retrieve_factor(), use_gpu)
+    recall_ns = list(recall_ns)
+    hits = np.zeros((len(qids), len(recall_ns)), bool)
+    retrieved, no_pos = [], 0
+    for row, iq in enumerate(qids):
+        r_ids, _ = db.nn_search_postprocess(iq, ids[row], ds[row], n_top)
+        is_pos = db.is_pos_q(iq, r_ids)
+        no_pos += len(db.pos_q(iq)) == 0
+        found = np.cumsum(is_pos) > 0
+        if len(found):
+            hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
+        retrieved.append(r_ids)
+    res = Results(db.name, recall_ns, hits.mean(0).tolist(), len(qids), int(no_pos), int(db_feats.shape[1]), where)
+    return (res, retrieved) if return_ranks else res
+
+
+test_from_fn.__test__ = False  # not a pytest test
