@@ -4,9 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__version__ = "0.1.0"
-
-from .errors import NetFormatError, NetVladPortError  # noqa: E402
+from .errors import NetFormatError, NetVladPortError
+from .version import __version__
 
 
 def load_spec(path: str | os.PathLike):

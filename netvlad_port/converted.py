@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__
+from .version import __version__
 from .errors import NetFormatError
 from .io_utils import atomic_dir
 from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate

@@ -62,28 +62,18 @@ def read_h5_descriptors(path: str | os.PathLike, names: list[str]) -> np.ndarray
         return np.stack([np.asarray(f[n][DESCRIPTOR], np.float32) for n in names])
 
 
-def dataset_features(model, db, out_dir: str | os.PathLike, batch_size: int = 10, device: str = "cpu",
-                     resize_queries: int | None = None, progress: bool = True, num_workers: int | None = None):
-    """Database and query descriptors of ``db``, extracted to ``out_dir/{db,q}.h5`` or reused from
-    there (files made by another model are refused)."""
+def check_model_tag(path: Path, tag: str) -> None:
+    """Refuse an existing h5 written by another model (an untagged file is accepted)."""
     import h5py
 
-    from .extract import serial_all_feats
+    if Path(path).exists():
+        with h5py.File(path, "r") as f:
+            if f.attrs.get(MODEL_TAG, tag) != tag:
+                raise NetVladPortError(f"{path}: features of another model; use another --out or delete it")
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = model_fingerprint(model)
-    feats = []
-    for kind, root, names, resize in (("db", db.db_path, db.db_image_fns, None),
-                                      ("q", db.q_path, db.q_image_fns, resize_queries)):
-        path = out_dir / f"{kind}.h5"
-        if path.exists():
-            with h5py.File(path, "r") as f:
-                if f.attrs.get(MODEL_TAG, tag) != tag:
-                    raise NetVladPortError(f"{path}: features of another model; use another --out or delete it")
-        serial_all_feats(model, names, path, root=root, batch_size=batch_size, device=device, progress=progress,
-                         resize_shorter=resize, num_workers=num_workers)
-        with h5py.File(path, "a") as f:
-            f.attrs[MODEL_TAG] = tag
-        feats.append(read_h5_descriptors(path, names))
-    return feats[0], feats[1]
+
+def set_model_tag(path: Path, tag: str) -> None:
+    import h5py
+
+    with h5py.File(path, "a") as f:
+        f.attrs[MODEL_TAG] = tag

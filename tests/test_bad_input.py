@@ -10,7 +10,7 @@ import netvlad_port
 from netvlad_port import NetFormatError
 from netvlad_port.cli import main
 from netvlad_port.matconvnet import read_net, write_net
-from conftest import suite
+from helpers import suite
 
 
 def raw_net(name="tiny_vlad"):

@@ -9,8 +9,8 @@ from click.testing import CliRunner
 import netvlad_port
 from netvlad_port.cli import main
 from netvlad_port.matconvnet import read_net, write_net
-from conftest import suite
-from test_encodings import assert_same_net
+from helpers import suite
+from helpers import assert_same_net
 
 
 def run(*args):

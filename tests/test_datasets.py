@@ -5,22 +5,7 @@ import scipy.io
 
 from netvlad_port.datasets import (DB_STRUCT_FIELDS, DatasetError, DbBase, DbPitts, DbTokyo247, DbTokyoTimeMachine,
                                    from_npz, from_vg_folder, load_db_struct, write_db_struct)
-
-E0, N0 = 584000.0, 4477000.0
-
-
-def spec_fields(utm_db, utm_q, **extra):
-    s = {"whichSet": "test", "dbImageFns": [f"db/{i:03d}.jpg" for i in range(utm_db.shape[1])],
-         "utmDb": utm_db, "qImageFns": [f"q/{i:03d}.jpg" for i in range(utm_q.shape[1])], "utmQ": utm_q,
-         "numImages": utm_db.shape[1], "numQueries": utm_q.shape[1], "posDistThr": 25.0, "posDistSqThr": 625.0,
-         "nonTrivPosDistSqThr": 100.0}
-    s.update(extra)
-    return s
-
-
-def line(*east):
-    return np.array([[E0 + e for e in east], [N0] * len(east)])
-
+from helpers import E0, N0, line, spec_fields
 
 def test_positive_radius_is_inclusive_and_nontrivial_excludes_1m():
     db = DbBase("t", ".", ".", spec_fields(line(0, 0.5, 1.0, 1.01, 10.0, 10.01, 25.0, 25.001, 100), line(0)))

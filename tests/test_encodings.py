@@ -7,22 +7,9 @@ import torch
 import netvlad_port
 from netvlad_port.matconvnet import read_net, write_net
 from netvlad_port.matconvnet.read import to_python
-from conftest import DATA, suite
+from helpers import DATA, assert_same_net, suite
 
 ENCODINGS = [(v, e) for v in ("v7", "v7.3") for e in ("struct", "classdef", "saveobj")]
-
-
-def assert_same_net(a, b):
-    assert [(l.type, l.name) for l in a.layers] == [(l.type, l.name) for l in b.layers]
-    for la, lb in zip(a.layers, b.layers):
-        assert len(la.weights) == len(lb.weights), la.name
-        for wa, wb in zip(la.weights, lb.weights):
-            assert wa.shape == wb.shape and wa.dtype == wb.dtype == np.float32, la.name
-            assert np.array_equal(wa, wb), la.name
-        assert {k: np.asarray(v).tolist() for k, v in la.params.items() if k not in ("K", "D")} == \
-               {k: np.asarray(v).tolist() for k, v in lb.params.items() if k not in ("K", "D")}, la.name
-    assert np.array_equal(a.average_rgb, b.average_rgb)
-    assert {k: a.meta.get(k) for k in ("netID", "sessionID")} == {k: b.meta.get(k) for k in ("netID", "sessionID")}
 
 
 @pytest.mark.parametrize("version,encoding", ENCODINGS)

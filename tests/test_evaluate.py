@@ -8,7 +8,7 @@ from PIL import Image
 from netvlad_port import feature_store, retrieval
 from netvlad_port.cli import main
 from netvlad_port.datasets import DbBase, DbTokyo247, write_db_struct
-from test_datasets import E0, N0, line, spec_fields
+from helpers import E0, N0, line, spec_fields
 
 
 def brute_force_recall(db, db_feats, q_feats, recall_ns, n_top=100, group=None, stamps=None):
@@ -83,7 +83,7 @@ def test_tokyotm_same_timestamp_results_dropped(tmp_path):
     assert res.recalls == brute_force_recall(db, f_db, f_q, [1, 2], stamps=(db.db_time_stamp, db.q_time_stamp)).tolist()
 
 
-def test_demo_and_test_command(tmp_path):
+def test_demo(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--epochs", "2"])
     assert res.exit_code == 0, res.output
     assert "off-the-shelf" in res.output and "trained + WPCA" in res.output and "\n   1  " in res.output
@@ -94,34 +94,40 @@ def test_demo_and_test_command(tmp_path):
     assert trained["dim"] == 64
     results = json.loads((tmp_path / "demo" / "eval_offtheshelf" / "results.json").read_text())
     assert results["num_queries"] == 200 and results["recall_ns"][:5] == [1, 2, 3, 4, 5]
-    # the same evaluation, independently: the stored features + brute force
-    from netvlad_port.datasets.synthetic import load_synthetic
-    db = load_synthetic(tmp_path / "demo" / "data", "test")
-    f_db = feature_store.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "db.h5", db.db_image_fns)
-    f_q = feature_store.read_h5_descriptors(tmp_path / "demo" / "eval_offtheshelf" / "q.h5", db.q_image_fns)
-    assert np.allclose(results["recalls"], brute_force_recall(db, f_db, f_q, results["recall_ns"]))
     assert results["recalls"][0] > 0.2  # well above chance (~10 positives among 300)
-    # test command reuses the stored features, with cropToDim
-    res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "demo" / "offtheshelf"), "--dataset",
-                                    "synthetic-test", "--root", str(tmp_path / "demo" / "data"), "--dim", "32",
-                                    "--out", str(tmp_path / "demo" / "eval_offtheshelf"), "--quiet"])
+
+
+def test_test_and_search_commands(tiny_world, tmp_path):
+    from netvlad_port.datasets import load_synthetic
+
+    out = tmp_path / "eval"
+    args = ["test", "--model", str(tiny_world.net), "--dataset", "synthetic-test", "--root", str(tiny_world.data),
+            "--out", str(out), "--quiet"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["num_queries"] == 24 and results["recall_ns"][:5] == [1, 2, 3, 4, 5]
+    # the same evaluation, independently: the stored features + brute force
+    db = load_synthetic(tiny_world.data, "test")
+    f_db = feature_store.read_h5_descriptors(out / "db.h5", db.db_image_fns)
+    f_q = feature_store.read_h5_descriptors(out / "q.h5", db.q_image_fns)
+    assert np.allclose(results["recalls"], brute_force_recall(db, f_db, f_q, results["recall_ns"]))
+    # the test command reuses the stored features, with cropToDim
+    res = CliRunner().invoke(main, args + ["--dim", "32"])
     assert res.exit_code == 0, res.output
     assert "32-D" in res.output
     # search: hloc pairs
-    out = tmp_path / "pairs.txt"
-    res = CliRunner().invoke(main, ["search", "--db", str(tmp_path / "demo" / "eval_offtheshelf" / "db.h5"), "--queries",
-                                    str(tmp_path / "demo" / "eval_offtheshelf" / "q.h5"), "-k", "5", "--out", str(out)])
+    pairs = tmp_path / "pairs.txt"
+    res = CliRunner().invoke(main, ["search", "--db", str(out / "db.h5"), "--queries", str(out / "q.h5"), "-k", "5",
+                                    "--out", str(pairs)])
     assert res.exit_code == 0, res.output
-    lines = out.read_text().splitlines()
-    assert len(lines) == 200 * 5 and lines[0].split()[0] == sorted(db.q_image_fns)[0]
-
-
-def test_stored_features_of_another_model_are_refused(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "d"), "--epochs", "0"])
-    assert res.exit_code == 0
+    lines = pairs.read_text().splitlines()
+    assert len(lines) == 24 * 5 and lines[0].split()[0] == sorted(db.q_image_fns)[0]
+    # stored features of another model are refused
     from netvlad_port.fixtures import make_net
     from netvlad_port.matconvnet import write_net
+
     write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "other.mat")
     res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "other.mat"), "--dataset", "synthetic-test",
-                                    "--root", str(tmp_path / "d" / "data"), "--out", str(tmp_path / "d" / "eval_offtheshelf")])
+                                    "--root", str(tiny_world.data), "--out", str(out)])
     assert res.exit_code == 1 and "features of another model" in res.output

@@ -14,7 +14,7 @@ from netvlad_port.cli import main
 from netvlad_port.fixtures import make_net
 from netvlad_port.matconvnet import write_net
 from netvlad_port.parity import rel_error
-from conftest import SUITES, suite
+from helpers import SUITES, suite
 
 OCTAVE = shutil.which("octave-cli")
 MAKE_DUMP = Path(__file__).parents[1] / "matlab_ref" / "make_dump.m"

@@ -15,7 +15,7 @@ from netvlad_port.model import SimpleNN
 from netvlad_port.networks import add_layers, load_net, vlad_alpha
 from netvlad_port.pca import add_pca, relja_pca
 from netvlad_port.train.update import back_prop_to_layer, deepibl_sgd
-from conftest import SUITES, suite
+from helpers import SUITES, suite
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import netvlad_port
-from conftest import FASTPOW_SUITE, SUITES, rel_err, suite
+from helpers import FASTPOW_SUITE, SUITES, rel_err, suite
 
 VLAD_LAYERS = {"vlad:core", "vlad:intranorm", "postL2"}
 

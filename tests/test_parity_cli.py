@@ -9,7 +9,7 @@ import netvlad_port
 from netvlad_port import layers
 from netvlad_port.cli import main
 from netvlad_port.parity import load_dump, run_parity, to_matlab
-from conftest import FASTPOW_SUITE, SUITES, suite
+from helpers import FASTPOW_SUITE, SUITES, suite
 
 
 def parity_cli(*args):

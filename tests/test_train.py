@@ -14,7 +14,7 @@ import torch
 from netvlad_port.datasets import DbBase
 from netvlad_port.train import History, Trainer, TrainOptions, pick_best_epoch
 from netvlad_port.train.mining import mine_tuple
-from test_datasets import E0, line, spec_fields
+from helpers import E0, line, spec_fields
 
 
 def crafted():
@@ -72,16 +72,11 @@ def test_pick_best_epoch_ties():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from netvlad_port.datasets.synthetic import SyntheticConfig, load_synthetic, make_synthetic
-    from netvlad_port.fixtures import make_net
-    from netvlad_port.matconvnet import write_net
+def setup(tiny_world):
+    from netvlad_port.datasets import load_synthetic
 
-    root = tmp_path_factory.mktemp("train")
-    make_synthetic(root / "data", SyntheticConfig(db_per_split=40, queries_per_split=24, image_hw=(48, 64)))
-    spec = make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=None, seed=1)
-    write_net(spec, root / "offtheshelf.mat")
-    return root, load_synthetic(root / "data", "train"), load_synthetic(root / "data", "val"), spec
+    w = tiny_world
+    return w.root, load_synthetic(w.data, "train"), load_synthetic(w.data, "val"), w.spec
 
 
 OPTS = dict(n_epoch=2, learning_rate=0.01, back_prop_to_layer="conv5_1", n_neg_choice=20, save_frequency=4,
