@@ -20,6 +20,9 @@ setup(
         "faiss-cpu>=1.8",
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7", "tensorboard>=2.14"], "tensorboard": ["tensorboard>=2.14"]},
+    extras_require={
+        "test": ["pytest>=7", "tensorboard>=2.14", "ruff>=0.6"],
+        "tensorboard": ["tensorboard>=2.14"],
+    },
     entry_points={"console_scripts": ["netvlad-port=netvlad_port.cli:main"]},
 )

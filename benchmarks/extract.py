@@ -12,6 +12,7 @@ random 480 x 640 JPEGs. Each configuration runs in its own process so peak RSS i
 Prints images/s, peak RSS (and CUDA peak), and our speed as a ratio to the baseline.
     python benchmarks/extract.py [--images 16] [--batch-sizes 1,4,8] [--precisions fp32,bf16] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,9 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from common import in_fresh_process
+from torch import nn
 
 
 def make_images(folder: Path, n: int, h: int, w: int) -> None:
@@ -53,7 +53,7 @@ class BaselineNetVLAD(nn.Module):
         vlad = torch.zeros(n, len(self.centroids), d, dtype=x.dtype, device=x.device)
         for k in range(len(self.centroids)):
             residual = xf - self.centroids[k][None, :, None]
-            vlad[:, k] = (residual * a[:, k:k + 1]).sum(-1)
+            vlad[:, k] = (residual * a[:, k : k + 1]).sum(-1)
         vlad = F.normalize(vlad, dim=2)
         return F.normalize(vlad.transpose(1, 2).reshape(n, -1), dim=1)
 
@@ -74,8 +74,13 @@ def baseline_model(spec) -> nn.Module:
     pca = nn.Linear(wpca.weights[0].shape[2], wpca.weights[0].shape[3])
     pca.weight.data = torch.from_numpy(wpca.weights[0][0, 0].T.copy())
     pca.bias.data = torch.from_numpy(wpca.weights[1].copy())
-    net = nn.Sequential(*mods, BaselineNetVLAD(torch.from_numpy(-vlad.weights[1][0, 0].T.copy()),
-                                               torch.from_numpy(vlad.weights[0][0, 0].copy())), pca)
+    net = nn.Sequential(
+        *mods,
+        BaselineNetVLAD(
+            torch.from_numpy(-vlad.weights[1][0, 0].T.copy()), torch.from_numpy(vlad.weights[0][0, 0].copy())
+        ),
+        pca,
+    )
     return net.eval()
 
 
@@ -99,11 +104,19 @@ def _run(kind: str, folder: str, spec_args: dict, batch: int, precision: str, de
         model = SimpleNN(spec).eval()
         warm = Path(folder) / "warm.list"
         warm.write_text(paths[0].name + "\n")
-        serial_all_feats(model, warm, Path(folder) / "warm.npy", progress=False, device=device, precision=precision,
-                         num_workers=0)
+        serial_all_feats(
+            model, warm, Path(folder) / "warm.npy", progress=False, device=device, precision=precision, num_workers=0
+        )
         start = time.perf_counter()
-        serial_all_feats(model, folder, Path(folder) / f"out_{batch}_{precision}.npy", batch_size=batch,
-                         device=device, precision=precision, progress=False)
+        serial_all_feats(
+            model,
+            folder,
+            Path(folder) / f"out_{batch}_{precision}.npy",
+            batch_size=batch,
+            device=device,
+            precision=precision,
+            progress=False,
+        )
         seconds = time.perf_counter() - start
     else:
         from PIL import Image
@@ -135,21 +148,31 @@ def main():
     ap.add_argument("--width", type=float, default=1.0, help="channel scale (1 = real VGG16)")
     args = ap.parse_args()
     h, w = (int(v) for v in args.size.split("x"))
-    spec_args = dict(arch="vd16", method="vlad_preL2_intra", width=args.width, k=64, pca_dim=4096, seed=0)
-    print(f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{args.images} images {h}x{w}, VGG16 width {args.width} + NetVLAD K=64 + WPCA 4096")
+    spec_args = {"arch": "vd16", "method": "vlad_preL2_intra", "width": args.width, "k": 64, "pca_dim": 4096, "seed": 0}
+    print(
+        f"device {args.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{args.images} images {h}x{w}, VGG16 width {args.width} + NetVLAD K=64 + WPCA 4096"
+    )
     with tempfile.TemporaryDirectory() as folder:
         make_images(Path(folder), args.images, h, w)
         base = measure("baseline", folder, spec_args, 1, "fp32", args.device)
         rows = [("baseline (Sequential, per-image loop)", 1, "fp32", *base)]
         for precision in args.precisions.split(","):
             for b in (int(v) for v in args.batch_sizes.split(",")):
-                rows.append(("netvlad-port extract", b, precision, *measure("ours", folder, spec_args, b, precision,
-                                                                            args.device)))
+                rows.append(
+                    (
+                        "netvlad-port extract",
+                        b,
+                        precision,
+                        *measure("ours", folder, spec_args, b, precision, args.device),
+                    )
+                )
     print(f"| {'what':<38} | batch | precision | images/s | x baseline | peak RSS MB | CUDA peak MB |")
     print(f"|{'-' * 40}|-------|-----------|----------|------------|-------------|--------------|")
     for name, b, prec, ips, rss, cuda in rows:
-        print(f"| {name:<38} | {b:>5} | {prec:>9} | {ips:>8.2f} | {ips / base[0]:>10.2f} | {rss:>11.0f} | {cuda:>12.0f} |")
+        print(
+            f"| {name:<38} | {b:>5} | {prec:>9} | {ips:>8.2f} | {ips / base[0]:>10.2f} | {rss:>11.0f} | {cuda:>12.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 function [xp, ho, wo, fc, g] = nvp_conv_setup(x, f, pad, stride, dilate)
-% NVP_CONV_SETUP  Zero-padded input, output size and groups of vl_nnconv (MatConvNet §5.1).
+% NVP_CONV_SETUP  Zero-padded input, output size and groups of vl_nnconv (docs/matlab.md#matconvnet-operators).
 [h, w, c, n] = size(x);
 [fh, fw, fc, ~] = size(f);
 g = c / fc;

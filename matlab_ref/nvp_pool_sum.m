@@ -1,6 +1,6 @@
 function [s, cnt] = nvp_pool_sum(x, l)
 % NVP_POOL_SUM  Window sums over real pixels and their counts: avg pooling divides by the
-%   clipped window size (MatConvNet §5.2).
+%   clipped window size (vl_nnpool.m; docs/matlab.md#matconvnet-operators).
 [h, w, c, n] = size(x);
 [~, ho, wo, ph, pw, st, pad] = nvp_pool_setup(x, l);
 xp = zeros(h + pad(1) + pad(2), w + pad(3) + pad(4), c, n, class(x));

@@ -1,7 +1,7 @@
 function [loss, dzdy] = nvp_sare(variant, feats)
 % NVP_SARE  Loss of one tuple and dL/dfeats. feats is D x N: query, positive, negatives.
-%   Variants as named by deepIBL's training files (reference §8.7) and trainWeakly's
-%   triplet (§8.6). Our own derivation of each gradient from its loss.
+%   Variants as named by deepIBL's training files (docs/matlab.md#sare-losses) and trainWeakly's
+%   triplet (docs/matlab.md#triplet-loss). Our own derivation of each gradient from its loss.
 q = feats(:, 1); p = feats(:, 2); ng = feats(:, 3:end);
 dq = bsxfun(@minus, q, ng);            % q - n_k, D x M
 dp = sum((q - p) .^ 2);                % squared distances

@@ -1,4 +1,5 @@
 """netvlad-port: the MATLAB/MatConvNet NetVLAD + SARE (deepIBL) code, exact, in PyTorch."""
+
 from __future__ import annotations
 
 import os

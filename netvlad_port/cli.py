@@ -1,4 +1,5 @@
 """``netvlad-port``: the command line. Thin wrappers around the package API."""
+
 from __future__ import annotations
 
 import functools
@@ -44,8 +45,14 @@ def main():
 
 @main.command()
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Output folder (model.safetensors + config.json).")
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder (model.safetensors + config.json).",
+)
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
 def convert(model: Path, out_dir: Path, force: bool):
@@ -58,8 +65,10 @@ def convert(model: Path, out_dir: Path, force: bool):
     spec = read_net(model)
     save_converted(spec, out_dir, source=model, force=force)
     cfg = config_of(spec)
-    click.echo(f"{model} -> {out_dir}: {len(spec.layers)} layers, method {cfg['method'] or '-'}, "
-               f"{'whitened, ' if cfg['whitened'] else ''}output dim {cfg['output_dim']}")
+    click.echo(
+        f"{model} -> {out_dir}: {len(spec.layers)} layers, method {cfg['method'] or '-'}, "
+        f"{'whitened, ' if cfg['whitened'] else ''}output dim {cfg['output_dim']}"
+    )
 
 
 def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
@@ -87,11 +96,14 @@ def info(model: Path, image_size: str):
     cfg = config_of(spec)
     meta = spec.meta
     click.echo(f"{model}")
-    click.echo(f"netID {meta.get('netID', '-')}  sessionID {meta.get('sessionID', '-')}  "
-               f"epoch {meta.get('epoch', '-')}")
-    click.echo(f"method {cfg['method'] or '-'}  whitened {'yes' if cfg['whitened'] else 'no'}  "
-               f"output dim {cfg['output_dim']}  averageImage(1,1,:) "
-               f"{' '.join(f'{v:g}' for v in spec.average_rgb)}")
+    click.echo(
+        f"netID {meta.get('netID', '-')}  sessionID {meta.get('sessionID', '-')}  epoch {meta.get('epoch', '-')}"
+    )
+    click.echo(
+        f"method {cfg['method'] or '-'}  whitened {'yes' if cfg['whitened'] else 'no'}  "
+        f"output dim {cfg['output_dim']}  averageImage(1,1,:) "
+        f"{' '.join(f'{v:g}' for v in spec.average_rgb)}"
+    )
     for row in layer_table(spec, _image_size(image_size)):
         click.echo(row)
 
@@ -100,9 +112,14 @@ def info(model: Path, image_size: str):
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True)
 @click.option("--version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True)
-@click.option("--encoding", type=click.Choice(["struct", "classdef", "saveobj"]), default="struct",
-              show_default=True, help="struct: struct-ified SimpleNN (hloc layout); classdef/saveobj: "
-                                      "NetVLAD class objects as the release files hold them.")
+@click.option(
+    "--encoding",
+    type=click.Choice(["struct", "classdef", "saveobj"]),
+    default="struct",
+    show_default=True,
+    help="struct: struct-ified SimpleNN (hloc layout); classdef/saveobj: "
+    "NetVLAD class objects as the release files hold them.",
+)
 @click.option("--force", is_flag=True, help="Replace the output file if it exists.")
 @_friendly
 def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, force: bool):
@@ -118,38 +135,92 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="A MatConvNet .mat (any encoding) or a converted folder.")
-@click.option("--images", "images", type=click.Path(path_type=Path), required=True,
-              help="A folder (searched recursively) or a text file with one image path per line.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A MatConvNet .mat (any encoding) or a converted folder.",
+)
+@click.option(
+    "--images",
+    "images",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A folder (searched recursively) or a text file with one image path per line.",
+)
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="OUT.h5, OUT.bin or OUT.npy.")
 @click.option("--format", "fmt", type=click.Choice(["h5", "bin", "npy"]), help="Default: from the suffix of --out.")
 @click.option("--root", type=click.Path(path_type=Path), help="Root the names in a list file are relative to.")
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
 @click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="fp32 is exact; the others are opt-in GPU speed-ups.")
-@click.option("--resize-shorter", type=int, default=None,
-              help="vl_imreadjpeg 'Resize', S: shorter side to S (deepIBL's Tokyo 24/7 queries: 640).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="fp32 is exact; the others are opt-in GPU speed-ups.",
+)
+@click.option(
+    "--resize-shorter",
+    type=int,
+    default=None,
+    help="vl_imreadjpeg 'Resize', S: shorter side to S (deepIBL's Tokyo 24/7 queries: 640).",
+)
 @click.option("--dim", type=int, default=None, help="cropToDim: keep the first K components and L2 again.")
 @click.option("--half", is_flag=True, help="Store float16 (h5 / npy).")
 @click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True)
-@click.option("--on-error", type=click.Choice(["stop", "skip"]), default="stop", show_default=True,
-              help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["stop", "skip"]),
+    default="stop",
+    show_default=True,
+    help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly
-def extract(model_path, images, out, fmt, root, batch_size, workers, device, precision, resize_shorter, dim, half,
-            normalize, on_error, quiet):
+def extract(
+    model_path,
+    images,
+    out,
+    fmt,
+    root,
+    batch_size,
+    workers,
+    device,
+    precision,
+    resize_shorter,
+    dim,
+    half,
+    normalize,
+    on_error,
+    quiet,
+):
     """Extract descriptors of many images (MATLAB serialAllFeats)."""
     from . import load
     from .extract import serial_all_feats, skipped_path
 
-    report = serial_all_feats(load(model_path, normalize=normalize), images, out, batch_size=batch_size, fmt=fmt,
-                              root=root, dim=dim, resize_shorter=resize_shorter, device=device, precision=precision,
-                              num_workers=workers, on_error=on_error, half=half, progress=not quiet)
-    msg = f"{out}: {report.extracted} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s, " \
-          f"{report.device})"
+    report = serial_all_feats(
+        load(model_path, normalize=normalize),
+        images,
+        out,
+        batch_size=batch_size,
+        fmt=fmt,
+        root=root,
+        dim=dim,
+        resize_shorter=resize_shorter,
+        device=device,
+        precision=precision,
+        num_workers=workers,
+        on_error=on_error,
+        half=half,
+        progress=not quiet,
+    )
+    msg = (
+        f"{out}: {report.extracted} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s, "
+        f"{report.device})"
+    )
     if report.already_present:
         msg += f", {report.already_present} already present"
     if report.skipped:
@@ -161,11 +232,21 @@ def extract(model_path, images, out, fmt, root, batch_size, workers, device, pre
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("dump", type=click.Path(path_type=Path))
 @click.option("--images", type=click.Path(path_type=Path), help="images.mat, when the dump has no 'images'.")
-@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
-              help="matconvnet-cpu for dumps made by MATLAB on a CPU (forward only).")
+@click.option(
+    "--normalize",
+    type=click.Choice(["exact", "matconvnet-cpu"]),
+    default="exact",
+    show_default=True,
+    help="matconvnet-cpu for dumps made by MATLAB on a CPU (forward only).",
+)
 @click.option("--double/--single", default=False, show_default=True, help="Compute in float64 / float32.")
-@click.option("--rtol", type=float, default=1e-4, show_default=True,
-              help="Per array: max |ours - ref| / max |ref| (activations, dL/dx, dL/dw).")
+@click.option(
+    "--rtol",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Per array: max |ours - ref| / max |ref| (activations, dL/dx, dL/dw).",
+)
 @click.option("--atol", type=float, default=1e-5, show_default=True, help="Descriptors: max abs difference.")
 @click.option("--loss-rtol", type=float, default=1e-5, show_default=True, help="SARE losses and dL/dfeats.")
 @click.option("--no-gradients", is_flag=True, help="Forward and losses only.")
@@ -178,8 +259,9 @@ def parity(model: Path, dump: Path, images, normalize, double, rtol, atol, loss_
     from .parity import format_report, load_dump, run_parity
 
     net = load(model, normalize=normalize).to(torch.float64 if double else torch.float32)
-    checks = run_parity(net, load_dump(dump, images), rtol=rtol, atol=atol, loss_rtol=loss_rtol,
-                        gradients=not no_gradients)
+    checks = run_parity(
+        net, load_dump(dump, images), rtol=rtol, atol=atol, loss_rtol=loss_rtol, gradients=not no_gradients
+    )
     click.echo(format_report(checks))
     if not all(c.passed for c in checks):
         raise SystemExit(1)
@@ -223,8 +305,10 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
     db = open_dataset(dataset, root, spec_dir)
     out_dir = out_dir or Path("results") / db.name
     res = run_evaluation(load(model_path), db, out_dir, dim, batch_size, device, resize_queries, quiet)
-    click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, counted "
-               f"as failures), {res.dim}-D, {res.search}")
+    click.echo(
+        f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, counted "
+        f"as failures), {res.dim}-D, {res.search}"
+    )
     click.echo(res.table())
     click.echo(f"results: {out_dir / 'results.json'}, {out_dir / 'recall.png'}, {out_dir / 'mosaic.png'}")
 
@@ -238,8 +322,8 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
 def search(db_h5, q_h5, k, out):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
     from .feature_store import h5_names, read_h5_descriptors
-    from .retrieval import faiss_search
     from .io_utils import atomic_file
+    from .retrieval import faiss_search
 
     db_names, q_names = sorted(h5_names(db_h5)), sorted(h5_names(q_h5))
     if not db_names or not q_names:
@@ -262,8 +346,9 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, mat_ver
     """Write the embedded synthetic place-recognition dataset (train/val/test)."""
     from .datasets.synthetic import SyntheticConfig, make_synthetic
 
-    cfg = SyntheticConfig(db_per_split=db_per_split, queries_per_split=queries_per_split,
-                          image_hw=_image_size(size), seed=seed)
+    cfg = SyntheticConfig(
+        db_per_split=db_per_split, queries_per_split=queries_per_split, image_hw=_image_size(size), seed=seed
+    )
     make_synthetic(out, cfg, version=mat_version)
     click.echo(f"{out}: synthetic_{{train,val,test}}.mat, {db_per_split} db + {queries_per_split} queries per split")
 
@@ -276,15 +361,23 @@ def _dataset_options(fn):
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="A network (.mat or converted folder), or with --layer a MatConvNet ImageNet model file.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A network (.mat or converted folder), or with --layer a MatConvNet ImageNet model file.",
+)
 @click.option("--layer", default=None, help="loadNet: crop the ImageNet model at this layer (e.g. conv5_3).")
 @click.option("--net-id", type=click.Choice(["vd16", "vd19", "caffe", "places"]), default="vd16", show_default=True)
 @_dataset_options
 @click.option("--method", default="vlad_preL2_intra", show_default=True, help="addLayers method.")
 @click.option("--k", type=int, default=64, show_default=True)
-@click.option("--random-images", is_flag=True,
-              help="Sample descriptors from 500 random images (the original code uses the first 500).")
+@click.option(
+    "--random-images",
+    is_flag=True,
+    help="Sample descriptors from 500 random images (the original code uses the first 500).",
+)
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where to keep *_traindescs.mat / *_clst.mat.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True)
@@ -325,45 +418,100 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     if out_dir.exists() and not force:
         raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
     db = open_dataset(dataset, root, spec_dir)
-    spec = add_pca(load_spec(model_path), db, pca_dim=pca_dim, do_white=not no_white, n_train_cap=n_train_cap,
-                   device=device)
+    spec = add_pca(
+        load_spec(model_path), db, pca_dim=pca_dim, do_white=not no_white, n_train_cap=n_train_cap, device=device
+    )
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
 
 @main.command()
-@click.option("--dataset", required=True, help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, "
-              "synthetic, or one you registered.")
+@click.option(
+    "--dataset",
+    required=True,
+    help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, synthetic, or one you registered.",
+)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
-@click.option("--model", "model_path", type=click.Path(path_type=Path),
-              help="The off-the-shelf network (netvlad-port cluster's output); not needed with --resume.")
-@click.option("--loss", type=RegistryChoice(LOSSES), default="sare-ind", show_default=True,
-              help="A registered loss (netvlad_port.losses.LOSSES).")
-@click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
-              help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.")
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    help="The off-the-shelf network (netvlad-port cluster's output); not needed with --resume.",
+)
+@click.option(
+    "--loss",
+    type=RegistryChoice(LOSSES),
+    default="sare-ind",
+    show_default=True,
+    help="A registered loss (netvlad_port.losses.LOSSES).",
+)
+@click.option(
+    "--loss-param",
+    "loss_params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--lr", type=float, default=None, help="Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001).")
+@click.option(
+    "--lr", type=float, default=None, help="Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001)."
+)
 @click.option("--epochs", type=int, default=30, show_default=True)
 @click.option("--back-prop-to-layer", default="conv5_1", show_default=True)
 @click.option("--batch-size", type=int, default=4, show_default=True)
 @click.option("--n-neg-choice", type=int, default=1000, show_default=True)
 @click.option("--save-frequency", type=int, default=2000, show_default=True, help="Queries between checkpoints.")
-@click.option("--comp-feats-frequency", type=int, default=1000, show_default=True,
-              help="Queries between cache refreshes (doubled at each lr drop).")
+@click.option(
+    "--comp-feats-frequency",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="Queries between cache refreshes (doubled at each lr drop).",
+)
 @click.option("--pca-dim", type=int, default=4096, show_default=True, help="addPCA on the best epoch; 0: skip.")
-@click.option("--trunk-cache", type=click.Choice(["auto", "memory", "disk", "none"]), default="auto", show_default=True,
-              help="Keep the frozen layers' outputs (auto: memory, else disk); none recomputes them.")
+@click.option(
+    "--trunk-cache",
+    type=click.Choice(["auto", "memory", "disk", "none"]),
+    default="auto",
+    show_default=True,
+    help="Keep the frozen layers' outputs (auto: memory, else disk); none recomputes them.",
+)
 @click.option("--trunk-fp16", is_flag=True, help="Store the frozen layers' outputs in float16 (opt-in, inexact).")
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="Autocast for the trainable layers (opt-in).")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Autocast for the trainable layers (opt-in).",
+)
 @click.option("--margin", type=float, default=0.1, show_default=True, help="Triplet margin (squared distances).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest.")
 @_friendly
-def train(dataset, root, spec_dir, model_path, loss, loss_params, out_dir, lr, epochs, back_prop_to_layer,
-          batch_size, n_neg_choice, save_frequency, comp_feats_frequency, pca_dim, trunk_cache, trunk_fp16, precision,
-          margin, device, resume):
+def train(
+    dataset,
+    root,
+    spec_dir,
+    model_path,
+    loss,
+    loss_params,
+    out_dir,
+    lr,
+    epochs,
+    back_prop_to_layer,
+    batch_size,
+    n_neg_choice,
+    save_frequency,
+    comp_feats_frequency,
+    pca_dim,
+    trunk_cache,
+    trunk_fp16,
+    precision,
+    margin,
+    device,
+    resume,
+):
     """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun."""
     import os
 
@@ -379,13 +527,30 @@ def train(dataset, root, spec_dir, model_path, loss, loss_params, out_dir, lr, e
     if not resume and model_path is None:
         raise NetVladPortError("--model is required (the off-the-shelf network from `netvlad-port cluster`)")
     bp = int(back_prop_to_layer) if back_prop_to_layer.isdigit() else back_prop_to_layer
-    final = run_training(db_train, db_val, model_path, out_dir, loss=loss, resume=resume, progress=True,
-                         log=click.echo, learning_rate=lr or family.recipe_lr or TrainOptions.learning_rate,
-                         loss_params=_loss_params(loss_params), n_epoch=epochs,
-                         back_prop_to_layer=bp, batch_size=batch_size, n_neg_choice=n_neg_choice,
-                         save_frequency=save_frequency, comp_feats_frequency=comp_feats_frequency, pca_dim=pca_dim,
-                         trunk_cache=trunk_cache, trunk_fp16=trunk_fp16, precision=precision, margin=margin,
-                         device=device)
+    final = run_training(
+        db_train,
+        db_val,
+        model_path,
+        out_dir,
+        loss=loss,
+        resume=resume,
+        progress=True,
+        log=click.echo,
+        learning_rate=lr or family.recipe_lr or TrainOptions.learning_rate,
+        loss_params=_loss_params(loss_params),
+        n_epoch=epochs,
+        back_prop_to_layer=bp,
+        batch_size=batch_size,
+        n_neg_choice=n_neg_choice,
+        save_frequency=save_frequency,
+        comp_feats_frequency=comp_feats_frequency,
+        pca_dim=pca_dim,
+        trunk_cache=trunk_cache,
+        trunk_fp16=trunk_fp16,
+        precision=precision,
+        margin=margin,
+        device=device,
+    )
     click.echo(f"final model: {final}")
 
 
@@ -435,31 +600,56 @@ def demo(out_dir: Path, epochs: int, force: bool):
     write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
     net_path = out_dir / "vd16_offtheshelf_conv5_3_synthetic_vlad_preL2_intra.mat"
     say(f"3/6 loadNet + getClusters + addLayers (K=16), saved with layerVLAD as a classdef object -> {net_path}")
-    spec = add_layers(load_net("vd16", "conv5_3", imagenet), "vlad_preL2_intra", db_train=db_train, k=16,
-                      cache_dir=out_dir / "init", progress=False)
+    spec = add_layers(
+        load_net("vd16", "conv5_3", imagenet),
+        "vlad_preL2_intra",
+        db_train=db_train,
+        k=16,
+        cache_dir=out_dir / "init",
+        progress=False,
+    )
     write_net(spec, net_path, encoding="saveobj")
     save_converted(read_net(net_path), out_dir / "offtheshelf", source=net_path)
     say("4/6 convert, extract and evaluate the off-the-shelf network on synthetic-test")
-    before = run_evaluation(load(out_dir / "offtheshelf"), db_test, out_dir / "eval_offtheshelf", None, 10, "auto",
-                            None, quiet=True)
+    before = run_evaluation(
+        load(out_dir / "offtheshelf"), db_test, out_dir / "eval_offtheshelf", None, 10, "auto", None, quiet=True
+    )
     rows = [("off-the-shelf", before)]
     if epochs:
-        say(f"5/6 train SARE Gauss-Ind (lr 0.001, conv5_1 up, {epochs} epochs), pick the best epoch on val, "
-            f"addPCA (whitening to 64-D)")
-        final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / "train", loss="sare-ind",
-                             log=lambda *a: None, n_epoch=epochs, learning_rate=1e-3, back_prop_to_layer="conv5_1",
-                             n_neg_choice=200, pca_dim=64)
+        say(
+            f"5/6 train SARE Gauss-Ind (lr 0.001, conv5_1 up, {epochs} epochs), pick the best epoch on val, "
+            f"addPCA (whitening to 64-D)"
+        )
+        final = run_training(
+            db_train,
+            db_val,
+            out_dir / "offtheshelf",
+            out_dir / "train",
+            loss="sare-ind",
+            log=lambda *a: None,
+            n_epoch=epochs,
+            learning_rate=1e-3,
+            back_prop_to_layer="conv5_1",
+            n_neg_choice=200,
+            pca_dim=64,
+        )
         say("6/6 evaluate the trained network on synthetic-test")
-        rows.append(("trained + WPCA", run_evaluation(load(final), db_test, out_dir / "eval_trained", None, 10,
-                                                      "auto", None, quiet=True)))
+        rows.append(
+            (
+                "trained + WPCA",
+                run_evaluation(load(final), db_test, out_dir / "eval_trained", None, 10, "auto", None, quiet=True),
+            )
+        )
     say(f"\n{db_test.name}: {before.num_queries} queries ({before.search})")
     say("   N  " + "  ".join(f"{name:>15}" for name, _ in rows))
     for i, n in enumerate(before.recall_ns):
         if n in (1, 2, 3, 4, 5, 10, 20, 50, 100):
             say(f"{n:>4}  " + "  ".join(f"{r.recalls[i] * 100:>14.1f}%" for _, r in rows))
     last = out_dir / ("eval_trained" if epochs else "eval_offtheshelf")
-    say(f"plots: {last / 'recall.png'}, {last / 'mosaic.png'}; results: {last / 'results.json'}; "
-        f"{time.perf_counter() - t0:.0f} s")
+    say(
+        f"plots: {last / 'recall.png'}, {last / 'mosaic.png'}; results: {last / 'results.json'}; "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""VLAD initialisation: MATLAB ``getClusters`` (reference §3).
+"""VLAD initialisation: MATLAB ``getClusters`` ([docs/matlab.md#getclusters](../docs/matlab.md#getclusters)).
 
 50,000 descriptors of the network's current output (conv5_3 after ``preL2``), 100 per image
 from ``ceil(50000/100) = 500`` database images -- the **first 500 in file order**, as the original
@@ -8,6 +8,7 @@ use numpy's generator seeded 43, not MATLAB's ``rng(43)``: the samples differ fr
 procedure does not. Results are cached under MATLAB's file names
 (``<db>_<netID>_<layer>[_preL2]_traindescs.mat``, ``..._k064_clst.mat``).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,16 @@ def descriptor_name(spec: NetSpec) -> str:
     return f"{spec.meta.get('netID', 'net')}_{layer}{'_preL2' if pre else ''}"
 
 
-def sample_train_descs(spec: NetSpec, db_train, n_train: int = N_TRAIN, n_per_image: int = N_PER_IMAGE,
-                       first_images: bool = True, seed: int = SEED, device: str = "cpu",
-                       progress: bool = True) -> np.ndarray:
+def sample_train_descs(
+    spec: NetSpec,
+    db_train,
+    n_train: int = N_TRAIN,
+    n_per_image: int = N_PER_IMAGE,
+    first_images: bool = True,
+    seed: int = SEED,
+    device: str = "cpu",
+    progress: bool = True,
+) -> np.ndarray:
     """D x N local descriptors of the network's output, sampled as ``getClusters`` does."""
     from tqdm import tqdm
 
@@ -72,8 +80,9 @@ def kmeans(train_descs: np.ndarray, k: int, niter: int = N_ITER, seed: int = SEE
     return np.ascontiguousarray(km.centroids.T, np.float32)
 
 
-def get_clusters(spec: NetSpec, db_train, k: int = 64, cache_dir: str | os.PathLike | None = None,
-                 **sample_kwargs) -> tuple[np.ndarray, np.ndarray]:
+def get_clusters(
+    spec: NetSpec, db_train, k: int = 64, cache_dir: str | os.PathLike | None = None, **sample_kwargs
+) -> tuple[np.ndarray, np.ndarray]:
     """MATLAB ``getClusters``: (centres D x K, training descriptors D x N), cached in ``cache_dir``."""
     import scipy.io
 

@@ -5,6 +5,7 @@ Weights are stored in MATLAB layout under ``layers.<i>.weights.<j>`` (i, j 0-bas
 ``config.json`` holds the layer list (type, name, params, weight shapes), the ``addLayers``
 method, ``meta`` and the source file's sha256.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .version import __version__
 from .errors import NetFormatError
 from .io_utils import atomic_dir
 from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate
+from .version import __version__
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
 FORMAT = "netvlad-port/simplenn"
@@ -53,8 +54,15 @@ def config_of(spec: NetSpec, source: dict | None = None) -> dict:
         "output_dim": h * w * c if h is not None else None,
         "meta": {k: _jsonable(v) for k, v in spec.meta.items() if k != "averageImage"},
         "source": source or {},
-        "layers": [{"name": l.name, "type": l.type, "params": {k: _jsonable(v) for k, v in l.params.items()},
-                    "weights": [list(np.shape(x)) for x in l.weights]} for l in spec.layers],
+        "layers": [
+            {
+                "name": l.name,
+                "type": l.type,
+                "params": {k: _jsonable(v) for k, v in l.params.items()},
+                "weights": [list(np.shape(x)) for x in l.weights],
+            }
+            for l in spec.layers
+        ],
     }
 
 
@@ -62,18 +70,22 @@ def config_json(cfg: dict) -> str:
     """``config.json`` text: one line per layer, so it reads like a layer table."""
     head = ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in cfg.items() if k != "layers")
     layers = ",\n".join(f"  {json.dumps(l)}" for l in cfg["layers"])
-    return f"{{\n{head},\n \"layers\": [\n{layers}\n ]\n}}\n"
+    return f'{{\n{head},\n "layers": [\n{layers}\n ]\n}}\n'
 
 
-def save_converted(spec: NetSpec, out_dir: str | os.PathLike, source: str | os.PathLike | None = None,
-                   force: bool = False) -> Path:
+def save_converted(
+    spec: NetSpec, out_dir: str | os.PathLike, source: str | os.PathLike | None = None, force: bool = False
+) -> Path:
     """Write ``spec`` to ``out_dir`` atomically (the folder appears only when complete)."""
     from safetensors.numpy import save_file
 
     validate(spec)
     src = {"file": Path(source).name, "sha256": sha256_file(source)} if source else {}
-    tensors = {f"layers.{i}.weights.{j}": np.ascontiguousarray(w, dtype=np.float32)
-               for i, l in enumerate(spec.layers) for j, w in enumerate(l.weights)}
+    tensors = {
+        f"layers.{i}.weights.{j}": np.ascontiguousarray(w, dtype=np.float32)
+        for i, l in enumerate(spec.layers)
+        for j, w in enumerate(l.weights)
+    }
     if spec.meta.get("averageImage") is not None:
         tensors["meta.averageImage"] = np.ascontiguousarray(spec.meta["averageImage"], dtype=np.float32)
     out_dir = Path(out_dir)
@@ -97,8 +109,10 @@ def load_converted(folder: str | os.PathLike) -> NetSpec:
     except json.JSONDecodeError as exc:
         raise NetFormatError(f"{cfg_path}: invalid JSON ({exc})") from None
     if cfg.get("format") != FORMAT or cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise NetFormatError(f"{cfg_path}: format {cfg.get('format')!r} v{cfg.get('format_version')} "
-                             f"is not {FORMAT} v{FORMAT_VERSION} or older")
+        raise NetFormatError(
+            f"{cfg_path}: format {cfg.get('format')!r} v{cfg.get('format_version')} "
+            f"is not {FORMAT} v{FORMAT_VERSION} or older"
+        )
     try:
         tensors = load_file(str(w_path))
     except Exception as exc:
@@ -109,8 +123,9 @@ def load_converted(folder: str | os.PathLike) -> NetSpec:
         for j, shape in enumerate(entry["weights"]):
             key = f"layers.{i}.weights.{j}"
             if key not in tensors or list(tensors[key].shape) != list(shape):
-                raise NetFormatError(f"{w_path}: tensor {key} of layer {i + 1} ('{entry['name']}') is missing "
-                                     f"or not of shape {shape}")
+                raise NetFormatError(
+                    f"{w_path}: tensor {key} of layer {i + 1} ('{entry['name']}') is missing or not of shape {shape}"
+                )
             ws.append(tensors[key])
         layers.append(LayerSpec(entry["type"], entry["name"], ws, dict(entry["params"])))
     meta = dict(cfg.get("meta", {}))

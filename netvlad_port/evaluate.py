@@ -15,20 +15,39 @@ from .plots import plot_mosaic, plot_recall
 from .retrieval import Results, test_from_fn
 
 
-def dataset_features(model, db, out_dir: str | os.PathLike, batch_size: int = 10, device: str = "cpu",
-                     resize_queries: int | None = None, progress: bool = True, num_workers: int | None = None):
+def dataset_features(
+    model,
+    db,
+    out_dir: str | os.PathLike,
+    batch_size: int = 10,
+    device: str = "cpu",
+    resize_queries: int | None = None,
+    progress: bool = True,
+    num_workers: int | None = None,
+):
     """Database and query descriptors of ``db``, extracted to ``out_dir/{db,q}.h5`` or reused from
     there (files made by another model are refused)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = model_fingerprint(model)
     feats = []
-    for kind, root, names, resize in (("db", db.db_path, db.db_image_fns, None),
-                                      ("q", db.q_path, db.q_image_fns, resize_queries)):
+    for kind, root, names, resize in (
+        ("db", db.db_path, db.db_image_fns, None),
+        ("q", db.q_path, db.q_image_fns, resize_queries),
+    ):
         path = out_dir / f"{kind}.h5"
         check_model_tag(path, tag)
-        serial_all_feats(model, names, path, root=root, batch_size=batch_size, device=device, progress=progress,
-                         resize_shorter=resize, num_workers=num_workers)
+        serial_all_feats(
+            model,
+            names,
+            path,
+            root=root,
+            batch_size=batch_size,
+            device=device,
+            progress=progress,
+            resize_shorter=resize,
+            num_workers=num_workers,
+        )
         set_model_tag(path, tag)
         feats.append(read_h5_descriptors(path, names))
     return feats[0], feats[1]
@@ -41,16 +60,23 @@ def save_results(res: Results, out_dir: str | os.PathLike) -> Path:
     return path
 
 
-
-
-def run_evaluation(model, db, out_dir: str | os.PathLike, dim: int | None = None, batch_size: int = 10,
-                   device: str = "auto", resize_queries: int | None = None, quiet: bool = False) -> Results:
+def run_evaluation(
+    model,
+    db,
+    out_dir: str | os.PathLike,
+    dim: int | None = None,
+    batch_size: int = 10,
+    device: str = "auto",
+    resize_queries: int | None = None,
+    quiet: bool = False,
+) -> Results:
     """Recall@N of ``model`` on ``db``; features, ``results.json``, ``recall.png`` and ``mosaic.png``
     go to ``out_dir``."""
     out_dir = Path(out_dir)
     db.check_images()
-    db_feats, q_feats = dataset_features(model, db, out_dir, batch_size=batch_size, device=device,
-                                         resize_queries=resize_queries, progress=not quiet)
+    db_feats, q_feats = dataset_features(
+        model, db, out_dir, batch_size=batch_size, device=device, resize_queries=resize_queries, progress=not quiet
+    )
     res, retrieved = test_from_fn(db, db_feats, q_feats, dim=dim, return_ranks=True)
     save_results(res, out_dir)
     plot_recall([res], out_dir / "recall.png")

@@ -14,15 +14,16 @@ outputs keep the input order. Formats ([docs/formats.md](../docs/formats.md)):
 Files that cannot be read stop the run (``on_error="stop"``) or are listed in
 ``<out>.skipped.txt`` with the reason (``on_error="skip"``); nothing is dropped silently.
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -66,8 +67,11 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     source = Path(source)
     if source.is_dir():
         base = Path(root) if root else source
-        names = sorted(p.relative_to(base).as_posix() for p in source.rglob("*")
-                       if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        names = sorted(
+            p.relative_to(base).as_posix()
+            for p in source.rglob("*")
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+        )
         if not names:
             raise NetVladPortError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return base, names
@@ -103,7 +107,7 @@ def _size_batches(sizes: list[tuple[int, int] | None], batch_size: int) -> list[
     groups: OrderedDict = OrderedDict()
     for i, s in enumerate(sizes):
         groups.setdefault(s if s is not None else ("bad", i), []).append(i)
-    return [idx[k:k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
+    return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,12 +140,15 @@ def infer_format(out: Path, fmt: str | None) -> str:
     fmt = fmt or out.suffix.lower().lstrip(".")
     fmt = {"hdf5": "h5"}.get(fmt, fmt)
     if fmt not in FORMATS:
-        raise NetVladPortError(f"{out}: cannot tell the output format from the suffix; use --format {'|'.join(FORMATS)}")
+        raise NetVladPortError(
+            f"{out}: cannot tell the output format from the suffix; use --format {'|'.join(FORMATS)}"
+        )
     return fmt
 
 
-def plan_batches(base: Path, names: Sequence[str], todo: Sequence[int], batch_size: int,
-                 resize_shorter: int | None, fail) -> tuple[list[list[int]], dict[int, tuple[int, int]]]:
+def plan_batches(
+    base: Path, names: Sequence[str], todo: Sequence[int], batch_size: int, resize_shorter: int | None, fail
+) -> tuple[list[list[int]], dict[int, tuple[int, int]]]:
     """Batches of equal-size images (indices into ``names``) and each image's original (H, W);
     ``fail(i, message)`` is called for images whose header cannot be read."""
     sizes, original = [], {}
@@ -156,10 +163,22 @@ def plan_batches(base: Path, names: Sequence[str], todo: Sequence[int], batch_si
     return batches, original
 
 
-def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list[int]], fail, dim: int | None = None,
-                     resize_shorter: int | None = None, device: str = "cpu", precision: str = "fp32",
-                     num_workers: int | None = None, channels_last: bool | None = None, progress: bool = True,
-                     forward=None, desc: str = "extract"):
+def iter_descriptors(
+    model,
+    base: Path,
+    names: Sequence[str],
+    batches: list[list[int]],
+    fail,
+    dim: int | None = None,
+    resize_shorter: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    num_workers: int | None = None,
+    channels_last: bool | None = None,
+    progress: bool = True,
+    forward=None,
+    desc: str = "extract",
+):
     """Yield (indices, N x D float32 descriptors) batch by batch; decoding runs in worker processes.
     ``forward(x)`` replaces the whole network (e.g. only the frozen layers), its output is yielded as is."""
     from tqdm import tqdm
@@ -171,8 +190,13 @@ def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
-    loader = torch.utils.data.DataLoader(_Images(base, names, resize_shorter), batch_sampler=batches,
-                                         num_workers=workers, collate_fn=_collate, pin_memory=dev.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        _Images(base, names, resize_shorter),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=dev.type == "cuda",
+    )
     bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     try:
         with torch.inference_mode(), _precision(precision, dev):
@@ -192,11 +216,23 @@ def iter_descriptors(model, base: Path, names: Sequence[str], batches: list[list
         bar.close()
 
 
-def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path: str | os.PathLike,
-                     batch_size: int = 10, fmt: str | None = None, root: str | os.PathLike | None = None,
-                     dim: int | None = None, resize_shorter: int | None = None, device: str = "cpu",
-                     precision: str = "fp32", num_workers: int | None = None, on_error: str = "stop",
-                     half: bool = False, channels_last: bool | None = None, progress: bool = True) -> ExtractReport:
+def serial_all_feats(
+    model,
+    images: str | os.PathLike | Iterable[str],
+    out_path: str | os.PathLike,
+    batch_size: int = 10,
+    fmt: str | None = None,
+    root: str | os.PathLike | None = None,
+    dim: int | None = None,
+    resize_shorter: int | None = None,
+    device: str = "cpu",
+    precision: str = "fp32",
+    num_workers: int | None = None,
+    on_error: str = "stop",
+    half: bool = False,
+    channels_last: bool | None = None,
+    progress: bool = True,
+) -> ExtractReport:
     """MATLAB ``serialAllFeats(net, imPath, imageFns, outFn, 'batchSize', 10)``: descriptors of many
     images to ``out_path``. ``images`` is a folder, a list file, or an iterable of paths (then
     ``root`` is their common root)."""
@@ -231,9 +267,20 @@ def serial_all_feats(model, images: str | os.PathLike | Iterable[str], out_path:
         h5 = h5py.File(out, "a")
     start = time.perf_counter()
     try:
-        for ids, desc in iter_descriptors(model, base, names, batches, fail, dim=dim, resize_shorter=resize_shorter,
-                                          device=device, precision=precision, num_workers=num_workers,
-                                          channels_last=channels_last, progress=progress):
+        for ids, desc in iter_descriptors(
+            model,
+            base,
+            names,
+            batches,
+            fail,
+            dim=dim,
+            resize_shorter=resize_shorter,
+            device=device,
+            precision=precision,
+            num_workers=num_workers,
+            channels_last=channels_last,
+            progress=progress,
+        ):
             for i, d in zip(ids, desc):
                 if h5 is not None:
                     write_h5_descriptor(h5, names[i], d.astype(store_dtype), original[i])

@@ -2,11 +2,12 @@
 (kappa + alpha * acc)^-beta with a polynomial ``fast_pow`` on the bit pattern (~2e-3 relative error).
 MATLAB features computed on a CPU carry that error; the GPU kernel uses exact ``pow``.
 
-Emulated here as the parity README ("Tolerances to expect", CPU mode) and reference §5.4 describe
-it, to match dumps made on a MATLAB CPU: the window sum of squares is accumulated channel by
-channel in float32 (sliding window, as the MEX does), ``fast_pow`` runs in float64, and
-``y = float32(double(x) * z)``. Inference only: not differentiable.
+Emulated here as tests/data/parity/README.md ("Tolerances to expect", CPU mode) and
+docs/matlab.md#matconvnet-operators describe it, to match dumps made on a MATLAB CPU: the window
+sum of squares is accumulated channel by channel in float32 (sliding window, as the MEX does),
+``fast_pow`` runs in float64, and ``y = float32(double(x) * z)``. Inference only: not differentiable.
 """
+
 from __future__ import annotations
 
 import torch

@@ -1,11 +1,13 @@
 """Networks with the real NetVLAD layer structure and random weights, for tests, demos and benchmarks.
 
-The layer lists are what ``loadNet`` + ``addLayers`` + ``addPCA`` produce ([docs/matlab.md#loadnet](../docs/matlab.md#loadnet)):
+The layer lists are what ``loadNet`` + ``addLayers`` + ``addPCA`` produce
+(docs/matlab.md#loadnet, #addlayers, #addpca):
 the MatConvNet backbone cropped at its last conv (no ReLU after it), each max pool moved before
 its ReLU (``relja_swapLayersForEfficiency``), then preL2, the aggregation layer, intra-norm, postL2
 and optionally WPCA + finalL2. ``width`` scales the channel counts (1.0 is the real VGG16: 35
 layers, 4096-D with WPCA); VLAD weights are built as ``addLayers`` builds them from centres.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,8 +24,7 @@ VGG_MEAN_RGB = (123.68, 116.779, 103.939)
 VGG_BLOCKS = {"vd16": (2, 2, 3, 3, 3), "vd19": (2, 2, 4, 4, 4)}
 VGG_WIDTHS = (64, 128, 256, 512, 512)
 ARCHS = ("vd16", "vd19", "caffe")
-METHODS = ("vlad_preL2_intra", "vlad_preL2", "vladv2_preL2_intra", "vlad", "max", "avg", "preL2_max",
-           "preL2_avg")
+METHODS = ("vlad_preL2_intra", "vlad_preL2", "vladv2_preL2_intra", "vlad", "max", "avg", "preL2_max", "preL2_avg")
 
 
 def _conv(rng, name, k, cin, cout, pad=1, stride=1, groups=1) -> LayerSpec:
@@ -65,12 +66,18 @@ def caffe_trunk(rng, width: float) -> list[LayerSpec]:
     c = [max(2, 2 * round(w * width / 2)) for w in (96, 256, 384, 384, 256)]
     lrn = {"param": [5, 1, 2e-5, 0.75]}
     return [
-        _conv(rng, "conv1", 11, 3, c[0], pad=0, stride=4), _pool("pool1", 3, 2), _relu("relu1"),
+        _conv(rng, "conv1", 11, 3, c[0], pad=0, stride=4),
+        _pool("pool1", 3, 2),
+        _relu("relu1"),
         LayerSpec(NORMALIZE, "norm1", [], dict(lrn)),
-        _conv(rng, "conv2", 5, c[0], c[1], pad=2, groups=2), _pool("pool2", 3, 2), _relu("relu2"),
+        _conv(rng, "conv2", 5, c[0], c[1], pad=2, groups=2),
+        _pool("pool2", 3, 2),
+        _relu("relu2"),
         LayerSpec(NORMALIZE, "norm2", [], dict(lrn)),
-        _conv(rng, "conv3", 3, c[1], c[2]), _relu("relu3"),
-        _conv(rng, "conv4", 3, c[2], c[3], groups=2), _relu("relu4"),
+        _conv(rng, "conv3", 3, c[1], c[2]),
+        _relu("relu3"),
+        _conv(rng, "conv4", 3, c[2], c[3], groups=2),
+        _relu("relu4"),
         _conv(rng, "conv5", 3, c[3], c[4], groups=2),
     ]
 
@@ -86,9 +93,16 @@ def random_centres(rng, d: int, k: int) -> np.ndarray:
 FIXTURE_ALPHA = {"vlad": 20.0, "vladv2": 10.0}
 
 
-def make_net(arch: str = "vd16", method: str = "vlad_preL2_intra", width: float = 1.0, k: int = 64,
-             pca_dim: int | None = 4096, ceil_pool: bool = False, seed: int = 0,
-             average_image: str = "pixel") -> NetSpec:
+def make_net(
+    arch: str = "vd16",
+    method: str = "vlad_preL2_intra",
+    width: float = 1.0,
+    k: int = 64,
+    pca_dim: int | None = 4096,
+    ceil_pool: bool = False,
+    seed: int = 0,
+    average_image: str = "pixel",
+) -> NetSpec:
     """A NetVLAD network with random weights: ``arch`` in vd16/vd19/caffe, any ``addLayers`` method,
     WPCA to ``pca_dim`` (None: no PCA). ``average_image`` 'pixel' stores 1x1x3, 'vgg' 224x224x3."""
     if arch not in ARCHS:
@@ -119,9 +133,10 @@ def make_net(arch: str = "vd16", method: str = "vlad_preL2_intra", width: float 
     if pca_dim:
         u = rng.standard_normal((dim, pca_dim), dtype=np.float32) / np.float32(math.sqrt(dim))
         mu = rng.standard_normal(dim, dtype=np.float32) / np.float32(math.sqrt(dim))
-        layers += [LayerSpec(CONV, "WPCA", [u.reshape(1, 1, dim, pca_dim), -(u.T @ mu)],
-                             {"pad": 0, "stride": 1, "dilate": 1}),
-                   LayerSpec(WHOLE_L2, "finalL2")]
+        layers += [
+            LayerSpec(CONV, "WPCA", [u.reshape(1, 1, dim, pca_dim), -(u.T @ mu)], {"pad": 0, "stride": 1, "dilate": 1}),
+            LayerSpec(WHOLE_L2, "finalL2"),
+        ]
         session += "_WPCA"
     avg = np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3)
     if average_image == "vgg":
@@ -157,12 +172,28 @@ def write_imagenet_model(path, arch: str = "vd16", width: float = 1.0, seed: int
         raw.append(mat.struct(layer_fields(_conv(rng, name, k, a, b, pad=0))[0]))
         if name != "fc8":
             raw.append(mat.struct(layer_fields(_relu(f"relu{name[2:]}"))[0]))
-            raw.append(mat.struct({"name": mat.string(f"drop{name[2:]}"), "type": mat.string("dropout"), "rate": mat.num(0.5)}))
+            raw.append(
+                mat.struct({"name": mat.string(f"drop{name[2:]}"), "type": mat.string("dropout"), "rate": mat.num(0.5)})
+            )
     raw.append(mat.struct({"name": mat.string("prob"), "type": mat.string("softmax")}))
-    meta = mat.struct({
-        "normalization": mat.struct({"averageImage": np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3),
-                                  "imageSize": mat.num([224, 224, 3]), "interpolation": mat.string("bilinear"),
-                                  "keepAspect": mat.num(1), "border": mat.num([0, 0]), "cropSize": mat.num([0.875, 0.875])}),
-        "classes": mat.struct({"name": mat.cell([f"n{i:08d}" for i in range(1000)]),
-                            "description": mat.cell([f"class {i}" for i in range(1000)])})})
+    meta = mat.struct(
+        {
+            "normalization": mat.struct(
+                {
+                    "averageImage": np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3),
+                    "imageSize": mat.num([224, 224, 3]),
+                    "interpolation": mat.string("bilinear"),
+                    "keepAspect": mat.num(1),
+                    "border": mat.num([0, 0]),
+                    "cropSize": mat.num([0.875, 0.875]),
+                }
+            ),
+            "classes": mat.struct(
+                {
+                    "name": mat.cell([f"n{i:08d}" for i in range(1000)]),
+                    "description": mat.cell([f"class {i}" for i in range(1000)]),
+                }
+            ),
+        }
+    )
     scipy.io.savemat(path, {"layers": mat.cell(raw), "meta": meta})

@@ -1,6 +1,6 @@
 """Read images the way NetVLAD's MATLAB pipeline does (``vl_imreadjpeg`` + ``serialAllFeats``,
-reference §6): RGB float32 in 0..255, grey replicated to 3 channels, EXIF orientation ignored, no
-resizing unless asked (``vl_imreadjpeg 'Resize', S``: shorter side to S, bilinear with antialiasing,
+docs/matlab.md#images): RGB float32 in 0..255, grey replicated to 3 channels, EXIF orientation
+ignored, no resizing unless asked (``vl_imreadjpeg 'Resize', S``: shorter side to S, bilinear with antialiasing,
 upsampling too). Pillow decodes JPEG with libjpeg's defaults (ISLOW DCT, fancy upsampling), the
 decoder ``vl_imreadjpeg`` uses.
 
@@ -8,6 +8,7 @@ Images MATLAB's pipeline cannot take unambiguously are refused with a message na
 CMYK JPEGs, 16-bit and float images, zero-size images. Palette and alpha images are converted to
 RGB (alpha dropped, not composited).
 """
+
 from __future__ import annotations
 
 import os
@@ -57,14 +58,14 @@ def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> to
         if mode == "CMYK":
             raise ImageError(f"{path}: CMYK image; vl_imreadjpeg does not convert CMYK: save it as RGB first")
         if mode in ("I;16", "I;16B", "I;16L", "I", "F") or mode.startswith("I;"):
-            raise ImageError(f"{path}: {mode} ({'16-bit' if '16' in mode else '32-bit'}) image; the networks expect "
-                             f"8-bit RGB in 0..255: convert it to 8 bits first")
+            raise ImageError(
+                f"{path}: {mode} ({'16-bit' if '16' in mode else '32-bit'}) image; the networks expect "
+                f"8-bit RGB in 0..255: convert it to 8 bits first"
+            )
         try:
             if mode in ("L", "RGB"):
                 im.load()
-            elif mode == "1":
-                im = im.convert("L")
-            elif mode in ("LA",):
+            elif mode == "1" or mode in ("LA",):
                 im = im.convert("L")
             else:  # P, RGBA, YCbCr, ...
                 im = im.convert("RGB")

@@ -1,12 +1,13 @@
 """Atomic file and folder writes: a temp sibling is renamed into place only when complete."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from .errors import NetVladPortError
 

@@ -5,6 +5,7 @@ caffe) works. ``model(x)`` takes N x 3 x H x W RGB in 0..255 and subtracts ``ave
 itself, in float32 as MATLAB does (single); ``model.trace(x)`` returns what the parity suites
 call ``acts``: the input of every layer and the network output, in MATLAB layer order.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,7 @@ class SimpleNN(nn.Module):
         self.layers = nn.ModuleList(build_layer(l, channels[i]) for i, l in enumerate(spec.layers))
         self.meta = {k: v for k, v in spec.meta.items() if k != "averageImage"}
         self._average_image = spec.meta.get("averageImage")
-        self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1),
-                             persistent=False)
+        self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1), persistent=False)
         self.normalize_mode = normalize
 
     @property

@@ -3,6 +3,7 @@
 
 Both work on a :class:`NetSpec` (MATLAB layout), so the result can be converted, exported or loaded.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,11 +12,14 @@ import numpy as np
 
 from .errors import NetVladPortError
 from .layers.netvlad import vlad_alpha, vladv2_alpha  # noqa: F401  (addLayers' alpha rules, re-exported)
-from .matconvnet.spec import (LAYER_TYPES, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, NetSpec, infer_shapes,
-                              validate)
+from .matconvnet.spec import LAYER_TYPES, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
 
-NET_FILES = {"vd16": "imagenet-vgg-verydeep-16.mat", "vd19": "imagenet-vgg-verydeep-19.mat",
-             "caffe": "imagenet-caffe-ref.mat", "places": "places-caffe.mat"}
+NET_FILES = {
+    "vd16": "imagenet-vgg-verydeep-16.mat",
+    "vd19": "imagenet-vgg-verydeep-19.mat",
+    "caffe": "imagenet-caffe-ref.mat",
+    "places": "places-caffe.mat",
+}
 DEFAULT_K = 64
 
 
@@ -31,8 +35,9 @@ def swap_layers_for_efficiency(layers: list[LayerSpec]) -> list[LayerSpec]:
     return out
 
 
-def load_net(net_id: str = "vd16", layer_name: str | None = "conv5_3",
-             weights: str | os.PathLike | None = None) -> NetSpec:
+def load_net(
+    net_id: str = "vd16", layer_name: str | None = "conv5_3", weights: str | os.PathLike | None = None
+) -> NetSpec:
     """MATLAB ``loadNet(netID, layerName)``: the MatConvNet ImageNet model cropped at ``layer_name``
     (kept, no ReLU after it), max pools moved before their ReLUs, ``sessionID =
     <netID>_offtheshelf_<layerName>``, epoch 0. ``weights`` defaults to ``NET_FILES[net_id]``."""
@@ -43,14 +48,22 @@ def load_net(net_id: str = "vd16", layer_name: str | None = "conv5_3",
     spec = read_net(weights or NET_FILES[net_id], crop_at=layer_name)
     spec.layers = swap_layers_for_efficiency(spec.layers)
     spec.meta = {k: v for k, v in spec.meta.items() if k == "averageImage"}
-    spec.meta.update(netID=net_id, sessionID=f"{net_id}_offtheshelf" + (f"_{layer_name}" if layer_name else ""),
-                     epoch=0)
+    spec.meta.update(
+        netID=net_id, sessionID=f"{net_id}_offtheshelf" + (f"_{layer_name}" if layer_name else ""), epoch=0
+    )
     return spec
 
 
-def add_layers(spec: NetSpec, method: str = "vlad_preL2_intra", clusters: np.ndarray | None = None,
-               train_descs: np.ndarray | None = None, db_name: str = "", db_train=None, k: int = DEFAULT_K,
-               **cluster_kwargs) -> NetSpec:
+def add_layers(
+    spec: NetSpec,
+    method: str = "vlad_preL2_intra",
+    clusters: np.ndarray | None = None,
+    train_descs: np.ndarray | None = None,
+    db_name: str = "",
+    db_train=None,
+    k: int = DEFAULT_K,
+    **cluster_kwargs,
+) -> NetSpec:
     """MATLAB ``addLayers(net, opts, dbTrain)`` for every method token combination (``vlad`` /
     ``vladv2`` / ``max`` / ``avg`` with ``preL2``, ``intra``; token order free). VLAD layers need
     ``clusters`` (D x K) and ``train_descs`` (D x N) for alpha, or ``db_train`` to compute them with

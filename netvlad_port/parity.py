@@ -5,6 +5,7 @@ A dump has the field layout of ``tests/data/parity`` (its README; written by the
 ``dzdx``, ``dzdw``, ``sgd``, ``train`` and, for our own dumps, ``images``. Errors are max |ours - ref| /
 max |ref| per array ("rel"), or max abs for descriptors ("abs").
 """
+
 from __future__ import annotations
 
 import os
@@ -85,8 +86,9 @@ def _scalar(v) -> float:
     return float(np.asarray(v, np.float64).ravel()[0])
 
 
-def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_rtol: float = 1e-5,
-               gradients: bool = True) -> list[Check]:
+def run_parity(
+    model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_rtol: float = 1e-5, gradients: bool = True
+) -> list[Check]:
     """Forward (every layer, descriptors), the SARE losses from the dump's ``feats``, the backward
     pass and the SGD step where the dump has them."""
     checks: list[Check] = []
@@ -107,8 +109,15 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
     for name, ours, ref in zip(names, acts, ref_acts):
         checks.append(Check("forward", name, rel_error(to_matlab(ours), _squeeze4(ref)), rtol))
     desc = matlab_flatten(acts[-1]).detach().double().numpy().T
-    checks.append(Check("descriptor", "desc_test", float(np.abs(desc - dump["desc_test"]).max())
-                        if desc.shape == dump["desc_test"].shape else float("inf"), atol, "abs"))
+    checks.append(
+        Check(
+            "descriptor",
+            "desc_test",
+            float(np.abs(desc - dump["desc_test"]).max()) if desc.shape == dump["desc_test"].shape else float("inf"),
+            atol,
+            "abs",
+        )
+    )
 
     variants = _struct(dump["sare_all"]) if "sare_all" in dump else None
     if variants is not None and "feats" in dump:
@@ -149,19 +158,44 @@ def run_parity(model, dump: dict, rtol: float = 1e-4, atol: float = 1e-5, loss_r
             after_w = [np.asarray(r) for r in _cells(_cells(sgd["weights_after"])[i])]
             after_m = [np.asarray(r) for r in _cells(_cells(sgd["momentum_after"])[i])]
             for j, (w, g) in enumerate(zip(weights, grads)):
-                new_w, new_m = deepibl_sgd_step(w, g, int(_scalar(sgd["thisBatchSize"])), _scalar(sgd["lr"]),
-                                                momentum_factor=_scalar(sgd["momentum_factor"]),
-                                                weight_decay=_scalar(sgd["weight_decay"]), dtype=np_dtype)
-                checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} weights_after",
-                                    rel_error(new_w, after_w[j].reshape(new_w.shape)), SGD_WEIGHTS_RTOL))
-                checks.append(Check("sgd", f"{layer.name}{{{j + 1}}} momentum_after",
-                                    rel_error(new_m, after_m[j].reshape(new_m.shape)), SGD_MOMENTUM_RTOL))
+                new_w, new_m = deepibl_sgd_step(
+                    w,
+                    g,
+                    int(_scalar(sgd["thisBatchSize"])),
+                    _scalar(sgd["lr"]),
+                    momentum_factor=_scalar(sgd["momentum_factor"]),
+                    weight_decay=_scalar(sgd["weight_decay"]),
+                    dtype=np_dtype,
+                )
+                checks.append(
+                    Check(
+                        "sgd",
+                        f"{layer.name}{{{j + 1}}} weights_after",
+                        rel_error(new_w, after_w[j].reshape(new_w.shape)),
+                        SGD_WEIGHTS_RTOL,
+                    )
+                )
+                checks.append(
+                    Check(
+                        "sgd",
+                        f"{layer.name}{{{j + 1}}} momentum_after",
+                        rel_error(new_m, after_m[j].reshape(new_m.shape)),
+                        SGD_MOMENTUM_RTOL,
+                    )
+                )
     return checks
 
 
-def deepibl_sgd_step(weights: np.ndarray, grad_sum: np.ndarray, num_pairs: int, lr: float,
-                     momentum: np.ndarray | None = None, momentum_factor: float = MOMENTUM,
-                     weight_decay: float = WEIGHT_DECAY, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
+def deepibl_sgd_step(
+    weights: np.ndarray,
+    grad_sum: np.ndarray,
+    num_pairs: int,
+    lr: float,
+    momentum: np.ndarray | None = None,
+    momentum_factor: float = MOMENTUM,
+    weight_decay: float = WEIGHT_DECAY,
+    dtype=np.float32,
+) -> tuple[np.ndarray, np.ndarray]:
     """deepIBL's SGD block for one tensor, in numpy (float32: MATLAB's single), as the reference the
     torch optimizer is checked against: m <- mu m - wd W - G / T; W <- W + lr m. Returns (W, m)
     ([docs/matlab.md#sgd-step](../docs/matlab.md#sgd-step))."""
@@ -180,8 +214,10 @@ def layer_grads(layer) -> list[np.ndarray]:
 def format_report(checks: list[Check]) -> str:
     rows = [f"{'check':<10} {'name':<34} {'error':>10} {'tol':>8}  result"]
     for c in checks:
-        rows.append(f"{c.group:<10} {c.name:<34} {c.error:>10.2e} {c.tol:>8.0e}  {'ok' if c.passed else 'FAIL'}"
-                    f"{'' if c.measure == 'rel' else ' (max abs)'}")
+        rows.append(
+            f"{c.group:<10} {c.name:<34} {c.error:>10.2e} {c.tol:>8.0e}  {'ok' if c.passed else 'FAIL'}"
+            f"{'' if c.measure == 'rel' else ' (max abs)'}"
+        )
     failed = [c for c in checks if not c.passed]
     rows.append(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
     if failed:

@@ -1,4 +1,4 @@
-"""PCA whitening: MATLAB ``addPCA`` and ``relja_PCA`` (reference §4).
+"""PCA whitening: MATLAB ``addPCA`` and ``relja_PCA`` ([docs/matlab.md#addpca](../docs/matlab.md#addpca)).
 
 Features are the current network's output (32768-D postL2 for NetVLAD) of at most ``n_train_cap``
 training-database images (a seeded random subset when there are more), written straight into one
@@ -8,6 +8,7 @@ otherwise; whitening ``U diag(1 / sqrt(lambda + 1e-9))``, bias ``-U_w' mu``, the
 Eigenvector signs are arbitrary in MATLAB (ARPACK); here each is flipped so that its entry of
 largest magnitude is positive.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,8 +45,15 @@ def relja_pca(x: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray, np.nda
     return u, lams, mu, u.T @ mu
 
 
-def pca_features(spec: NetSpec, db_train, n_train_cap: int = 10_000, batch_size: int = 10, device: str = "cpu",
-                 seed: int = SEED, progress: bool = True) -> np.ndarray:
+def pca_features(
+    spec: NetSpec,
+    db_train,
+    n_train_cap: int = 10_000,
+    batch_size: int = 10,
+    device: str = "cpu",
+    seed: int = SEED,
+    progress: bool = True,
+) -> np.ndarray:
     """N x D output of the network for the training database (at most ``n_train_cap`` images)."""
     from .extract import iter_descriptors, plan_batches
     from .model import SimpleNN
@@ -64,14 +72,20 @@ def pca_features(spec: NetSpec, db_train, n_train_cap: int = 10_000, batch_size:
         raise NetVladPortError(msg)
 
     batches, _ = plan_batches(db_train.db_path, names, range(len(names)), batch_size, None, fail)
-    for rows, desc in iter_descriptors(model, db_train.db_path, names, batches, fail, device=device,
-                                       progress=progress):
+    for rows, desc in iter_descriptors(model, db_train.db_path, names, batches, fail, device=device, progress=progress):
         feats[rows] = desc
     return feats
 
 
-def add_pca(spec: NetSpec, db_train=None, pca_dim: int = 4096, do_white: bool = True, n_train_cap: int = 10_000,
-            features: np.ndarray | None = None, **feature_kwargs) -> NetSpec:
+def add_pca(
+    spec: NetSpec,
+    db_train=None,
+    pca_dim: int = 4096,
+    do_white: bool = True,
+    n_train_cap: int = 10_000,
+    features: np.ndarray | None = None,
+    **feature_kwargs,
+) -> NetSpec:
     """MATLAB ``addPCA(net, dbTrain, 'pcaDim', 4096, 'doWhite', true)``: appends WPCA (or PCA) and
     finalL2. ``features`` (N x D, consumed: centred in place) skips the extraction."""
     if features is None:
@@ -87,9 +101,14 @@ def add_pca(spec: NetSpec, db_train=None, pca_dim: int = 4096, do_white: bool = 
         u = u * (1 / np.sqrt(lams + WHITEN_EPS)).astype(np.float32)
     name = "WPCA" if do_white else "PCA"
     layers = list(spec.layers) + [
-        LayerSpec(CONV, name, [u[None, None].astype(np.float32), -(u.T @ mu).astype(np.float32)],
-                  {"pad": 0, "stride": 1, "dilate": 1}),
-        LayerSpec(WHOLE_L2, "finalL2")]
+        LayerSpec(
+            CONV,
+            name,
+            [u[None, None].astype(np.float32), -(u.T @ mu).astype(np.float32)],
+            {"pad": 0, "stride": 1, "dilate": 1},
+        ),
+        LayerSpec(WHOLE_L2, "finalL2"),
+    ]
     meta = dict(spec.meta)
     meta["sessionID"] = f"{meta.get('sessionID', '')}_{name}"
     out = NetSpec(layers, meta)

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .io_utils import atomic_file
+
+if TYPE_CHECKING:
+    from .retrieval import Results
 
 
 def _pyplot():
@@ -44,8 +48,15 @@ def plot_recall(results: list[Results], path: str | os.PathLike, labels: list[st
     return _save(fig, path)
 
 
-def plot_mosaic(db, retrieved: list[np.ndarray], path: str | os.PathLike, n_queries: int = 6, top: int = 5,
-                seed: int = 0, thumb: tuple[int, int] = (96, 128)) -> Path:
+def plot_mosaic(
+    db,
+    retrieved: list[np.ndarray],
+    path: str | os.PathLike,
+    n_queries: int = 6,
+    top: int = 5,
+    seed: int = 0,
+    thumb: tuple[int, int] = (96, 128),
+) -> Path:
     """Query and its top-5 results per row; green frame: a ground-truth positive, red: not."""
     from PIL import Image, ImageDraw
 
@@ -57,8 +68,9 @@ def plot_mosaic(db, retrieved: list[np.ndarray], path: str | os.PathLike, n_quer
     draw = ImageDraw.Draw(canvas)
     for row, iq in enumerate(qs):
         y = row * (th + 2 * pad) + pad
-        items = [(db.q_image(iq), None)] + [(db.db_image(int(i)), bool(db.is_pos_q(iq, [int(i)])[0]))
-                                            for i in retrieved[iq][:top]]
+        items = [(db.q_image(iq), None)] + [
+            (db.db_image(int(i)), bool(db.is_pos_q(iq, [int(i)])[0])) for i in retrieved[iq][:top]
+        ]
         for col, (p, ok) in enumerate(items):
             x = col * (tw + 2 * pad) + pad + (pad if col else 0)
             try:

@@ -8,7 +8,8 @@ An unknown name is a :class:`NetVladPortError` that lists the valid ones.
 from __future__ import annotations
 
 import importlib
-from typing import Callable, Generic, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 from .errors import NetVladPortError
 

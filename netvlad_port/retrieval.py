@@ -58,8 +58,17 @@ def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: boo
     return np.take_along_axis(ids, order, 1), np.take_along_axis(ds, order, 1), where
 
 
-def test_from_fn(db, db_feats: np.ndarray, q_feats: np.ndarray, recall_ns=RECALL_NS, dim: int | None = None,
-                 n_top: int = N_TOP, use_gpu: bool | None = None, return_ranks: bool = False, query_ids=None):
+def test_from_fn(
+    db,
+    db_feats: np.ndarray,
+    q_feats: np.ndarray,
+    recall_ns=RECALL_NS,
+    dim: int | None = None,
+    n_top: int = N_TOP,
+    use_gpu: bool | None = None,
+    return_ranks: bool = False,
+    query_ids=None,
+):
     """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
     ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
     then holds their features, in that order."""
@@ -68,8 +77,10 @@ def test_from_fn(db, db_feats: np.ndarray, q_feats: np.ndarray, recall_ns=RECALL
     db_feats, q_feats = np.asarray(db_feats, np.float32), np.asarray(q_feats, np.float32)
     qids = np.arange(db.num_queries) if query_ids is None else np.asarray(query_ids)
     if db_feats.shape[0] != db.num_images or q_feats.shape[0] != len(qids):
-        raise ValueError(f"{db.name}: {db_feats.shape[0]} db / {q_feats.shape[0]} query features for "
-                         f"{db.num_images} / {db.num_queries} images")
+        raise ValueError(
+            f"{db.name}: {db_feats.shape[0]} db / {q_feats.shape[0]} query features for "
+            f"{db.num_images} / {db.num_queries} images"
+        )
     if dim:
         db_feats = crop_to_dim(torch.from_numpy(db_feats), dim).numpy()
         q_feats = crop_to_dim(torch.from_numpy(q_feats), dim).numpy()

@@ -59,10 +59,18 @@ E0, N0 = 584000.0, 4477000.0
 
 
 def spec_fields(utm_db, utm_q, **extra):
-    s = {"whichSet": "test", "dbImageFns": [f"db/{i:03d}.jpg" for i in range(utm_db.shape[1])],
-         "utmDb": utm_db, "qImageFns": [f"q/{i:03d}.jpg" for i in range(utm_q.shape[1])], "utmQ": utm_q,
-         "numImages": utm_db.shape[1], "numQueries": utm_q.shape[1], "posDistThr": 25.0, "posDistSqThr": 625.0,
-         "nonTrivPosDistSqThr": 100.0}
+    s = {
+        "whichSet": "test",
+        "dbImageFns": [f"db/{i:03d}.jpg" for i in range(utm_db.shape[1])],
+        "utmDb": utm_db,
+        "qImageFns": [f"q/{i:03d}.jpg" for i in range(utm_q.shape[1])],
+        "utmQ": utm_q,
+        "numImages": utm_db.shape[1],
+        "numQueries": utm_q.shape[1],
+        "posDistThr": 25.0,
+        "posDistSqThr": 625.0,
+        "nonTrivPosDistSqThr": 100.0,
+    }
     s.update(extra)
     return s
 
@@ -78,7 +86,8 @@ def assert_same_net(a, b):
         for wa, wb in zip(la.weights, lb.weights):
             assert wa.shape == wb.shape and wa.dtype == wb.dtype == np.float32, la.name
             assert np.array_equal(wa, wb), la.name
-        assert {k: np.asarray(v).tolist() for k, v in la.params.items() if k not in ("K", "D")} == \
-               {k: np.asarray(v).tolist() for k, v in lb.params.items() if k not in ("K", "D")}, la.name
+        assert {k: np.asarray(v).tolist() for k, v in la.params.items() if k not in ("K", "D")} == {
+            k: np.asarray(v).tolist() for k, v in lb.params.items() if k not in ("K", "D")
+        }, la.name
     assert np.array_equal(a.average_rgb, b.average_rgb)
     assert {k: a.meta.get(k) for k in ("netID", "sessionID")} == {k: b.meta.get(k) for k in ("netID", "sessionID")}

@@ -1,4 +1,5 @@
 """Bad input gets one clear error naming the file, layer or field, and nothing half-written."""
+
 import os
 
 import numpy as np
@@ -10,6 +11,7 @@ import netvlad_port
 from netvlad_port import NetFormatError
 from netvlad_port.cli import main
 from netvlad_port.matconvnet import read_net, write_net
+
 from helpers import suite
 
 
@@ -72,8 +74,9 @@ def test_empty_classdef_vlad_object(tmp_path):
     from matio.utils.matclass import MatlabOpaque
 
     net = raw_net()
-    net["layers"][0, 0][0, 7] = MatlabOpaque({"name": np.array(["vlad:core"]), "weights": np.zeros((0, 0))},
-                                            "layerVLAD")
+    net["layers"][0, 0][0, 7] = MatlabOpaque(
+        {"name": np.array(["vlad:core"]), "weights": np.zeros((0, 0))}, "layerVLAD"
+    )
     path = tmp_path / "emptyobj.mat"
     save_to_mat(str(path), {"net": net}, version="v7")
     with pytest.raises(NetFormatError, match=r"emptyobj\.mat: layer 8 \('vlad:core'\): layerVLAD has no weights"):
@@ -85,8 +88,11 @@ def test_weights_that_do_not_chain(tmp_path):
     conv2 = net["layers"][0, 0][0, 3]
     conv2["weights"][0, 0][0, 0] = np.zeros((3, 3, 5, 8), np.float32)  # conv1 gives 8 channels
     path = save_raw(tmp_path, net)
-    with pytest.raises(NetFormatError, match=r"layer 4 \('conv2'\): filters expect 5 input channels but the "
-                                             r"previous layer gives 8"):
+    with pytest.raises(
+        NetFormatError,
+        match=r"layer 4 \('conv2'\): filters expect 5 input channels but the "
+        r"previous layer gives 8",
+    ):
         read_net(path)
 
 
@@ -149,6 +155,7 @@ def test_export_refuses_existing_file(tmp_path):
 def test_failed_writes_leave_nothing(tmp_path, small_spec, monkeypatch):
     import safetensors.numpy
     import scipy.io as sio
+
     from netvlad_port.converted import save_converted
 
     def boom(*a, **k):

@@ -1,4 +1,5 @@
 """convert / info / export-mat as the README describes them."""
+
 import json
 
 import numpy as np
@@ -9,8 +10,8 @@ from click.testing import CliRunner
 import netvlad_port
 from netvlad_port.cli import main
 from netvlad_port.matconvnet import read_net, write_net
-from helpers import suite
-from helpers import assert_same_net
+
+from helpers import assert_same_net, suite
 
 
 def run(*args):
@@ -28,8 +29,14 @@ def test_mat_convert_export_read_roundtrip(tmp_path, small_spec, small_images, v
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["source"]["file"] == "src.mat" and len(cfg["source"]["sha256"]) == 64
     assert cfg["meta"]["netID"] == "vd16" and cfg["method"] == "vlad_preL2_intra"
-    assert [l["name"] for l in cfg["layers"]][29:] == ["preL2", "vlad:core", "vlad:intranorm", "postL2", "WPCA",
-                                                      "finalL2"]
+    assert [l["name"] for l in cfg["layers"]][29:] == [
+        "preL2",
+        "vlad:core",
+        "vlad:intranorm",
+        "postL2",
+        "WPCA",
+        "finalL2",
+    ]
     back = tmp_path / f"back_{encoding}.mat"
     run("export-mat", out, "-o", back, "--version", version, "--encoding", encoding)
     assert_same_net(read_net(src), read_net(back))

@@ -1,4 +1,5 @@
 """One reader, three encodings (struct v7, v7.3/HDF5, classdef objects), into the same description."""
+
 import numpy as np
 import pytest
 import scipy.io
@@ -7,6 +8,7 @@ import torch
 import netvlad_port
 from netvlad_port.matconvnet import read_net, write_net
 from netvlad_port.matconvnet.read import to_python
+
 from helpers import DATA, assert_same_net, suite
 
 ENCODINGS = [(v, e) for v in ("v7", "v7.3") for e in ("struct", "classdef", "saveobj")]
@@ -19,6 +21,7 @@ def test_fixture_roundtrip_every_encoding(tmp_path, small_spec, small_images, ve
     back = read_net(path)
     assert_same_net(small_spec, back)
     from netvlad_port.model import SimpleNN
+
     with torch.no_grad():
         assert torch.equal(SimpleNN(small_spec)(small_images), netvlad_port.load(path)(small_images))
 
@@ -42,8 +45,14 @@ def test_reads_hloc_style_squeezed_struct_file(tmp_path):
     layers = np.empty((1, len(raw.layers)), dtype=object)
     for i, l in enumerate(raw.layers):
         layers[0, i] = {k: getattr(l, k) for k in l._fieldnames}
-    net = {"layers": layers, "meta": {"normalization": {"averageImage": raw.meta.normalization.averageImage[0, 0]},
-                                      "netID": raw.meta.netID, "sessionID": raw.meta.sessionID}}
+    net = {
+        "layers": layers,
+        "meta": {
+            "normalization": {"averageImage": raw.meta.normalization.averageImage[0, 0]},
+            "netID": raw.meta.netID,
+            "sessionID": raw.meta.sessionID,
+        },
+    }
     path = tmp_path / "squeezed.mat"
     scipy.io.savemat(path, {"net": net})
     assert read_net(path).layers[30].weights[0].shape == (1, 1, 32, 8)

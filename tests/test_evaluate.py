@@ -1,4 +1,5 @@
 """Recall@N as testFromFn, checked against an independent brute-force numpy computation."""
+
 import json
 
 import numpy as np
@@ -8,6 +9,7 @@ from PIL import Image
 from netvlad_port import feature_store, retrieval
 from netvlad_port.cli import main
 from netvlad_port.datasets import DbBase, DbTokyo247, write_db_struct
+
 from helpers import E0, N0, line, spec_fields
 
 
@@ -27,7 +29,7 @@ def brute_force_recall(db, db_feats, q_feats, recall_ns, n_top=100, group=None, 
         if stamps is not None:
             order = [j for j in order if stamps[0][j] != stamps[1][iq]]
         order = order[:n_top]
-        pos = set(np.flatnonzero(((db.utm_db - db.utm_q[:, iq:iq + 1]) ** 2).sum(0) <= db.pos_dist_sq_thr))
+        pos = set(np.flatnonzero(((db.utm_db - db.utm_q[:, iq : iq + 1]) ** 2).sum(0) <= db.pos_dist_sq_thr))
         first = next((r for r, j in enumerate(order) if j in pos), None)
         for k, n in enumerate(recall_ns):
             out[k] += first is not None and first < min(n, len(order))
@@ -101,8 +103,18 @@ def test_test_and_search_commands(tiny_world, tmp_path):
     from netvlad_port.datasets import load_synthetic
 
     out = tmp_path / "eval"
-    args = ["test", "--model", str(tiny_world.net), "--dataset", "synthetic-test", "--root", str(tiny_world.data),
-            "--out", str(out), "--quiet"]
+    args = [
+        "test",
+        "--model",
+        str(tiny_world.net),
+        "--dataset",
+        "synthetic-test",
+        "--root",
+        str(tiny_world.data),
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -118,8 +130,9 @@ def test_test_and_search_commands(tiny_world, tmp_path):
     assert "32-D" in res.output
     # search: hloc pairs
     pairs = tmp_path / "pairs.txt"
-    res = CliRunner().invoke(main, ["search", "--db", str(out / "db.h5"), "--queries", str(out / "q.h5"), "-k", "5",
-                                    "--out", str(pairs)])
+    res = CliRunner().invoke(
+        main, ["search", "--db", str(out / "db.h5"), "--queries", str(out / "q.h5"), "-k", "5", "--out", str(pairs)]
+    )
     assert res.exit_code == 0, res.output
     lines = pairs.read_text().splitlines()
     assert len(lines) == 24 * 5 and lines[0].split()[0] == sorted(db.q_image_fns)[0]
@@ -128,6 +141,18 @@ def test_test_and_search_commands(tiny_world, tmp_path):
     from netvlad_port.matconvnet import write_net
 
     write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "other.mat")
-    res = CliRunner().invoke(main, ["test", "--model", str(tmp_path / "other.mat"), "--dataset", "synthetic-test",
-                                    "--root", str(tiny_world.data), "--out", str(out)])
+    res = CliRunner().invoke(
+        main,
+        [
+            "test",
+            "--model",
+            str(tmp_path / "other.mat"),
+            "--dataset",
+            "synthetic-test",
+            "--root",
+            str(tiny_world.data),
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 1 and "features of another model" in res.output

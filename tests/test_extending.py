@@ -47,9 +47,31 @@ def contrastive():
 def test_a_registered_loss_trains_through_the_cli(contrastive, tiny_world, tmp_path):
     CALLS.clear()
     out = tmp_path / "run"
-    res = run("train", "--dataset", "synthetic", "--root", tiny_world.data, "--model", tiny_world.net, "--loss",
-              "test-contrastive", "--loss-param", "margin=0.7", "--out", out, "--epochs", "1", "--pca-dim", "0",
-              "--n-neg-choice", "20", "--save-frequency", "8", "--comp-feats-frequency", "8")
+    res = run(
+        "train",
+        "--dataset",
+        "synthetic",
+        "--root",
+        tiny_world.data,
+        "--model",
+        tiny_world.net,
+        "--loss",
+        "test-contrastive",
+        "--loss-param",
+        "margin=0.7",
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--pca-dim",
+        "0",
+        "--n-neg-choice",
+        "20",
+        "--save-frequency",
+        "8",
+        "--comp-feats-frequency",
+        "8",
+    )
     assert res.exit_code == 0, res.output
     labels, margins = zip(*CALLS)
     assert set(margins) == {0.7}
@@ -61,8 +83,19 @@ def test_a_registered_loss_trains_through_the_cli(contrastive, tiny_world, tmp_p
 
 
 def test_unknown_loss_lists_the_registered_ones(tiny_world, tmp_path):
-    res = run("train", "--dataset", "synthetic", "--root", tiny_world.data, "--model", tiny_world.net, "--loss",
-              "nope", "--out", tmp_path / "x")
+    res = run(
+        "train",
+        "--dataset",
+        "synthetic",
+        "--root",
+        tiny_world.data,
+        "--model",
+        tiny_world.net,
+        "--loss",
+        "nope",
+        "--out",
+        tmp_path / "x",
+    )
     assert res.exit_code == 2 and "sare-ind" in res.output and "triplet" in res.output
 
 
@@ -117,8 +150,9 @@ def test_a_registered_layer_type_works_through_the_cli(gem_layer, tmp_path, enco
     res = run("extract", "--model", tmp_path / "gem", "--images", images, "--out", tmp_path / "d.npy", "--quiet")
     assert res.exit_code == 0, res.output
     model = netvlad_port.load(tmp_path / "gem.mat")
-    x = torch.stack([torch.from_numpy(np.asarray(Image.open(images / f"{i}.png"), np.float32)).permute(2, 0, 1)
-                     for i in range(3)])
+    x = torch.stack(
+        [torch.from_numpy(np.asarray(Image.open(images / f"{i}.png"), np.float32)).permute(2, 0, 1) for i in range(3)]
+    )
     with torch.no_grad():
         pre = model.trace(x)[-3]  # preL2 output
         gem = pre.clamp_min(1e-6).pow(3).mean(dim=(2, 3)).pow(1 / 3)
@@ -131,19 +165,41 @@ def test_a_registered_layer_type_works_through_the_cli(gem_layer, tmp_path, enco
 # --- a dataset family -------------------------------------------------------------------------------
 @pytest.fixture
 def mini_family():
-    register_dataset("Mini_Set", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"),
-                     recipe_lr=2e-3)
+    register_dataset(
+        "Mini_Set", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"), recipe_lr=2e-3
+    )
     yield
     DATASETS.unregister("Mini_Set")
 
 
 def test_a_registered_dataset_works_through_the_cli(mini_family, tiny_world, tmp_path):
-    res = run("test", "--model", tiny_world.net, "--dataset", "mini-set_TEST", "--root", tiny_world.data, "--out",
-              tmp_path / "eval", "--quiet")
+    res = run(
+        "test",
+        "--model",
+        tiny_world.net,
+        "--dataset",
+        "mini-set_TEST",
+        "--root",
+        tiny_world.data,
+        "--out",
+        tmp_path / "eval",
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "eval" / "results.json").read_text())["num_queries"] == 24
-    res = run("pca", "--model", tiny_world.net, "--dataset", "MINI_SET-train", "--root", tiny_world.data,
-              "--pca-dim", "8", "--out", tmp_path / "white")
+    res = run(
+        "pca",
+        "--model",
+        tiny_world.net,
+        "--dataset",
+        "MINI_SET-train",
+        "--root",
+        tiny_world.data,
+        "--pca-dim",
+        "8",
+        "--out",
+        tmp_path / "white",
+    )
     assert res.exit_code == 0, res.output and netvlad_port.load(tmp_path / "white").output_dim == 8
 
 

@@ -1,4 +1,5 @@
 """`netvlad-port extract` / serial_all_feats: formats, order, resume, bad input, decoding."""
+
 import os
 import shutil
 import signal
@@ -40,7 +41,9 @@ def make_images(folder, n=200, seed=0):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, ):
+def data(
+    tmp_path_factory,
+):
     from netvlad_port.fixtures import make_net
 
     tmp = tmp_path_factory.mktemp("extract")
@@ -71,8 +74,18 @@ def read_hloc(path):
 def test_three_formats_from_one_command_each(data):
     tmp, names, model, net = data
     for suffix in ("h5", "bin", "npy"):
-        res = run("extract", "--model", net, "--images", tmp / "images", "--out", tmp / f"all.{suffix}",
-                  "--batch-size", "8", "--quiet")
+        res = run(
+            "extract",
+            "--model",
+            net,
+            "--images",
+            tmp / "images",
+            "--out",
+            tmp / f"all.{suffix}",
+            "--batch-size",
+            "8",
+            "--quiet",
+        )
         assert res.exit_code == 0 and "200 images" in res.output
     h5 = read_hloc(tmp / "all.h5")
     assert sorted(h5) == names
@@ -94,8 +107,9 @@ def test_list_file_keeps_input_order_and_dim_crop(data):
     tmp, names, model, _ = data
     order = names[::-1][:20]
     (tmp / "list.txt").write_text("\n".join(order) + "\n")
-    serial_all_feats(model, tmp / "list.txt", tmp / "list.npy", root=tmp / "images", dim=16, progress=False,
-                     num_workers=0)
+    serial_all_feats(
+        model, tmp / "list.txt", tmp / "list.npy", root=tmp / "images", dim=16, progress=False, num_workers=0
+    )
     assert (tmp / "list.npy.names.txt").read_text().split() == order
     got = np.load(tmp / "list.npy")
     full = np.load(tmp / "all.npy") if (tmp / "all.npy").exists() else None
@@ -103,7 +117,10 @@ def test_list_file_keeps_input_order_and_dim_crop(data):
     expected = ref[:, :16] / (ref[:, :16].norm(dim=1, keepdim=True) + 1e-12)
     assert np.abs(got - expected.numpy()).max() <= 1e-6 and got.shape == (20, 16)
     if full is not None:
-        assert np.abs(got[0] - crop_to_dim(torch.from_numpy(full[names.index(order[0])][None]), 16)[0].numpy()).max() < 1e-6
+        assert (
+            np.abs(got[0] - crop_to_dim(torch.from_numpy(full[names.index(order[0])][None]), 16)[0].numpy()).max()
+            < 1e-6
+        )
 
 
 def test_resume_after_interrupt(data, monkeypatch):
@@ -137,8 +154,23 @@ def test_resume_after_interrupt(data, monkeypatch):
 def test_ctrl_c_on_a_real_process_leaves_a_valid_file(data):
     tmp, names, _, net = data
     out = tmp / "sigint.h5"
-    cmd = [sys.executable, "-m", "netvlad_port.cli", "extract", "--model", str(net), "--images",
-           str(tmp / "images"), "--out", str(out), "--batch-size", "1", "--workers", "0", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "netvlad_port.cli",
+        "extract",
+        "--model",
+        str(net),
+        "--images",
+        str(tmp / "images"),
+        "--out",
+        str(out),
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None:
@@ -167,7 +199,7 @@ def bad_folder(tmp_path):
     data = (folder / "good.jpg").read_bytes()
     (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "text.jpg").write_text("this is not a JPEG")
-    Image.fromarray((arr[:, :, 0].astype(np.uint16) * 257)).save(folder / "sixteen.png")
+    Image.fromarray(arr[:, :, 0].astype(np.uint16) * 257).save(folder / "sixteen.png")
     Image.fromarray(arr).convert("CMYK").save(folder / "cmyk.jpg")
     Image.fromarray(arr).convert("P").save(folder / "palette.png")
     return folder
@@ -182,8 +214,18 @@ def test_bad_images_stop_with_a_message(bad_folder, data):
 
 def test_bad_images_skipped_and_listed(bad_folder, data):
     _, _, _, net = data
-    res = run("extract", "--model", net, "--images", bad_folder, "--out", bad_folder / "o.npy", "--on-error", "skip",
-              "--quiet")
+    res = run(
+        "extract",
+        "--model",
+        net,
+        "--images",
+        bad_folder,
+        "--out",
+        bad_folder / "o.npy",
+        "--on-error",
+        "skip",
+        "--quiet",
+    )
     assert res.exit_code == 0 and "4 skipped" in res.output
     assert (bad_folder / "o.npy.names.txt").read_text().split() == ["good.jpg", "palette.png"]
     report = dict(line.split("\t") for line in (bad_folder / "o.npy.skipped.txt").read_text().splitlines())

@@ -1,12 +1,13 @@
 """The full-size VGG16 + NetVLAD(K=64) + WPCA-4096 structure (35 layers) in every encoding:
 load, convert, info and export-mat. Marked slow (about 10-25 s per encoding)."""
+
 import pytest
 import torch
+from click.testing import CliRunner
 
 import netvlad_port
 from netvlad_port.cli import main
 from netvlad_port.matconvnet import write_net
-from click.testing import CliRunner
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,9 @@ def full():
     return spec, x, desc
 
 
-@pytest.mark.parametrize("version,encoding", [(v, e) for v in ("v7", "v7.3") for e in ("struct", "classdef", "saveobj")])
+@pytest.mark.parametrize(
+    "version,encoding", [(v, e) for v in ("v7", "v7.3") for e in ("struct", "classdef", "saveobj")]
+)
 def test_full_size_every_encoding(tmp_path, full, version, encoding):
     spec, x, desc = full
     src = tmp_path / "vd16_pitts30k_conv5_3_vlad_preL2_intra_white.mat"
@@ -36,8 +39,12 @@ def test_full_size_every_encoding(tmp_path, full, version, encoding):
     assert runner.invoke(main, ["convert", str(src), "-o", str(conv)]).exit_code == 0
     src.unlink()
     back = tmp_path / "back.mat"
-    assert runner.invoke(main, ["export-mat", str(conv), "-o", str(back), "--version", version,
-                                "--encoding", encoding]).exit_code == 0
+    assert (
+        runner.invoke(
+            main, ["export-mat", str(conv), "-o", str(back), "--version", version, "--encoding", encoding]
+        ).exit_code
+        == 0
+    )
     with torch.no_grad():
         for path in (conv, back):
             model = netvlad_port.load(path)

@@ -1,4 +1,6 @@
-"""MatConvNet layer semantics, each checked against an independent formula (reference §2, §5)."""
+"""MatConvNet layer semantics, each checked against an independent formula
+(docs/matlab.md#matconvnet-operators, #layervlad)."""
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ def spec(t, name="l", weights=(), **params):
 
 
 def test_vlad_flatten_is_k_fastest():
-    """Element k + K*d of the flattened VLAD vector is cluster k, dimension d (reference §2.7)."""
+    """Element k + K*d of the flattened VLAD vector is cluster k, dimension d (docs/matlab.md#vlad-layout)."""
     d, k = 3, 4
     rng = np.random.default_rng(0)
     w1, w2 = rng.standard_normal((1, 1, d, k)).astype(np.float32), rng.standard_normal((1, 1, d, k)).astype(np.float32)
@@ -25,7 +27,7 @@ def test_vlad_flatten_is_k_fastest():
     xs = x[0].reshape(d, -1).numpy()  # D x M
     s = w1[0, 0].T.astype(np.float64) @ xs
     a = np.exp(s - s.max(0)) / np.exp(s - s.max(0)).sum(0)  # K x M
-    v = np.stack([(a[j] * (xs + w2[0, 0, :, j:j + 1])).sum(1) for j in range(k)])  # K x D
+    v = np.stack([(a[j] * (xs + w2[0, 0, :, j : j + 1])).sum(1) for j in range(k)])  # K x D
     v /= np.linalg.norm(v) + 1e-12
     expected = v.reshape(-1, order="F")  # MATLAB reshape of the K x D matrix
     assert np.allclose(flat.numpy(), expected, atol=1e-12)
@@ -52,7 +54,7 @@ def lrn_reference(x, n, kappa, alpha, beta):
     out = np.empty_like(x)
     for i in range(c):
         lo, hi = max(0, i - (n - 1) // 2), min(c - 1, i + n - 1 - (n - 1) // 2)
-        out[:, i] = x[:, i] * (kappa + alpha * (x[:, lo:hi + 1] ** 2).sum(1)) ** -beta
+        out[:, i] = x[:, i] * (kappa + alpha * (x[:, lo : hi + 1] ** 2).sum(1)) ** -beta
     return out
 
 
@@ -60,16 +62,18 @@ def lrn_reference(x, n, kappa, alpha, beta):
 def test_normalize_window(param):
     x = np.random.default_rng(1).standard_normal((2, 16, 3, 4)) * 10
     layer = Normalize(spec("normalize", param=list(param))).double()
-    assert np.allclose(layer(torch.from_numpy(x)).detach().numpy(), lrn_reference(x, int(param[0]), *param[1:]), rtol=1e-12)
+    assert np.allclose(
+        layer(torch.from_numpy(x)).detach().numpy(), lrn_reference(x, int(param[0]), *param[1:]), rtol=1e-12
+    )
 
 
 def test_l2_normalize_epsilons_differ():
-    """preL2: eps inside the root; postL2: eps outside (reference §2.3, §2.6)."""
+    """preL2: eps inside the root; postL2: eps outside (docs/matlab.md#normalisations)."""
     x = torch.full((1, 2, 1, 1), 1e-7, dtype=torch.float64)
     pre = Normalize(spec("normalize", param=[4, 1e-12, 1, 0.5])).double()(x)
     post = WholeL2Normalize(LayerSpec("layerWholeL2Normalize", "postL2"))(x)
     norm = np.sqrt(2) * 1e-7
-    assert np.isclose(pre[0, 0, 0, 0].item(), 1e-7 / np.sqrt(norm ** 2 + 1e-12), rtol=1e-12)
+    assert np.isclose(pre[0, 0, 0, 0].item(), 1e-7 / np.sqrt(norm**2 + 1e-12), rtol=1e-12)
     assert np.isclose(post[0, 0, 0, 0].item(), 1e-7 / (norm + 1e-12), rtol=1e-12)
 
 
@@ -96,5 +100,5 @@ def test_fast_pow_error_and_bits():
     x = torch.logspace(-6, 6, 2001, dtype=torch.float64)
     approx = fastpow.fast_pow(x, -0.5)
     rel = (approx / x.pow(-0.5) - 1).abs()
-    assert 1e-4 < rel.max() < 3e-3  # reference §5.4: ~0.2 % at most for exponent -0.5
+    assert 1e-4 < rel.max() < 3e-3  # docs/matlab.md#matconvnet-operators: ~0.2 % at most for exponent -0.5
     assert fastpow.fast_pow(torch.tensor([1.0], dtype=torch.float64), -0.5).item() == 1.0

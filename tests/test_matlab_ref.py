@@ -1,6 +1,7 @@
 """matlab_ref/make_dump.m under GNU Octave (no MatConvNet): its dumps agree with the PyTorch model
 to 1e-9 in float64, and on the shared suites' networks it reproduces the dumps of the original
 MatConvNet + NetVLAD + deepIBL code. Needs `octave-cli` (CI installs it; see .ci/run)."""
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,6 +15,7 @@ from netvlad_port.cli import main
 from netvlad_port.fixtures import make_net
 from netvlad_port.matconvnet import write_net
 from netvlad_port.parity import rel_error
+
 from helpers import SUITES, suite
 
 OCTAVE = shutil.which("octave-cli")
@@ -22,8 +24,12 @@ pytestmark = pytest.mark.skipif(OCTAVE is None, reason="GNU Octave (octave-cli) 
 
 
 def make_dump(net, images, out, precision="double"):
-    proc = subprocess.run([OCTAVE, "--no-gui", "--quiet", str(MAKE_DUMP), str(net), str(images), str(out), precision],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [OCTAVE, "--no-gui", "--quiet", str(MAKE_DUMP), str(net), str(images), str(out), precision],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.exists(), proc.stdout + proc.stderr
     return out
 
@@ -35,9 +41,16 @@ def parity(*args):
 
 
 FIXTURES = {
-    "vd16_vlad_wpca": dict(arch="vd16", method="vlad_preL2_intra", width=1 / 16, k=4, pca_dim=8, ceil_pool=True),
-    "caffe_vladv2": dict(arch="caffe", method="vladv2_preL2_intra", width=1 / 16, k=4, pca_dim=None),
-    "vd16_max": dict(arch="vd16", method="preL2_max", width=1 / 16, pca_dim=None),
+    "vd16_vlad_wpca": {
+        "arch": "vd16",
+        "method": "vlad_preL2_intra",
+        "width": 1 / 16,
+        "k": 4,
+        "pca_dim": 8,
+        "ceil_pool": True,
+    },
+    "caffe_vladv2": {"arch": "caffe", "method": "vladv2_preL2_intra", "width": 1 / 16, "k": 4, "pca_dim": None},
+    "vd16_max": {"arch": "vd16", "method": "preL2_max", "width": 1 / 16, "pca_dim": None},
 }
 
 
@@ -51,8 +64,11 @@ def fixture_dumps(tmp_path_factory):
     for name, kw in FIXTURES.items():
         net = tmp / f"{name}.mat"
         write_net(make_net(seed=11, **kw), net, version="v7")
-        out[name] = (net, make_dump(net, images, tmp / f"{name}_double.mat"),
-                     make_dump(net, images, tmp / f"{name}_single.mat", "single"))
+        out[name] = (
+            net,
+            make_dump(net, images, tmp / f"{name}_double.mat"),
+            make_dump(net, images, tmp / f"{name}_single.mat", "single"),
+        )
     return out
 
 
@@ -82,8 +98,12 @@ def test_broken_model_fails_against_octave_dump(fixture_dumps, monkeypatch):
 def test_octave_says_why_it_cannot_read_classdef_files(tmp_path):
     net = tmp_path / "objects.mat"
     write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), net, encoding="saveobj")
-    proc = subprocess.run([OCTAVE, "--no-gui", "--quiet", str(MAKE_DUMP), str(net), str(net), str(tmp_path / "d.mat")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [OCTAVE, "--no-gui", "--quiet", str(MAKE_DUMP), str(net), str(net), str(tmp_path / "d.mat")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert "Octave cannot read MATLAB classdef objects" in proc.stderr and not (tmp_path / "d.mat").exists()
 
 

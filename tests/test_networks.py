@@ -1,4 +1,6 @@
-"""loadNet, addLayers, getClusters, addPCA and deepIBL's SGD step (reference §2-§4, §8.2-8.8)."""
+"""loadNet, addLayers, getClusters, addPCA and deepIBL's SGD step
+(docs/matlab.md: loadnet, addlayers, getclusters, addpca, sgd-step)."""
+
 import numpy as np
 import pytest
 import scipy.io
@@ -15,6 +17,7 @@ from netvlad_port.model import SimpleNN
 from netvlad_port.networks import add_layers, load_net, vlad_alpha
 from netvlad_port.pca import add_pca, relja_pca
 from netvlad_port.train.update import back_prop_to_layer, deepibl_sgd
+
 from helpers import SUITES, suite
 
 
@@ -52,13 +55,16 @@ def test_load_net_crops_and_swaps(imagenet):
         read_net(imagenet)  # uncropped: the classifier is not a NetVLAD layer
 
 
-@pytest.mark.parametrize("method,types", [
-    ("vlad_preL2_intra", ["normalize", "layerVLAD", "normalize", "layerWholeL2Normalize"]),
-    ("preL2_intra_vladv2", ["normalize", "layerVLADv2", "normalize", "layerWholeL2Normalize"]),
-    ("vlad", ["layerVLAD", "layerWholeL2Normalize"]),
-    ("max", ["layerTotalMaxPool", "layerWholeL2Normalize"]),
-    ("preL2_avg", ["normalize", "layerTotalAvgPool", "layerWholeL2Normalize"]),
-])
+@pytest.mark.parametrize(
+    "method,types",
+    [
+        ("vlad_preL2_intra", ["normalize", "layerVLAD", "normalize", "layerWholeL2Normalize"]),
+        ("preL2_intra_vladv2", ["normalize", "layerVLADv2", "normalize", "layerWholeL2Normalize"]),
+        ("vlad", ["layerVLAD", "layerWholeL2Normalize"]),
+        ("max", ["layerTotalMaxPool", "layerWholeL2Normalize"]),
+        ("preL2_avg", ["normalize", "layerTotalAvgPool", "layerWholeL2Normalize"]),
+    ],
+)
 def test_add_layers_methods(imagenet, method, types):
     trunk = load_net("vd16", "conv5_3", weights=imagenet)
     rng = np.random.default_rng(0)
@@ -99,7 +105,10 @@ def test_get_clusters_samples_the_first_images_and_caches(imagenet, synthetic, t
     assert c.shape == (32, 8) and d.shape == (32, 300)
     assert np.allclose(np.linalg.norm(d, axis=0), 1, atol=1e-5)  # preL2 outputs
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == ["synthetic_train_vd16_conv5_3_preL2_k008_clst.mat", "synthetic_train_vd16_conv5_3_preL2_traindescs.mat"]
+    assert files == [
+        "synthetic_train_vd16_conv5_3_preL2_k008_clst.mat",
+        "synthetic_train_vd16_conv5_3_preL2_traindescs.mat",
+    ]
     assert np.array_equal(scipy.io.loadmat(tmp_path / files[0])["clsts"], c)
     read.clear()
     c2, _ = get_clusters(pre, synthetic, k=8, cache_dir=tmp_path)
@@ -109,7 +118,7 @@ def test_get_clusters_samples_the_first_images_and_caches(imagenet, synthetic, t
 def test_kmeans_finds_separated_centres():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(16, 5)) * 10
-    x = np.concatenate([centres[:, i:i + 1] + rng.normal(size=(16, 200)) * 0.1 for i in range(5)], 1)
+    x = np.concatenate([centres[:, i : i + 1] + rng.normal(size=(16, 200)) * 0.1 for i in range(5)], 1)
     found = kmeans(x.astype(np.float32), 5)
     d = ((found[:, :, None] - centres[:, None, :]) ** 2).sum(0)
     assert np.sort(d.min(0)).max() < 0.1
@@ -143,10 +152,11 @@ def test_add_pca_whitens(imagenet, synthetic):
     with torch.no_grad():
         for i in range(synthetic.num_images):
             from netvlad_port.images import read_image
+
             acts = model.trace(read_image(synthetic.db_image(i))[None])
             feats.append(acts[-2].flatten().numpy())  # WPCA output, before finalL2
     f = np.array(feats, np.float64)
-    assert np.allclose(f.mean(0), 0, atol=1e-4)   # bias -U_w' mu centres the training data
+    assert np.allclose(f.mean(0), 0, atol=1e-4)  # bias -U_w' mu centres the training data
     assert np.allclose(f.var(0, ddof=1), 1, atol=1e-3)  # whitened: unit variance per component
 
 
@@ -157,8 +167,20 @@ def test_back_prop_to_layer_trains_exactly_conv5_and_vlad():
     model = SimpleNN(spec)
     params = back_prop_to_layer(model, "conv5_1")
     names = [n for n, p in model.named_parameters() if p.requires_grad]
-    assert names == ["layers.24.weight", "layers.24.bias", "layers.26.weight", "layers.26.bias", "layers.28.weight",
-                     "layers.28.bias", "layers.30.assign", "layers.30.offsets"] and len(params) == 8
+    assert (
+        names
+        == [
+            "layers.24.weight",
+            "layers.24.bias",
+            "layers.26.weight",
+            "layers.26.bias",
+            "layers.28.weight",
+            "layers.28.bias",
+            "layers.30.assign",
+            "layers.30.offsets",
+        ]
+        and len(params) == 8
+    )
     with torch.no_grad():  # the frozen trunk, as the trunk cache computes it
         x = model.run(model.subtract_mean(s.images), 0, 24)
     feats = model.run(x, 24).flatten(1)
@@ -201,16 +223,57 @@ def test_one_sgd_step_reproduces_deepibl(name, dtype):
 def test_cluster_and_pca_commands(imagenet, synthetic, tmp_path):
     root = synthetic.db_path.parent
     run = CliRunner().invoke
-    res = run(main, ["cluster", "--model", str(imagenet), "--layer", "conv5_3", "--dataset", "synthetic-train",
-                     "--root", str(root), "--k", "8", "--out", str(tmp_path / "offtheshelf")])
+    res = run(
+        main,
+        [
+            "cluster",
+            "--model",
+            str(imagenet),
+            "--layer",
+            "conv5_3",
+            "--dataset",
+            "synthetic-train",
+            "--root",
+            str(root),
+            "--k",
+            "8",
+            "--out",
+            str(tmp_path / "offtheshelf"),
+        ],
+    )
     assert res.exit_code == 0, res.output
-    res = run(main, ["pca", "--model", str(tmp_path / "offtheshelf"), "--dataset", "synthetic-train", "--root",
-                     str(root), "--pca-dim", "16", "--out", str(tmp_path / "white")])
+    res = run(
+        main,
+        [
+            "pca",
+            "--model",
+            str(tmp_path / "offtheshelf"),
+            "--dataset",
+            "synthetic-train",
+            "--root",
+            str(root),
+            "--pca-dim",
+            "16",
+            "--out",
+            str(tmp_path / "white"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     model = netvlad_port.load(tmp_path / "white")
     assert model.output_dim == 16 and len(model.layers) == 35
     res = run(main, ["export-mat", str(tmp_path / "white"), "-o", str(tmp_path / "white.mat")])
     assert res.exit_code == 0
-    res = run(main, ["extract", "--model", str(tmp_path / "white.mat"), "--images", str(synthetic.q_path),
-                     "--out", str(tmp_path / "q.npy"), "--quiet"])
+    res = run(
+        main,
+        [
+            "extract",
+            "--model",
+            str(tmp_path / "white.mat"),
+            "--images",
+            str(synthetic.q_path),
+            "--out",
+            str(tmp_path / "q.npy"),
+            "--quiet",
+        ],
+    )
     assert res.exit_code == 0 and np.load(tmp_path / "q.npy").shape[1] == 16

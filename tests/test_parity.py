@@ -5,10 +5,12 @@ difference over max abs reference value <= 1e-5 for trunk layers and 1e-4 for vl
 vlad:intranorm and postL2; descriptors within 1e-5 (max abs) and 2e-5 (L2 of the difference),
 in float32 and float64.
 """
+
 import pytest
 import torch
 
 import netvlad_port
+
 from helpers import FASTPOW_SUITE, SUITES, rel_err, suite
 
 VLAD_LAYERS = {"vlad:core", "vlad:intranorm", "postL2"}
@@ -60,6 +62,6 @@ def test_one_image_at_a_time_equals_batched(name):
     s = suite(name)
     model = netvlad_port.load(s.net_path)
     with torch.no_grad():
-        single = torch.cat([model(s.images[i:i + 1]) for i in range(len(s.images))])
+        single = torch.cat([model(s.images[i : i + 1]) for i in range(len(s.images))])
     ref = torch.from_numpy(s.ref["desc_test"]).T
     assert (single.double() - ref).abs().max() <= 1e-5

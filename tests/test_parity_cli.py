@@ -1,5 +1,6 @@
 """``netvlad-port parity``: forward, SARE losses, backward and the SGD step against each dump,
 and a broken model fails with the right layer named."""
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +10,7 @@ import netvlad_port
 from netvlad_port import layers
 from netvlad_port.cli import main
 from netvlad_port.parity import load_dump, run_parity, to_matlab
+
 from helpers import FASTPOW_SUITE, SUITES, suite
 
 
@@ -53,8 +55,11 @@ def test_cluster_major_flatten_is_caught_at_postL2(monkeypatch):
     s = suite("vgg_small")
 
     def cluster_major(x):  # (N, K, D) row-major, as several PyTorch ports flatten
-        return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1) if x.shape[2] == 1 and x.shape[3] > 1 else \
-            x.permute(0, 1, 3, 2).reshape(x.shape[0], -1)
+        return (
+            x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+            if x.shape[2] == 1 and x.shape[3] > 1
+            else x.permute(0, 1, 3, 2).reshape(x.shape[0], -1)
+        )
 
     monkeypatch.setattr(layers.netvlad, "matlab_flatten", cluster_major)
     result = parity_cli(s.net_path, s.dir / "ref.mat", "--no-gradients")
@@ -74,8 +79,11 @@ def test_epsilon_in_the_wrong_place_is_caught_at_preL2(monkeypatch):
     images = torch.rand(2, 3, 32, 48, generator=torch.Generator().manual_seed(1)) * 255
     with torch.no_grad():
         acts = model.trace(images)
-    dump = {"images": images.permute(2, 3, 1, 0).numpy(), "desc_test": acts[-1].flatten(1).numpy().T,
-            "acts": np.array([to_matlab(a) for a in acts] + [None], dtype=object)[:-1]}
+    dump = {
+        "images": images.permute(2, 3, 1, 0).numpy(),
+        "desc_test": acts[-1].flatten(1).numpy().T,
+        "acts": np.array([to_matlab(a) for a in acts] + [None], dtype=object)[:-1],
+    }
     assert all(c.passed for c in run_parity(model, dump, rtol=1e-9, atol=1e-12))
 
     def eps_outside(self, x):

@@ -1,5 +1,6 @@
-"""Training (reference §8): mining semantics on crafted geometry, the schedule, resume after an
+"""Training (docs/matlab.md#training-loop): mining semantics on crafted geometry, the schedule, resume after an
 interruption and a real kill, the frozen-trunk cache, multi-process equivalence."""
+
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import torch
 from netvlad_port.datasets import DbBase
 from netvlad_port.train import History, Trainer, TrainOptions, pick_best_epoch
 from netvlad_port.train.mining import mine_tuple
+
 from helpers import E0, line, spec_fields
 
 
@@ -50,14 +52,14 @@ def test_triplet_violation_filter():
     db = crafted()
     feats = np.zeros((db.num_images, 2), np.float32)
     feats[:, 0] = np.arange(db.num_images)  # far apart in feature space
-    q = feats[2].copy()                       # positive 8 m: d_p = 0
+    q = feats[2].copy()  # positive 8 m: d_p = 0
     cache = [np.zeros(0, np.int64)]
     none = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1)
     assert none is None and len(cache[0]) == 10  # no violator: skipped, but the cache is updated
-    feats[10] = q + [0.2, 0]                    # d_n = 0.04 < d_p + 0.1
+    feats[10] = q + [0.2, 0]  # d_n = 0.04 < d_p + 0.1
     t = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1)
     assert t.negatives.tolist() == [10]
-    feats[2] = q + [0.3, 0]                     # now d_p = 0.09 > d_n: negative 10 is "very hard"
+    feats[2] = q + [0.3, 0]  # now d_p = 0.09 > d_n: negative 10 is "very hard"
     kept = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1)
     assert 10 in kept.negatives.tolist()
     vh = mine_tuple(db, 0, q, feats, cache, np.random.default_rng(0), 50, 10, 10, margin=0.1, exclude_very_hard=True)
@@ -66,8 +68,14 @@ def test_triplet_violation_filter():
 
 def test_pick_best_epoch_ties():
     ns = [1, 2, 3, 4, 5, 10]
-    h = History(val_recall={1: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95], 2: [0.6, 0.6, 0.7, 0.8, 0.9, 0.95],
-                            3: [0.4, 0.6, 0.7, 0.85, 0.9, 0.95], 4: [0.9, 0.9, 0.9, 0.9, 0.89, 1.0]})
+    h = History(
+        val_recall={
+            1: [0.5, 0.6, 0.7, 0.8, 0.9, 0.95],
+            2: [0.6, 0.6, 0.7, 0.8, 0.9, 0.95],
+            3: [0.4, 0.6, 0.7, 0.85, 0.9, 0.95],
+            4: [0.9, 0.9, 0.9, 0.9, 0.89, 1.0],
+        }
+    )
     assert pick_best_epoch(h, ns) == 3  # recall@5 ties; recall@4 decides
 
 
@@ -79,8 +87,15 @@ def setup(tiny_world):
     return w.root, load_synthetic(w.data, "train"), load_synthetic(w.data, "val"), w.spec
 
 
-OPTS = dict(n_epoch=2, learning_rate=0.01, back_prop_to_layer="conv5_1", n_neg_choice=20, save_frequency=4,
-            comp_feats_frequency=8, test0=False)
+OPTS = {
+    "n_epoch": 2,
+    "learning_rate": 0.01,
+    "back_prop_to_layer": "conv5_1",
+    "n_neg_choice": 20,
+    "save_frequency": 4,
+    "comp_feats_frequency": 8,
+    "test0": False,
+}
 
 
 def test_schedule_and_objective(setup, tmp_path):
@@ -92,10 +107,21 @@ def test_schedule_and_objective(setup, tmp_path):
     t.run()
     nb = tr.num_queries // 4  # 6 batches per epoch; refresh every 8 queries = 2 batches, never at batch 1 or 6
     end = nb + 1  # the refresh at epoch end
-    assert refreshes == [(1, 1),  # the initial (off-the-shelf) cache
-                         (1, 2), (1, 4), (1, end), (2, 2), (2, 4), (2, end),
-                         (3, 4), (3, end), (4, 4), (4, end),  # lr halved at epoch 3: interval 4 batches
-                         (5, end), (6, end)]                  # halved again at epoch 5: 8 > 6 batches
+    assert refreshes == [
+        (1, 1),  # the initial (off-the-shelf) cache
+        (1, 2),
+        (1, 4),
+        (1, end),
+        (2, 2),
+        (2, 4),
+        (2, end),
+        (3, 4),
+        (3, end),
+        (4, 4),
+        (4, end),  # lr halved at epoch 3: interval 4 batches
+        (5, end),
+        (6, end),
+    ]  # halved again at epoch 5: 8 > 6 batches
     assert t.lr == pytest.approx(0.01 / 4) and t.comp_freq == 8  # halved at epochs 3 and 5, interval doubled
     assert sorted(t.history.val_recall) == [1, 2, 3, 4, 5, 6] and len(t.history.batch_loss) == 6 * nb
     assert all(np.isfinite(t.history.batch_loss))
@@ -105,8 +131,14 @@ def test_trunk_cache_gives_the_same_training(setup, tmp_path):
     _, tr, va, spec = setup
     runs = []
     for mode in ("memory", "disk", "none"):
-        t = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1, "trunk_cache": mode}), tmp_path / mode,
-                    log=lambda *a: None)
+        t = Trainer(
+            spec,
+            tr,
+            None,
+            TrainOptions(**{**OPTS, "n_epoch": 1, "trunk_cache": mode}),
+            tmp_path / mode,
+            log=lambda *a: None,
+        )
         runs.append(t.run().history.batch_loss)
     assert np.allclose(runs[0], runs[1], rtol=1e-6) and np.allclose(runs[0], runs[2], rtol=1e-4)
 
@@ -125,14 +157,36 @@ def test_resume_gives_the_same_next_steps(setup, tmp_path):
 
 def test_kill_a_real_training_process_and_resume(setup, tmp_path):
     root, tr, va, _ = setup
-    args = [sys.executable, "-m", "netvlad_port.cli", "train", "--dataset", "synthetic", "--root", str(root / "data"),
-            "--model", str(root / "offtheshelf.mat"), "--epochs", "3", "--lr", "0.01", "--n-neg-choice", "20",
-            "--save-frequency", "4", "--comp-feats-frequency", "8", "--pca-dim", "8"]
+    args = [
+        sys.executable,
+        "-m",
+        "netvlad_port.cli",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--root",
+        str(root / "data"),
+        "--model",
+        str(root / "offtheshelf.mat"),
+        "--epochs",
+        "3",
+        "--lr",
+        "0.01",
+        "--n-neg-choice",
+        "20",
+        "--save-frequency",
+        "4",
+        "--comp-feats-frequency",
+        "8",
+        "--pca-dim",
+        "8",
+    ]
     ref = subprocess.run(args + ["--out", str(tmp_path / "ref")], capture_output=True, text=True, timeout=600)
     assert ref.returncode == 0, ref.stderr[-2000:]
     out = tmp_path / "killed"
-    proc = subprocess.Popen(args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        args + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     state = out / "checkpoint_latest" / "state.json"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
@@ -143,19 +197,39 @@ def test_kill_a_real_training_process_and_resume(setup, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert killed, "the run finished before it could be killed"
-    res = subprocess.run([sys.executable, "-m", "netvlad_port.cli", "train", "--dataset", "synthetic", "--root",
-                          str(root / "data"), "--out", str(out), "--resume"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "netvlad_port.cli",
+            "train",
+            "--dataset",
+            "synthetic",
+            "--root",
+            str(root / "data"),
+            "--out",
+            str(out),
+            "--resume",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
-    losses = lambda d: {(r["epoch"], r["batch"]): r["loss"] for r in map(json.loads, (d / "log.jsonl").open())
-                        if "batch" in r}
+
+    def losses(d):
+        return {(r["epoch"], r["batch"]): r["loss"] for r in map(json.loads, (d / "log.jsonl").open()) if "batch" in r}
+
     a, b = losses(tmp_path / "ref"), losses(out)
     assert a.keys() == b.keys()
     assert all(abs(a[k] - b[k]) <= 1e-6 * max(1, abs(a[k])) for k in a)
     import netvlad_port
+
     x = torch.rand(1, 3, 48, 64) * 255
     with torch.no_grad():
-        assert torch.allclose(netvlad_port.load(tmp_path / "ref" / "final")(x), netvlad_port.load(out / "final")(x),
-                              atol=1e-5)
+        assert torch.allclose(
+            netvlad_port.load(tmp_path / "ref" / "final")(x), netvlad_port.load(out / "final")(x), atol=1e-5
+        )
 
 
 def _ddp_worker(rank, world, root, spec_path, out, port):
@@ -167,11 +241,18 @@ def _ddp_worker(rank, world, root, spec_path, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
-    t = Trainer(load_spec(spec_path), load_synthetic(root, "train"), None, TrainOptions(**{**OPTS, "n_epoch": 1}),
-                out, log=lambda *a: None)
+    t = Trainer(
+        load_spec(spec_path),
+        load_synthetic(root, "train"),
+        None,
+        TrainOptions(**{**OPTS, "n_epoch": 1}),
+        out,
+        log=lambda *a: None,
+    )
     t.run(stop_after=3)
     if rank == 0:
         from safetensors.torch import save_file
+
         save_file({n: p.detach().contiguous() for n, p in t.model.named_parameters()}, str(out / "weights.safetensors"))
     dist.destroy_process_group()
 
@@ -185,18 +266,26 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path):
     single.run(stop_after=3)
     (tmp_path / "two").mkdir()
     import socket
+
     with socket.socket() as sock:  # a free port on loopback for the gloo rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    mp.spawn(_ddp_worker, args=(2, str(root / "data"), str(root / "offtheshelf.mat"), tmp_path / "two", port),
-             nprocs=2, join=True)
+    mp.spawn(
+        _ddp_worker,
+        args=(2, str(root / "data"), str(root / "offtheshelf.mat"), tmp_path / "two", port),
+        nprocs=2,
+        join=True,
+    )
     two = load_file(str(tmp_path / "two" / "weights.safetensors"))
     for n, p in single.model.named_parameters():
         assert torch.allclose(p, two[n], rtol=1e-5, atol=1e-7), n
-    moved = sum((p - q).abs().sum().item() for (_, p), q in zip(single.model.named_parameters(),
-                                                                 Trainer(spec, tr, None, TrainOptions(**OPTS),
-                                                                         tmp_path / "x", log=lambda *a: None)
-                                                                 .model.parameters()))
+    moved = sum(
+        (p - q).abs().sum().item()
+        for (_, p), q in zip(
+            single.model.named_parameters(),
+            Trainer(spec, tr, None, TrainOptions(**OPTS), tmp_path / "x", log=lambda *a: None).model.parameters(),
+        )
+    )
     assert moved > 0  # the update did something
 
 
@@ -216,24 +305,42 @@ def test_tensorboard_scalars_and_jsonl_log(setup, tmp_path):
 
 def test_jitter_and_mixed_precision_options_run(setup, tmp_path):
     _, tr, _, spec = setup
-    t = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1, "jitter_flip": True, "jitter_scale": (0.9, 1.1),
-                                                "precision": "bf16", "loss": "triplet", "exclude_very_hard": True}),
-                tmp_path, log=lambda *a: None)
+    t = Trainer(
+        spec,
+        tr,
+        None,
+        TrainOptions(
+            **{
+                **OPTS,
+                "n_epoch": 1,
+                "jitter_flip": True,
+                "jitter_scale": (0.9, 1.1),
+                "precision": "bf16",
+                "loss": "triplet",
+                "exclude_very_hard": True,
+            }
+        ),
+        tmp_path,
+        log=lambda *a: None,
+    )
     t.run(stop_after=3)
     assert len(t.history.batch_loss) == 3 and all(np.isfinite(t.history.batch_loss))
 
 
-@pytest.mark.parametrize("loss", ["sare-ind", "sare-joint", "cauchy-ind", "cauchy-joint", "exp-ind", "exp-joint",
-                                  "triplet"])
+@pytest.mark.parametrize(
+    "loss", ["sare-ind", "sare-joint", "cauchy-ind", "cauchy-joint", "exp-ind", "exp-joint", "triplet"]
+)
 def test_every_loss_trains_to_a_final_model(setup, tmp_path, loss):
-    from netvlad_port.train import train
     import netvlad_port
+    from netvlad_port.train import train
 
     _, tr, va, spec = setup
-    final = train(tr, va, spec, tmp_path, loss=loss, log=lambda *a: None, pca_dim=8,
-                  **{**OPTS, "n_epoch": 1, "test0": True})
+    final = train(
+        tr, va, spec, tmp_path, loss=loss, log=lambda *a: None, pca_dim=8, **{**OPTS, "n_epoch": 1, "test0": True}
+    )
     model = netvlad_port.load(final)
     assert model.output_dim == 8 and model.names[-2:] == ["WPCA", "finalL2"]
     from PIL import Image
+
     with Image.open(tmp_path / "recall_per_epoch.png") as im:
         im.verify()

@@ -6,6 +6,7 @@ Examples:
   python tools/make_fixture.py -o small.mat --width 0.0625 --k 8 --pca-dim 32 --version v7.3
   python tools/make_fixture.py -o rel.mat --encoding saveobj               # classdef objects, as released
 """
+
 import click
 
 from netvlad_port.fixtures import ARCHS, make_net
@@ -22,12 +23,19 @@ from netvlad_port.matconvnet import write_net
 @click.option("--ceil-pool", is_flag=True, help="Pools padded [0 1 0 1] (Caffe ceil mode).")
 @click.option("--average-image", type=click.Choice(["pixel", "vgg"]), default="vgg", show_default=True)
 @click.option("--version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True)
-@click.option("--encoding", type=click.Choice(["struct", "classdef", "saveobj"]), default="struct",
-              show_default=True)
+@click.option("--encoding", type=click.Choice(["struct", "classdef", "saveobj"]), default="struct", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 def main(out, arch, method, width, k, pca_dim, ceil_pool, average_image, mat_version, encoding, seed):
-    spec = make_net(arch, method, width=width, k=k, pca_dim=pca_dim or None, ceil_pool=ceil_pool,
-                    seed=seed, average_image=average_image)
+    spec = make_net(
+        arch,
+        method,
+        width=width,
+        k=k,
+        pca_dim=pca_dim or None,
+        ceil_pool=ceil_pool,
+        seed=seed,
+        average_image=average_image,
+    )
     write_net(spec, out, version=mat_version, encoding=encoding)
     click.echo(f"{out}: {len(spec.layers)} layers, {arch} {method}, {mat_version} {encoding}")
 

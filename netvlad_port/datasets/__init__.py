@@ -7,6 +7,23 @@ from .registry import DATASETS, DatasetFamily, dataset_names, open_dataset, regi
 from .standard import DbPitts, DbTokyo247, DbTokyoTimeMachine
 from .synthetic import load_synthetic, make_synthetic
 
-__all__ = ["DB_STRUCT_FIELDS", "DatasetError", "DbBase", "load_db_struct", "write_db_struct", "from_npz",
-           "from_vg_folder", "DATASETS", "DatasetFamily", "dataset_names", "open_dataset", "register_dataset",
-           "training_splits", "DbPitts", "DbTokyo247", "DbTokyoTimeMachine", "load_synthetic", "make_synthetic"]
+__all__ = [
+    "DB_STRUCT_FIELDS",
+    "DatasetError",
+    "DbBase",
+    "load_db_struct",
+    "write_db_struct",
+    "from_npz",
+    "from_vg_folder",
+    "DATASETS",
+    "DatasetFamily",
+    "dataset_names",
+    "open_dataset",
+    "register_dataset",
+    "training_splits",
+    "DbPitts",
+    "DbTokyo247",
+    "DbTokyoTimeMachine",
+    "load_synthetic",
+    "make_synthetic",
+]

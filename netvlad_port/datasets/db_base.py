@@ -1,4 +1,5 @@
-"""``dbBase`` and its subclasses: the NetVLAD dataset specification (reference §7).
+"""``dbBase`` and its subclasses: the NetVLAD dataset specification
+(docs/matlab.md#datasets).
 
 A dataset is the ``dbStruct`` of a spec file (``pitts30k_test.mat``, ``tokyo247.mat``,
 ``tokyoTM_val.mat``, ...): image file names relative to ``db_path`` / ``q_path``, 2 x N UTM
@@ -6,6 +7,7 @@ coordinates in metres, ``posDistThr`` (metres) and ``nonTrivPosDistSqThr`` (squa
 Methods keep MATLAB's semantics: ground-truth positives are db images with squared UTM distance
 <= posDistThr^2 (inclusive); training positives satisfy 1 < d^2 <= nonTrivPosDistSqThr.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,9 +18,19 @@ import numpy as np
 
 from ..errors import NetVladPortError
 
-# dbStruct fields in the order of the Pitts spec files (reference §7.1).
-DB_STRUCT_FIELDS = ("whichSet", "dbImageFns", "utmDb", "qImageFns", "utmQ", "numImages", "numQueries",
-                    "posDistThr", "posDistSqThr", "nonTrivPosDistSqThr")
+# dbStruct fields in the order of the Pitts spec files (docs/matlab.md#datasets).
+DB_STRUCT_FIELDS = (
+    "whichSet",
+    "dbImageFns",
+    "utmDb",
+    "qImageFns",
+    "utmQ",
+    "numImages",
+    "numQueries",
+    "posDistThr",
+    "posDistSqThr",
+    "nonTrivPosDistSqThr",
+)
 
 
 class DatasetError(NetVladPortError):
@@ -107,8 +119,9 @@ class DbBase:
 
     nms_group: int | None = None  # Tokyo 24/7: 12 cutouts per panorama
 
-    def __init__(self, name: str, db_path: str | os.PathLike, q_path: str | os.PathLike, db_struct: dict,
-                 source: str = ""):
+    def __init__(
+        self, name: str, db_path: str | os.PathLike, q_path: str | os.PathLike, db_struct: dict, source: str = ""
+    ):
         self.name = name
         self.db_path, self.q_path = Path(db_path), Path(q_path)
         where = source or name
@@ -122,13 +135,14 @@ class DbBase:
             self.non_triv_pos_dist_sq_thr = float(np.asarray(db_struct["nonTrivPosDistSqThr"]).ravel()[0])
         except KeyError as exc:
             raise DatasetError(f"{where}: dbStruct has no field {exc.args[0]}") from None
-        self.pos_dist_sq_thr = self.pos_dist_thr ** 2
+        self.pos_dist_sq_thr = self.pos_dist_thr**2
         self.db_time_stamp = self._stamps(db_struct.get("dbTimeStamp"), len(self.db_image_fns), "dbTimeStamp", where)
         self.q_time_stamp = self._stamps(db_struct.get("qTimeStamp"), len(self.q_image_fns), "qTimeStamp", where)
         for what, n, utm in (("db", len(self.db_image_fns), self.utm_db), ("q", len(self.q_image_fns), self.utm_q)):
             if utm.shape[1] != n:
-                raise DatasetError(f"{where}: utm{what.capitalize()} has {utm.shape[1]} columns but there are "
-                                   f"{n} {what} image names")
+                raise DatasetError(
+                    f"{where}: utm{what.capitalize()} has {utm.shape[1]} columns but there are {n} {what} image names"
+                )
         for k, n in (("numImages", self.num_images), ("numQueries", self.num_queries)):
             if k in db_struct and int(np.asarray(db_struct[k]).ravel()[0]) != n:
                 raise DatasetError(f"{where}: {k} = {int(np.asarray(db_struct[k]).ravel()[0])} but there are {n} names")
@@ -159,7 +173,7 @@ class DbBase:
     def q_image(self, i: int) -> Path:
         return self.q_path / self.q_image_fns[i]
 
-    # --- closePosition (reference §7.2): exact radius search, inclusive -------------------
+    # --- closePosition: exact radius search, inclusive (docs/matlab.md#positives-and-negatives) --
     def get_pos_ids(self, utm: np.ndarray, sq_thr: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Db ids with squared distance <= ``sq_thr`` (default posDistThr^2), ascending id, and those distances."""
         sq_thr = self.pos_dist_sq_thr if sq_thr is None else sq_thr
@@ -194,7 +208,7 @@ class DbBase:
 
     def sample_negs(self, utm: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         """MATLAB ``sampleNegs``: draw round(1.1 n) db images without replacement, keep those
-        beyond posDistThr, accumulate until n are found, then subsample n (reference §7.3)."""
+        beyond posDistThr, accumulate until n are found, then subsample n (docs/matlab.md#positives-and-negatives)."""
         pos = set(self.get_pos_ids(utm)[0].tolist())
         if self.num_images - len(pos) <= 0:
             return np.zeros(0, np.int64)
@@ -211,7 +225,7 @@ class DbBase:
     def sample_negs_q(self, iq: int, n: int, rng: np.random.Generator) -> np.ndarray:
         return self.sample_negs(self.utm_q[:, iq], n, rng)
 
-    # --- evaluation hook (reference §9.3) -------------------------------------------------
+    # --- evaluation hook (nnSearchPostprocess, docs/matlab.md#evaluation) ------------------
     def retrieve_factor(self) -> int:
         """How many more results ``nn_search_postprocess`` needs than it returns."""
         return 1
@@ -228,9 +242,13 @@ class DbBase:
         missing = self.missing_images()
         if missing:
             first = ", ".join(str(p) for p in missing[:3])
-            raise DatasetError(f"{self.name}: {len(missing)} of {self.num_images + self.num_queries} image files are "
-                               f"missing (first: {first})")
+            raise DatasetError(
+                f"{self.name}: {len(missing)} of {self.num_images + self.num_queries} image files are "
+                f"missing (first: {first})"
+            )
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}('{self.name}', {self.num_images} db, {self.num_queries} queries, "
-                f"posDistThr {self.pos_dist_thr:g} m)")
+        return (
+            f"{type(self).__name__}('{self.name}', {self.num_images} db, {self.num_queries} queries, "
+            f"posDistThr {self.pos_dist_thr:g} m)"
+        )

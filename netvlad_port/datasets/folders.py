@@ -1,10 +1,12 @@
-"""Datasets in the formats of the newer PyTorch tools (peers §1, §7).
+"""Datasets in the formats of the newer PyTorch tools
+(docs/formats.md#dataset-specifications).
 
 * The VG benchmark's folders (gmberton/VPR-datasets-downloader): ``database/`` and ``queries/``
   with names ``@utm_east@utm_north@zone@letter@lat@lon@...@.jpg``.
 * Patch-NetVLAD's ground truth: an ``.npz`` with ``utmQ``, ``utmDb`` (N x 2) and ``posDistThr``,
   with the image lists in row order.
 """
+
 from __future__ import annotations
 
 import os
@@ -15,7 +17,7 @@ import numpy as np
 from ..images import IMAGE_EXTENSIONS
 from .db_base import DatasetError, DbBase
 
-NON_TRIVIAL_SQ = 100.0  # 10 m, the NetVLAD paper's training positives (reference §7.1)
+NON_TRIVIAL_SQ = 100.0  # 10 m, the NetVLAD paper's training positives (docs/matlab.md#datasets)
 
 
 def _vg_utm(path: Path) -> tuple[float, float]:
@@ -44,8 +46,14 @@ def from_vg_folder(root: str | os.PathLike, pos_dist_thr: float = 25.0, name: st
     return DbBase(name or root.name, root / "database", root / "queries", s, str(root))
 
 
-def from_npz(npz: str | os.PathLike, db_list: str | os.PathLike, q_list: str | os.PathLike,
-             db_root: str | os.PathLike, q_root: str | os.PathLike | None = None, name: str | None = None) -> DbBase:
+def from_npz(
+    npz: str | os.PathLike,
+    db_list: str | os.PathLike,
+    q_list: str | os.PathLike,
+    db_root: str | os.PathLike,
+    q_root: str | os.PathLike | None = None,
+    name: str | None = None,
+) -> DbBase:
     """Patch-NetVLAD ground truth (``utmQ``, ``utmDb``, ``posDistThr``) with its image lists."""
     npz = Path(npz)
     try:
@@ -55,6 +63,13 @@ def from_npz(npz: str | os.PathLike, db_list: str | os.PathLike, q_list: str | o
         raise DatasetError(f"{npz}: not a ground-truth .npz with utmQ, utmDb, posDistThr ({exc})") from None
     db_names = [l.strip() for l in Path(db_list).read_text().splitlines() if l.strip()]
     q_names = [l.strip() for l in Path(q_list).read_text().splitlines() if l.strip()]
-    s = {"whichSet": npz.stem, "dbImageFns": db_names, "qImageFns": q_names, "utmDb": np.asarray(utm_db).T,
-         "utmQ": np.asarray(utm_q).T, "posDistThr": thr, "nonTrivPosDistSqThr": NON_TRIVIAL_SQ}
+    s = {
+        "whichSet": npz.stem,
+        "dbImageFns": db_names,
+        "qImageFns": q_names,
+        "utmDb": np.asarray(utm_db).T,
+        "utmQ": np.asarray(utm_q).T,
+        "posDistThr": thr,
+        "nonTrivPosDistSqThr": NON_TRIVIAL_SQ,
+    }
     return DbBase(name or npz.stem, db_root, q_root or db_root, s, str(npz))

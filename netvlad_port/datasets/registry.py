@@ -8,9 +8,9 @@ VG-format folder. Register a family with :func:`register_dataset`.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..registry import Registry
 from .db_base import DatasetError, DbBase
@@ -37,8 +37,9 @@ class DatasetFamily:
 DATASETS: Registry[DatasetFamily] = Registry("dataset", builtins="netvlad_port.datasets", key=_key)
 
 
-def register_dataset(name: str, open: Callable, splits: tuple[str, ...] = (), recipe_lr: float | None = None,
-                     replace: bool = False) -> DatasetFamily:
+def register_dataset(
+    name: str, open: Callable, splits: tuple[str, ...] = (), recipe_lr: float | None = None, replace: bool = False
+) -> DatasetFamily:
     return DATASETS.register(name, DatasetFamily(name, open, tuple(splits), recipe_lr), replace=replace)
 
 
@@ -62,8 +63,7 @@ def family_of(name: str) -> tuple[DatasetFamily, str | None]:
     return family, family.splits[[s.lower() for s in family.splits].index(split)]
 
 
-def open_dataset(name: str, root: str | os.PathLike | None = None,
-                 spec_dir: str | os.PathLike | None = None) -> DbBase:
+def open_dataset(name: str, root: str | os.PathLike | None = None, spec_dir: str | os.PathLike | None = None) -> DbBase:
     """A dataset by name (see :func:`dataset_names`), a dbStruct spec ``.mat`` or a VG folder."""
     from .db_base import load_db_struct
     from .folders import from_vg_folder
@@ -83,8 +83,9 @@ def open_dataset(name: str, root: str | os.PathLike | None = None,
     return family.open(split, root, Path(spec_dir) if spec_dir else None)
 
 
-def training_splits(name: str, root: str | os.PathLike | None = None,
-                    spec_dir: str | os.PathLike | None = None) -> tuple[DbBase, DbBase, DatasetFamily]:
+def training_splits(
+    name: str, root: str | os.PathLike | None = None, spec_dir: str | os.PathLike | None = None
+) -> tuple[DbBase, DbBase, DatasetFamily]:
     """(train, val, family) of a family with train and val splits (``pitts30k``, ``tokyoTM``, ...)."""
     family, split = family_of(name)
     trainable = [n for n, f in DATASETS.items() if {"train", "val"} <= set(f.splits)]

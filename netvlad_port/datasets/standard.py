@@ -1,9 +1,11 @@
-"""The datasets of the NetVLAD code: ``dbPitts``, ``dbTokyo247``, ``dbTokyoTimeMachine`` (reference §7.4).
+"""The datasets of the NetVLAD code: ``dbPitts``, ``dbTokyo247``, ``dbTokyoTimeMachine``
+([docs/matlab.md#datasets](../../docs/matlab.md#datasets)).
 
 Spec files live in ``spec_dir`` (MATLAB ``paths.dsetSpecDir``), images under ``root``
 (``paths.dsetRootPitts`` etc.) with the layout of ``localPaths.m``: Pittsburgh ``images/`` and
 ``queries/``, Tokyo 24/7 ``images/`` and ``query/``, TokyoTM ``images/`` for both.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +27,13 @@ def _spec(spec_dir, root, name: str) -> Path:
 class DbPitts(DbBase):
     """MATLAB ``dbPitts(fullSize, whichSet)``: Pitts30k (default) or Pitts250k, train/val/test."""
 
-    def __init__(self, pitts250k: bool = False, which_set: str = "test", root: str | os.PathLike = ".",
-                 spec_dir: str | os.PathLike | None = None):
+    def __init__(
+        self,
+        pitts250k: bool = False,
+        which_set: str = "test",
+        root: str | os.PathLike = ".",
+        spec_dir: str | os.PathLike | None = None,
+    ):
         if which_set not in ("train", "val", "test"):
             raise DatasetError(f"which_set must be train, val or test, got {which_set!r}")
         name = f"pitts{'250k' if pitts250k else '30k'}_{which_set}"
@@ -65,8 +72,9 @@ class DbTokyoTimeMachine(DbBase):
     """MATLAB ``dbTokyoTimeMachine(whichSet)``: queries drawn from the database; results with the
     query's timestamp are dropped at evaluation, and never used as training positives."""
 
-    def __init__(self, which_set: str = "val", root: str | os.PathLike = ".",
-                 spec_dir: str | os.PathLike | None = None):
+    def __init__(
+        self, which_set: str = "val", root: str | os.PathLike = ".", spec_dir: str | os.PathLike | None = None
+    ):
         if which_set not in ("train", "val"):
             raise DatasetError(f"which_set must be train or val, got {which_set!r}")
         name = f"tokyoTM_{which_set}"
@@ -85,10 +93,19 @@ class DbTokyoTimeMachine(DbBase):
         return ids[keep][:n_top], ds[keep][:n_top]
 
 
-register_dataset("pitts30k", lambda split, root, spec_dir: DbPitts(False, split, root, spec_dir),
-                 ("train", "val", "test"), recipe_lr=1e-3)
-register_dataset("pitts250k", lambda split, root, spec_dir: DbPitts(True, split, root, spec_dir),
-                 ("train", "val", "test"), recipe_lr=1e-4)
+register_dataset(
+    "pitts30k",
+    lambda split, root, spec_dir: DbPitts(False, split, root, spec_dir),
+    ("train", "val", "test"),
+    recipe_lr=1e-3,
+)
+register_dataset(
+    "pitts250k",
+    lambda split, root, spec_dir: DbPitts(True, split, root, spec_dir),
+    ("train", "val", "test"),
+    recipe_lr=1e-4,
+)
 register_dataset("tokyo247", lambda split, root, spec_dir: DbTokyo247(root, spec_dir))
-register_dataset("tokyoTM", lambda split, root, spec_dir: DbTokyoTimeMachine(split, root, spec_dir), ("train", "val"),
-                 recipe_lr=1e-4)
+register_dataset(
+    "tokyoTM", lambda split, root, spec_dir: DbTokyoTimeMachine(split, root, spec_dir), ("train", "val"), recipe_lr=1e-4
+)

@@ -8,6 +8,7 @@ gamma, colour cast) and noise changes, so that descriptor quality matters. Posit
 metres. The output is the official layout: ``images/`` (database), ``queries/`` and one
 ``dbStruct`` spec per split (``synthetic_<split>.mat``, fields in MATLAB's order).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,9 +20,9 @@ import numpy as np
 from .db_base import DbBase, load_db_struct, write_db_struct
 from .registry import register_dataset
 
-PX_PER_M = 8          # facade texture resolution
-FACADE_H_M = 20       # facade texture height in metres
-FOV_M = 20.0          # facade width a camera sees at scale 1
+PX_PER_M = 8  # facade texture resolution
+FACADE_H_M = 20  # facade texture height in metres
+FOV_M = 20.0  # facade width a camera sees at scale 1
 ORIGIN = (584000.0, 4477000.0)  # UTM east / north of the first street (Pittsburgh-like values)
 SPLITS = ("train", "val", "test")
 
@@ -31,7 +32,7 @@ class SyntheticConfig:
     db_per_split: int = 120
     queries_per_split: int = 60
     image_hw: tuple[int, int] = (120, 160)
-    spacing: float = 5.0          # metres between database images
+    spacing: float = 5.0  # metres between database images
     streets_per_split: int = 2
     pos_dist_thr: float = 25.0
     non_triv_pos_dist_sq_thr: float = 100.0
@@ -50,23 +51,23 @@ def _facade(rng: np.random.Generator, length_m: float) -> np.ndarray:
         bh = int(rng.uniform(0.45, 0.95) * h)
         top = h - bh
         base = rng.uniform(40, 220, 3)
-        tex[top:, x:x + bw] = base
+        tex[top:, x : x + bw] = base
         rows, cols = rng.integers(2, 7), rng.integers(2, 6)
         win = rng.uniform(0, 255, 3) if rng.random() < 0.5 else base * rng.uniform(0.2, 0.5)
         ww, wh = max(2, bw // (2 * cols + 1)), max(2, bh // (2 * rows + 2))
         for r in range(rows):
             for c in range(cols):
                 y0, x0 = top + (2 * r + 1) * wh, x + (2 * c + 1) * ww
-                tex[y0:y0 + wh, x0:x0 + ww] = win
+                tex[y0 : y0 + wh, x0 : x0 + ww] = win
         door = x + int(rng.uniform(0.2, 0.7) * bw)
-        tex[h - 3 * PX_PER_M:, door:door + 2 * PX_PER_M] = base * 0.3
+        tex[h - 3 * PX_PER_M :, door : door + 2 * PX_PER_M] = base * 0.3
         if rng.random() < 0.6:  # a sign with its own colour and stripes
             sy, sx = top + int(rng.uniform(0.05, 0.3) * bh), x + int(rng.uniform(0, 0.5) * bw)
             sign = rng.uniform(0, 255, 3)
-            tex[sy:sy + PX_PER_M, sx:sx + 4 * PX_PER_M] = sign
-            tex[sy:sy + PX_PER_M, sx:sx + 4 * PX_PER_M:4] = 255 - sign
+            tex[sy : sy + PX_PER_M, sx : sx + 4 * PX_PER_M] = sign
+            tex[sy : sy + PX_PER_M, sx : sx + 4 * PX_PER_M : 4] = 255 - sign
         x += bw + int(rng.uniform(0, 3) * PX_PER_M)
-    tex[h - PX_PER_M // 2:] = 90  # pavement
+    tex[h - PX_PER_M // 2 :] = 90  # pavement
     return tex
 
 
@@ -123,11 +124,22 @@ def make_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = None
                 _save(Image, _render(tex, s, rng, cfg.image_hw, True), out / "queries" / name)
                 q_fns.append(name)
                 utm_q.append((ORIGIN[0] + s, north + rng.normal(0, 0.5)))
-        write_db_struct(out / f"synthetic_{split}.mat", {
-            "whichSet": split, "dbImageFns": db_fns, "utmDb": np.array(utm_db).T, "qImageFns": q_fns,
-            "utmQ": np.array(utm_q).T, "numImages": len(db_fns), "numQueries": len(q_fns),
-            "posDistThr": cfg.pos_dist_thr, "posDistSqThr": cfg.pos_dist_thr ** 2,
-            "nonTrivPosDistSqThr": cfg.non_triv_pos_dist_sq_thr}, version=version)
+        write_db_struct(
+            out / f"synthetic_{split}.mat",
+            {
+                "whichSet": split,
+                "dbImageFns": db_fns,
+                "utmDb": np.array(utm_db).T,
+                "qImageFns": q_fns,
+                "utmQ": np.array(utm_q).T,
+                "numImages": len(db_fns),
+                "numQueries": len(q_fns),
+                "posDistThr": cfg.pos_dist_thr,
+                "posDistSqThr": cfg.pos_dist_thr**2,
+                "nonTrivPosDistSqThr": cfg.non_triv_pos_dist_sq_thr,
+            },
+            version=version,
+        )
     return out
 
 
@@ -140,9 +152,11 @@ def load_synthetic(root: str | os.PathLike, which_set: str = "test") -> DbBase:
     """The split of a dataset written by :func:`make_synthetic`, as a ``dbBase``."""
     root = Path(root)
     name = f"synthetic_{which_set}"
-    return DbBase(name, root / "images", root / "queries", load_db_struct(root / f"{name}.mat"),
-                  str(root / f"{name}.mat"))
+    return DbBase(
+        name, root / "images", root / "queries", load_db_struct(root / f"{name}.mat"), str(root / f"{name}.mat")
+    )
 
 
-register_dataset("synthetic", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"),
-                 recipe_lr=1e-3)
+register_dataset(
+    "synthetic", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"), recipe_lr=1e-3
+)

@@ -15,5 +15,18 @@ def build_layer(spec: LayerSpec, in_channels: int) -> MatLayer:
     return layer_type(spec.type).module(spec, in_channels)
 
 
-__all__ = ["MatLayer", "matlab_flatten", "build_layer", "WHOLE_L2_EPS", "NORMALIZE_MODES", "Conv", "ReLU", "Pool",
-           "Normalize", "VLADCore", "WholeL2Normalize", "TotalMaxPool", "TotalAvgPool"]
+__all__ = [
+    "MatLayer",
+    "matlab_flatten",
+    "build_layer",
+    "WHOLE_L2_EPS",
+    "NORMALIZE_MODES",
+    "Conv",
+    "ReLU",
+    "Pool",
+    "Normalize",
+    "VLADCore",
+    "WholeL2Normalize",
+    "TotalMaxPool",
+    "TotalAvgPool",
+]

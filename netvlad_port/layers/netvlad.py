@@ -15,8 +15,7 @@ import torch
 
 from ..errors import NetFormatError
 from ..matconvnet import mat
-from ..matconvnet.spec import (TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2, LayerSpec, LayerType, Shape,
-                               register_layer)
+from ..matconvnet.spec import TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2, LayerSpec, LayerType, Shape, register_layer
 from .base import MatLayer, matlab_flatten, param, to_numpy
 
 # relja_l2normalize_col: x / (sqrt(sum x^2) + eps), eps outside the root.
@@ -131,8 +130,9 @@ def vladv2_alpha(clusters: np.ndarray, train_descs: np.ndarray) -> float:
 def vlad_layer(d: int, clusters: np.ndarray, alpha: float) -> LayerSpec:
     """``layerVLAD('vlad:core')`` from centres C (D x K): weights {alpha * C/|C|, -C}."""
     w = [alpha * l2_cols(clusters), -clusters]
-    return LayerSpec(VLAD, "vlad:core", [np.asarray(x, np.float32)[None, None] for x in w],
-                     {"K": clusters.shape[1], "D": d})
+    return LayerSpec(
+        VLAD, "vlad:core", [np.asarray(x, np.float32)[None, None] for x in w], {"K": clusters.shape[1], "D": d}
+    )
 
 
 def vladv2_layer(d: int, clusters: np.ndarray, alpha: float) -> LayerSpec:
@@ -179,17 +179,27 @@ def _vlad_shape(layer: LayerSpec, shape: Shape, where: str) -> Shape:
 def _vlad_read(fields: dict, where: str) -> dict:
     if not fields.get("weights"):
         raise NetFormatError(
-            f"{where}: {fields.get('__class__') or VLAD} has no weights. The file was probably re-saved by MATLAB without the NetVLAD classes "
-            f"on the path (netvlad issue #6); use the original release file or a struct-ified copy"
+            f"{where}: {fields.get('__class__') or VLAD} has no weights. The file was probably re-saved by MATLAB "
+            f"without the NetVLAD classes on the path (netvlad issue #6); use the original release file or a "
+            f"struct-ified copy"
         )
     return {}  # K, D and vladDim follow from the weights
 
 
 def _vlad_fields(layer: LayerSpec) -> dict:
     d, k = layer.params["D"], layer.params["K"]
-    return {"type": mat.string("custom"), "name": mat.string(layer.name), "K": mat.num(k), "D": mat.num(d),
-            "vladDim": mat.num(d * k), "weights": mat.weights_cell(layer.weights), "momentum": mat.empty(),
-            "learningRate": mat.empty(), "weightDecay": mat.empty(), "precious": mat.false()}
+    return {
+        "type": mat.string("custom"),
+        "name": mat.string(layer.name),
+        "K": mat.num(k),
+        "D": mat.num(d),
+        "vladDim": mat.num(d * k),
+        "weights": mat.weights_cell(layer.weights),
+        "momentum": mat.empty(),
+        "learningRate": mat.empty(),
+        "weightDecay": mat.empty(),
+        "precious": mat.false(),
+    }
 
 
 def _custom_fields(layer: LayerSpec) -> dict:

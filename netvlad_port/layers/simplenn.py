@@ -12,8 +12,20 @@ import torch.nn.functional as F
 from .. import fastpow
 from ..errors import NetFormatError
 from ..matconvnet import mat
-from ..matconvnet.spec import (CONV, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, LayerType, Shape, pad4, pair,
-                               register_layer, window_out)
+from ..matconvnet.spec import (
+    CONV,
+    NORMALIZE,
+    POOL,
+    RELU,
+    WHOLE_L2,
+    LayerSpec,
+    LayerType,
+    Shape,
+    pad4,
+    pair,
+    register_layer,
+    window_out,
+)
 from .base import MatLayer, param, to_numpy
 
 NORMALIZE_MODES = ("exact", "matconvnet-cpu")
@@ -218,29 +230,52 @@ def _head(layer: LayerSpec) -> dict:
 
 register_layer(
     LayerType(
-        CONV, Conv, n_weights=(1, 2), canonical=_conv_canonical, shape=_conv_shape,
-        fields=lambda l: {**_head(l), "weights": mat.weights_cell(l.weights), "pad": mat.num([l.params["pad"]]),
-                          "stride": mat.num([l.params["stride"]]), "dilate": mat.num([l.params["dilate"]]),
-                          "opts": mat.cell([]), "precious": mat.false()},
+        CONV,
+        Conv,
+        n_weights=(1, 2),
+        canonical=_conv_canonical,
+        shape=_conv_shape,
+        fields=lambda l: {
+            **_head(l),
+            "weights": mat.weights_cell(l.weights),
+            "pad": mat.num([l.params["pad"]]),
+            "stride": mat.num([l.params["stride"]]),
+            "dilate": mat.num([l.params["dilate"]]),
+            "opts": mat.cell([]),
+            "precious": mat.false(),
+        },
     )
 )
 register_layer(
     LayerType(
-        RELU, ReLU, canonical=_relu_canonical,
+        RELU,
+        ReLU,
+        canonical=_relu_canonical,
         fields=lambda l: {**_head(l), "leak": mat.num(l.params["leak"]), "precious": mat.false()},
     )
 )
 register_layer(
     LayerType(
-        POOL, Pool, canonical=_pool_canonical, shape=_pool_shape,
-        fields=lambda l: {**_head(l), "method": mat.string(l.params["method"]), "pool": mat.num([l.params["pool"]]),
-                          "stride": mat.num([l.params["stride"]]), "pad": mat.num([l.params["pad"]]),
-                          "opts": mat.cell([]), "precious": mat.false()},
+        POOL,
+        Pool,
+        canonical=_pool_canonical,
+        shape=_pool_shape,
+        fields=lambda l: {
+            **_head(l),
+            "method": mat.string(l.params["method"]),
+            "pool": mat.num([l.params["pool"]]),
+            "stride": mat.num([l.params["stride"]]),
+            "pad": mat.num([l.params["pad"]]),
+            "opts": mat.cell([]),
+            "precious": mat.false(),
+        },
     )
 )
 register_layer(
     LayerType(
-        NORMALIZE, Normalize, canonical=_normalize_canonical,
+        NORMALIZE,
+        Normalize,
+        canonical=_normalize_canonical,
         fields=lambda l: {**_head(l), "param": mat.num([l.params["param"]]), "precious": mat.false()},
     ),
     aliases=("lrn",),  # the older MatConvNet name

@@ -14,10 +14,28 @@
 """
 
 from .base import LOSSES, LossEntry, LossOutput, by_matlab_name, register_loss, tuple_loss
-from .sare import (cauchy_kernel_ind, cauchy_kernel_joint, exp_kernal_ind, exp_kernal_joint, gauss_kernal_ind,
-                   gauss_kernal_joint)
+from .sare import (
+    cauchy_kernel_ind,
+    cauchy_kernel_joint,
+    exp_kernal_ind,
+    exp_kernal_joint,
+    gauss_kernal_ind,
+    gauss_kernal_joint,
+)
 from .triplet import triplet_weakly
 
-__all__ = ["LOSSES", "LossEntry", "LossOutput", "by_matlab_name", "register_loss", "tuple_loss", "gauss_kernal_ind",
-           "gauss_kernal_joint", "cauchy_kernel_ind", "cauchy_kernel_joint", "exp_kernal_ind", "exp_kernal_joint",
-           "triplet_weakly"]
+__all__ = [
+    "LOSSES",
+    "LossEntry",
+    "LossOutput",
+    "by_matlab_name",
+    "register_loss",
+    "tuple_loss",
+    "gauss_kernal_ind",
+    "gauss_kernal_joint",
+    "cauchy_kernel_ind",
+    "cauchy_kernel_joint",
+    "exp_kernal_ind",
+    "exp_kernal_joint",
+    "triplet_weakly",
+]

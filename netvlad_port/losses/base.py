@@ -11,8 +11,9 @@ The trainer back-propagates ``loss`` and divides the batch's summed gradient by 
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from ..registry import Registry
 
@@ -57,8 +58,16 @@ class LossEntry:
 LOSSES: Registry[LossEntry] = Registry("loss", builtins="netvlad_port.losses", key=str.lower)
 
 
-def register_loss(name: str, fn: Callable | None = None, *, matlab: str = "", params: tuple[str, ...] = (),
-                  mining: str = "hardest", graded: bool = False, replace: bool = False):
+def register_loss(
+    name: str,
+    fn: Callable | None = None,
+    *,
+    matlab: str = "",
+    params: tuple[str, ...] = (),
+    mining: str = "hardest",
+    graded: bool = False,
+    replace: bool = False,
+):
     """Register ``fn`` under ``name`` (the ``--loss`` choice); usable as a decorator."""
     if mining not in MINING:
         raise ValueError(f"mining must be one of {MINING}, got {mining!r}")

@@ -8,6 +8,7 @@ exact derivatives of these formulas (GaussJoint as written, with dot products), 
 reproduces them. The batch objective deepIBL's SGD minimises is sum of L_q / number of
 (query, negative) pairs, for the Joint variants too.
 """
+
 from __future__ import annotations
 
 import torch

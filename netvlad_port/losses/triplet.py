@@ -11,8 +11,9 @@ MARGIN = 0.1  # on squared distances
 
 
 @register_loss("triplet", matlab="trainWeakly", params=("margin", "exclude_very_hard"), mining="violators")
-def triplet_weakly(q: Tensor, p: Tensor, negs: Tensor, margin: float = MARGIN,
-                   exclude_very_hard: bool = False) -> LossOutput:
+def triplet_weakly(
+    q: Tensor, p: Tensor, negs: Tensor, margin: float = MARGIN, exclude_very_hard: bool = False
+) -> LossOutput:
     """sum_j max(0, |q-p|^2 + m - |q-n_j|^2) on squared distances. As in the MATLAB code the gradient
     and the pair count come from the violators on these fresh features only (``excludeVeryHard``:
     also without those closer than the positive); the logged value is the hinge over every negative."""

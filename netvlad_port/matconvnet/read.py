@@ -11,6 +11,7 @@ One reader for the three encodings users hold ([docs/formats.md#mat-files](../..
 MatConvNet model files saved with ``-struct`` (``layers`` and ``meta`` as top-level variables,
 e.g. ``imagenet-vgg-verydeep-16.mat``) are read too.
 """
+
 from __future__ import annotations
 
 import os
@@ -73,13 +74,16 @@ def _load_variables(path: Path) -> dict[str, Any]:
         raise NetFormatError(f"{path}: not a readable MAT file ({type(exc).__name__}: {exc})") from None
     wanted = ["net"] if "net" in names else [n for n in ("layers", "meta", "normalization") if n in names]
     if "net" not in names and "layers" not in names:
-        raise NetFormatError(f"{path}: the MAT file has no variable 'net' (nor top-level 'layers'); "
-                             f"it holds: {', '.join(sorted(names)) or 'nothing'}")
+        raise NetFormatError(
+            f"{path}: the MAT file has no variable 'net' (nor top-level 'layers'); "
+            f"it holds: {', '.join(sorted(names)) or 'nothing'}"
+        )
     try:
         data = load_from_mat(str(path), variable_names=wanted)
     except Exception as exc:
-        raise NetFormatError(f"{path}: cannot read MAT file, it may be truncated or corrupt "
-                             f"({type(exc).__name__}: {exc})") from None
+        raise NetFormatError(
+            f"{path}: cannot read MAT file, it may be truncated or corrupt ({type(exc).__name__}: {exc})"
+        ) from None
     return {k: to_python(v) for k, v in data.items() if not k.startswith("__")}
 
 
@@ -155,8 +159,9 @@ def read_net(path: str | os.PathLike, crop_at: str | None = None) -> NetSpec:
     if crop_at:
         hits = [i for i, d in enumerate(layers) if isinstance(d, dict) and d.get("name") == crop_at]
         if len(hits) != 1:
-            raise NetFormatError(f"{path}: layer name '{crop_at}' matches {len(hits)} layers (relja_whichLayer "
-                                 f"needs exactly one)")
+            raise NetFormatError(
+                f"{path}: layer name '{crop_at}' matches {len(hits)} layers (relja_whichLayer needs exactly one)"
+            )
         layers = layers[: hits[0] + 1]
     try:
         spec = NetSpec(layers=[_layer(d, i) for i, d in enumerate(layers)], meta=_meta(variables))

@@ -11,8 +11,9 @@ Facts: [docs/matlab.md#simplenn-struct](../../docs/matlab.md#simplenn-struct).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -12,6 +12,7 @@ Encodings (``encoding=``):
 Each layer's fields come from its registered :class:`~.spec.LayerType` (``vl_simplenn_tidy``'s
 fields and the NetVLAD class properties: [docs/matlab.md#simplenn-struct](../../docs/matlab.md#simplenn-struct)).
 """
+
 from __future__ import annotations
 
 import os
@@ -58,8 +59,9 @@ def net_variable(spec: NetSpec, encoding: str = "struct") -> np.ndarray:
     return struct({"layers": cell(layers), "meta": struct(meta_fields)})
 
 
-def write_net(spec: NetSpec, path: str | os.PathLike, version: str = "v7", encoding: str = "struct",
-              compress: bool = False) -> Path:
+def write_net(
+    spec: NetSpec, path: str | os.PathLike, version: str = "v7", encoding: str = "struct", compress: bool = False
+) -> Path:
     """Write ``net`` to ``path`` atomically. ``version`` is ``"v7"`` (MAT v5 container) or ``"v7.3"``."""
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
@@ -74,6 +76,5 @@ def write_net(spec: NetSpec, path: str | os.PathLike, version: str = "v7", encod
             from matio import save_to_mat
 
             classes = sorted({l.type for l in spec.layers if layer_fields(l)[1]}) if encoding == "saveobj" else []
-            save_to_mat(str(tmp), {"net": net}, version=version, saveobj_classes=classes,
-                        do_compression=compress)
+            save_to_mat(str(tmp), {"net": net}, version=version, saveobj_classes=classes, do_compression=compress)
     return path

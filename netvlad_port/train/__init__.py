@@ -2,6 +2,7 @@
 
 ``options`` (defaults), ``mining`` (tuples), ``trunk`` (frozen layers computed once), ``update``
 (backPropToLayer, the SGD step), ``loop`` (the Trainer), ``checkpoint`` (file I/O)."""
+
 from __future__ import annotations
 
 import os
@@ -11,8 +12,17 @@ from .loop import History, Trainer, pick_best_epoch
 from .options import TrainOptions
 
 
-def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-ind", resume: bool = False,
-          progress: bool = False, log=print, **options) -> Path:
+def train(
+    db_train,
+    db_val,
+    net,
+    out_dir: str | os.PathLike,
+    loss: str = "sare-ind",
+    resume: bool = False,
+    progress: bool = False,
+    log=print,
+    **options,
+) -> Path:
     """Train ``net`` (a NetSpec, .mat or converted folder, normally ``loadNet`` + ``addLayers``) and
     return the final model folder: the best epoch (``pickBestNet``) with ``addPCA`` applied."""
     from .. import load_spec
@@ -30,8 +40,7 @@ def train(db_train, db_val, net, out_dir: str | os.PathLike, loss: str = "sare-i
     if trainer.rank != 0:
         return out_dir / "final"
     plot_epochs(trainer.history, trainer.opts.recall_ns, out_dir / "recall_per_epoch.png")
-    best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else \
-        trainer.epoch - 1
+    best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
     spec = load_converted(out_dir / f"epoch_{best:06d}")
     spec.meta["sessionID"] = f"{spec.meta.get('sessionID', '')}"
     if trainer.opts.pca_dim:
@@ -57,6 +66,17 @@ train_exp_kernal_ind = _named("exp-ind")
 train_exp_kernal_joint = _named("exp-joint")
 train_weakly = _named("triplet")
 
-__all__ = ["Trainer", "TrainOptions", "History", "pick_best_epoch", "train", "train_gauss_kernal_ind",
-           "train_gauss_kernal_joint", "train_cauchy_kernel_ind", "train_cauchy_kernel_joint", "train_exp_kernal_ind",
-           "train_exp_kernal_joint", "train_weakly"]
+__all__ = [
+    "Trainer",
+    "TrainOptions",
+    "History",
+    "pick_best_epoch",
+    "train",
+    "train_gauss_kernal_ind",
+    "train_gauss_kernal_joint",
+    "train_cauchy_kernel_ind",
+    "train_cauchy_kernel_joint",
+    "train_exp_kernal_ind",
+    "train_exp_kernal_joint",
+    "train_weakly",
+]

@@ -14,6 +14,7 @@ Multi-process (torchrun, gloo/nccl): every rank mines every tuple (same RNG stre
 rank r runs tuples r, r + W, ...; gradients and T are summed over ranks before the update, so it
 equals the single-process update. Cache refreshes are split across ranks and gathered.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,10 +27,10 @@ import torch
 import torch.distributed as dist
 
 from ..errors import NetVladPortError
-from ..retrieval import test_from_fn
 from ..layers import matlab_flatten
 from ..losses import LOSSES
 from ..model import SimpleNN
+from ..retrieval import test_from_fn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .mining import mine_tuple, sq_dists
 from .options import TrainOptions
@@ -41,23 +42,30 @@ TRAIN_SEED, TEST_SEED = 42, 43
 
 @dataclass
 class History:
-    batch_loss: list[float] = field(default_factory=list)       # obj.train.loss: mean tuple loss per batch
-    val_recall: dict[int, list[float]] = field(default_factory=dict)   # epoch -> recall@recall_ns
+    batch_loss: list[float] = field(default_factory=list)  # obj.train.loss: mean tuple loss per batch
+    val_recall: dict[int, list[float]] = field(default_factory=dict)  # epoch -> recall@recall_ns
     val_rankloss: dict[int, float] = field(default_factory=dict)
     train_recall: dict[int, list[float]] = field(default_factory=dict)
     pretrain_val_recall: list[float] | None = None
 
     def to_json(self):
-        return {"batch_loss": self.batch_loss, "val_recall": {str(k): v for k, v in self.val_recall.items()},
-                "val_rankloss": {str(k): v for k, v in self.val_rankloss.items()},
-                "train_recall": {str(k): v for k, v in self.train_recall.items()},
-                "pretrain_val_recall": self.pretrain_val_recall}
+        return {
+            "batch_loss": self.batch_loss,
+            "val_recall": {str(k): v for k, v in self.val_recall.items()},
+            "val_rankloss": {str(k): v for k, v in self.val_rankloss.items()},
+            "train_recall": {str(k): v for k, v in self.train_recall.items()},
+            "pretrain_val_recall": self.pretrain_val_recall,
+        }
 
     @classmethod
     def from_json(cls, d):
-        return cls(d["batch_loss"], {int(k): v for k, v in d["val_recall"].items()},
-                   {int(k): v for k, v in d["val_rankloss"].items()},
-                   {int(k): v for k, v in d["train_recall"].items()}, d.get("pretrain_val_recall"))
+        return cls(
+            d["batch_loss"],
+            {int(k): v for k, v in d["val_recall"].items()},
+            {int(k): v for k, v in d["val_rankloss"].items()},
+            {int(k): v for k, v in d["train_recall"].items()},
+            d.get("pretrain_val_recall"),
+        )
 
 
 def _world():
@@ -95,12 +103,21 @@ class Trainer:
         for key, db in (("train", db_train), ("val", db_val)):
             if db is None:
                 continue
-            names = [str(db.db_image(i)) for i in range(db.num_images)] + \
-                    [str(db.q_image(i)) for i in range(db.num_queries)]
-            self.trunks[key] = TrunkCache(self.model, self.first, Path(""), names, mode=opts.trunk_cache,
-                                          fp16=opts.trunk_fp16, batch_size=opts.compute_batch_size,
-                                          device=opts.device, cache_dir=self.out_dir / "trunk_cache",
-                                          progress=self.progress)
+            names = [str(db.db_image(i)) for i in range(db.num_images)] + [
+                str(db.q_image(i)) for i in range(db.num_queries)
+            ]
+            self.trunks[key] = TrunkCache(
+                self.model,
+                self.first,
+                Path(""),
+                names,
+                mode=opts.trunk_cache,
+                fp16=opts.trunk_fp16,
+                batch_size=opts.compute_batch_size,
+                device=opts.device,
+                cache_dir=self.out_dir / "trunk_cache",
+                progress=self.progress,
+            )
         self.timing["trunk"] = time.perf_counter() - t
 
     # --- features ------------------------------------------------------------------------
@@ -168,9 +185,19 @@ class Trainer:
         tuples = []
         violators = self.loss.mining == "violators"
         for iq in query_ids:  # every rank mines every tuple: identical RNG stream and negative cache
-            tup = mine_tuple(self.db_train, int(iq), self.train_feats[n_db + iq], self.train_feats[:n_db],
-                             self.neg_cache, self.rng, o.n_neg_choice, o.n_neg_cap, o.n_neg_cache,
-                             margin=o.margin if violators else None, exclude_very_hard=o.exclude_very_hard)
+            tup = mine_tuple(
+                self.db_train,
+                int(iq),
+                self.train_feats[n_db + iq],
+                self.train_feats[:n_db],
+                self.neg_cache,
+                self.rng,
+                o.n_neg_choice,
+                o.n_neg_cap,
+                o.n_neg_cache,
+                margin=o.margin if violators else None,
+                exclude_very_hard=o.exclude_very_hard,
+            )
             if tup is not None and self.loss.graded:
                 tup.labels = self.db_train.similarity(tup.query, [tup.positive, *tup.negatives])
             tuples.append(tup)
@@ -219,7 +246,9 @@ class Trainer:
 
         if self.opts.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16 if self.opts.precision == "bf16" else torch.float16)
+        return torch.autocast(
+            self.device.type, dtype=torch.bfloat16 if self.opts.precision == "bf16" else torch.float16
+        )
 
     def trunk_input(self, ids) -> torch.Tensor:
         """The frozen layers' output for a tuple's images; with jitterScale / jitterFlip the images
@@ -248,20 +277,35 @@ class Trainer:
     # --- the run ----------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Everything a resume needs besides the weights: (JSON-able state, tensors)."""
-        tensors = {f"momentum.{i}": self.optimizer.state[p]["momentum_buffer"].detach().cpu().numpy()
-                   for i, p in enumerate(self.params) if "momentum_buffer" in self.optimizer.state.get(p, {})}
+        tensors = {
+            f"momentum.{i}": self.optimizer.state[p]["momentum_buffer"].detach().cpu().numpy()
+            for i, p in enumerate(self.params)
+            if "momentum_buffer" in self.optimizer.state.get(p, {})
+        }
         if self.train_feats is not None:
             tensors["train_feats"] = self.train_feats
-        state = {"epoch": self.epoch, "batch": self.batch, "lr": self.lr, "comp_freq": self.comp_freq,
-                 "rng": self.rng.bit_generator.state, "neg_cache": [c.tolist() for c in self.neg_cache],
-                 "history": self.history.to_json(), "options": self.opts.to_json(),
-                 "param_dtype": str(self.params[0].dtype) if self.params else "torch.float32"}
+        state = {
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "lr": self.lr,
+            "comp_freq": self.comp_freq,
+            "rng": self.rng.bit_generator.state,
+            "neg_cache": [c.tolist() for c in self.neg_cache],
+            "history": self.history.to_json(),
+            "options": self.opts.to_json(),
+            "param_dtype": str(self.params[0].dtype) if self.params else "torch.float32",
+        }
         return state, tensors
 
     def load_state_dict(self, state: dict, tensors: dict[str, np.ndarray]) -> None:
         if state["param_dtype"] == "torch.float64":
             self.model.double()
-        self.epoch, self.batch, self.lr, self.comp_freq = state["epoch"], state["batch"], state["lr"], state["comp_freq"]
+        self.epoch, self.batch, self.lr, self.comp_freq = (
+            state["epoch"],
+            state["batch"],
+            state["lr"],
+            state["comp_freq"],
+        )
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr
         self.rng.bit_generator.state = state["rng"]
@@ -277,7 +321,7 @@ class Trainer:
             state, tensors = self.state_dict()
             save_checkpoint(self.out_dir / f"checkpoint_{tag}", self.model.to_spec(), state, tensors)
 
-    def run(self, stop_after: int | None = None) -> "Trainer":
+    def run(self, stop_after: int | None = None) -> Trainer:
         """Train until ``n_epoch`` (or until ``stop_after`` more batches have run)."""
         o = self.opts
         n_batches = self.db_train.num_queries // o.batch_size
@@ -308,7 +352,7 @@ class Trainer:
                     return self
                 if b % self.comp_freq == 0 and b != 1 and b != n_batches:
                     self.refresh_train_cache()
-                loss = self.step(order[(b - 1) * o.batch_size: b * o.batch_size])
+                loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
                 if loss is not None:
                     self.history.batch_loss.append(loss)
                 self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss})
@@ -353,8 +397,13 @@ class Trainer:
             self.history.val_recall[e], self.history.val_rankloss[e] = recalls, rank
             self.log(f"epoch {e}: val recall@1/5/10 {self._fmt(recalls)}, rank loss {rank:.4f}")
             ns = list(self.opts.recall_ns)
-            self.event({"epoch": e, **{f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns},
-                        "val_rankloss": rank})
+            self.event(
+                {
+                    "epoch": e,
+                    **{f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns},
+                    "val_rankloss": rank,
+                }
+            )
         self.refresh_train_cache()
         self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
         self.epoch += 1
@@ -366,7 +415,7 @@ class Trainer:
         return " ".join(f"{recalls[ns.index(n)] * 100:.1f}" for n in (1, 5, 10) if n in ns)
 
     @classmethod
-    def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print) -> "Trainer":
+    def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print) -> Trainer:
         spec, state, tensors = load_checkpoint(Path(out_dir) / "checkpoint_latest")
         trainer = cls(spec, db_train, db_val, TrainOptions.from_json(state["options"]), out_dir, progress, log)
         trainer.load_state_dict(state, tensors)

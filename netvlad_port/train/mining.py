@@ -7,6 +7,7 @@ posDistThr; of the ``10 * nNegCap`` nearest candidates the first ``nNegCache`` b
 (regardless of any margin); SARE takes the ``nNegCap`` hardest; the triplet trainer keeps only those
 violating d_n < d_p + margin (none: the query is skipped).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,9 +28,19 @@ def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     return ((x64 - q64[None]) ** 2).sum(1)
 
 
-def mine_tuple(db, iq: int, q_feat: np.ndarray, db_feats: np.ndarray, neg_cache: list, rng: np.random.Generator,
-               n_neg_choice: int = 1000, n_neg_cap: int = 10, n_neg_cache: int = 10,
-               margin: float | None = None, exclude_very_hard: bool = False) -> Tuple | None:
+def mine_tuple(
+    db,
+    iq: int,
+    q_feat: np.ndarray,
+    db_feats: np.ndarray,
+    neg_cache: list,
+    rng: np.random.Generator,
+    n_neg_choice: int = 1000,
+    n_neg_cap: int = 10,
+    n_neg_cache: int = 10,
+    margin: float | None = None,
+    exclude_very_hard: bool = False,
+) -> Tuple | None:
     """One query's tuple, or None (no non-trivial positive; triplet: no violating negative).
     Updates ``neg_cache[iq]``. ``exclude_very_hard`` (trainWeakly): drop negatives closer than the positive."""
     pos = db.nontrivial_pos_q(iq)

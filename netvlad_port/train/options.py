@@ -3,6 +3,7 @@
 
 The network options of the MATLAB trainers (netID, layerName, method) describe the network they
 build; here the network comes built (``netvlad-port cluster``), so they are not options."""
+
 from __future__ import annotations
 
 import math
@@ -15,25 +16,25 @@ MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 
 @dataclass
 class TrainOptions:
-    batch_size: int = 4                    # tuples per SGD step
-    learning_rate: float = 1e-4            # the recipes use 0.001 for Pitts30k (datasets.DATASETS recipe_lr)
-    lr_down_freq: int = 5                  # epochs
+    batch_size: int = 4  # tuples per SGD step
+    learning_rate: float = 1e-4  # the recipes use 0.001 for Pitts30k (datasets.DATASETS recipe_lr)
+    lr_down_freq: int = 5  # epochs
     lr_down_factor: float = 2
     weight_decay: float = WEIGHT_DECAY
     momentum: float = MOMENTUM
-    back_prop_to_layer: str | int = 1      # the README scripts use 'conv5_1'
+    back_prop_to_layer: str | int = 1  # the README scripts use 'conv5_1'
     fix_layers: tuple[str, ...] = ()
     n_neg_choice: int = 1000
     n_neg_cap: int = 10
     n_neg_cache: int = 10
     n_epoch: int = 30
-    margin: float = 0.1                    # triplet margin on squared distances (and the rank loss)
-    exclude_very_hard: bool = False        # trainWeakly only
+    margin: float = 0.1  # triplet margin on squared distances (and the rank loss)
+    exclude_very_hard: bool = False  # trainWeakly only
     jitter_flip: bool = False
     jitter_scale: tuple[float, ...] = ()
     test0: bool = True
-    save_frequency: int = 2000             # queries
-    comp_feats_frequency: int = 1000       # queries
+    save_frequency: int = 2000  # queries
+    comp_feats_frequency: int = 1000  # queries
     compute_batch_size: int = 10
     epoch_test_frequency: int = 1
     n_test_sample: int = 1000
@@ -42,11 +43,11 @@ class TrainOptions:
     start_epoch: int = 1
     # not in MATLAB
     loss: str = "sare-ind"
-    trunk_cache: str = "auto"              # memory | disk | none (recompute the frozen layers, as other ports do)
+    trunk_cache: str = "auto"  # memory | disk | none (recompute the frozen layers, as other ports do)
     trunk_fp16: bool = False
-    precision: str = "fp32"                # bf16 | fp16: autocast for the trainable layers (opt-in)
+    precision: str = "fp32"  # bf16 | fp16: autocast for the trainable layers (opt-in)
     device: str = "cpu"
-    pca_dim: int = 4096                    # addPCA on the best epoch; 0: skip
+    pca_dim: int = 4096  # addPCA on the best epoch; 0: skip
     loss_params: dict = field(default_factory=dict)  # keyword hyperparameters of the loss function
 
     @property
@@ -59,12 +60,15 @@ class TrainOptions:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["recall_ns"], d["fix_layers"], d["jitter_scale"] = list(self.recall_ns), list(self.fix_layers), \
-            list(self.jitter_scale)
+        d["recall_ns"], d["fix_layers"], d["jitter_scale"] = (
+            list(self.recall_ns),
+            list(self.fix_layers),
+            list(self.jitter_scale),
+        )
         return d
 
     @classmethod
-    def from_json(cls, d: dict) -> "TrainOptions":
+    def from_json(cls, d: dict) -> TrainOptions:
         d = {k: v for k, v in d.items() if k not in ("net_id", "layer_name", "method", "extra")}  # older runs
         for k in ("recall_ns", "fix_layers", "jitter_scale"):
             d[k] = tuple(d.get(k, ()))

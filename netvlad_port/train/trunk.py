@@ -6,6 +6,7 @@ memory, or memory-mapped on disk when it does not fit; every cache refresh and e
 runs only the trainable layers (conv5 + VLAD for the recipes: ~11x fewer FLOPs at 480x640).
 ``mode="none"`` recomputes the frozen layers from the images each time, as other ports do.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,19 @@ def _available_bytes() -> int:
 
 
 class TrunkCache:
-    def __init__(self, model, first: int, root: Path, names: list[str], mode: str = "auto", fp16: bool = False,
-                 batch_size: int = 10, device: str = "cpu", cache_dir: str | os.PathLike | None = None,
-                 progress: bool = False):
+    def __init__(
+        self,
+        model,
+        first: int,
+        root: Path,
+        names: list[str],
+        mode: str = "auto",
+        fp16: bool = False,
+        batch_size: int = 10,
+        device: str = "cpu",
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = False,
+    ):
         if mode not in ("auto", "memory", "disk", "none"):
             raise NetVladPortError(f"trunk cache mode must be auto, memory, disk or none, got {mode!r}")
         self.model, self.first, self.root, self.names = model, first, Path(root), list(names)
@@ -40,7 +51,7 @@ class TrunkCache:
         self.mode = mode
         self.dtype = np.float16 if fp16 else np.float32
         self._arrays: dict[tuple, np.ndarray] = {}  # output shape -> array of that shape's images
-        self._where: list[tuple[tuple, int]] = []     # image -> (output shape, row)
+        self._where: list[tuple[tuple, int]] = []  # image -> (output shape, row)
         self.sizes = [image_size(self.root / n) for n in self.names]  # (H, W) of every image
         if mode != "none":
             self._build(batch_size, cache_dir, progress)
@@ -70,7 +81,7 @@ class TrunkCache:
         disk = self.mode == "disk" or (self.mode == "auto" and total > MEMORY_FRACTION * _available_bytes())
         self.mode = "disk" if disk else "memory"
         folder = Path(cache_dir or tempfile.gettempdir())
-        for j, (shape, n) in enumerate(counts.items()):
+        for _j, (shape, n) in enumerate(counts.items()):
             if disk:
                 folder.mkdir(parents=True, exist_ok=True)
                 fd, path = tempfile.mkstemp(prefix="trunk_", suffix=".f32", dir=folder)
@@ -79,9 +90,18 @@ class TrunkCache:
                 os.unlink(path)  # the mapping keeps it alive; nothing is left behind
             else:
                 self._arrays[shape] = np.empty((n,) + shape, self.dtype)
-        for ids, out in iter_descriptors(self.model, self.root, self.names, batches, fail, device=str(self.device),
-                                         forward=self.frozen, progress=progress, desc="frozen trunk",
-                                         channels_last=False):
+        for ids, out in iter_descriptors(
+            self.model,
+            self.root,
+            self.names,
+            batches,
+            fail,
+            device=str(self.device),
+            forward=self.frozen,
+            progress=progress,
+            desc="frozen trunk",
+            channels_last=False,
+        ):
             for i, o in zip(ids, out):
                 shape, row = self._where[i]
                 self._arrays[shape][row] = o
@@ -105,4 +125,4 @@ class TrunkCache:
             by_size.setdefault(hw, []).append(i)
         for ids in by_size.values():
             for k in range(0, len(ids), batch_size):
-                yield ids[k:k + batch_size]
+                yield ids[k : k + batch_size]

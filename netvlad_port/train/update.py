@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -43,7 +43,8 @@ def back_prop_to_layer(model, layer: str | int = 1, fix_layers: Iterable[str] = 
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def deepibl_sgd(params: Sequence[nn.Parameter], lr: float, momentum: float = MOMENTUM,
-                weight_decay: float = WEIGHT_DECAY) -> torch.optim.SGD:
+def deepibl_sgd(
+    params: Sequence[nn.Parameter], lr: float, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY
+) -> torch.optim.SGD:
     """m <- mu m + (G/T + wd W); W <- W - lr m: deepIBL's update with its momentum sign flipped."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=0, nesterov=False, weight_decay=weight_decay)

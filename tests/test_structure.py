@@ -1,0 +1,104 @@
+"""The house rules a maintainer relies on: citations resolve inside the repository, the package has no
+import cycle, and the documented loss list is the registry's."""
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "netvlad_port"
+SOURCES = [
+    *PACKAGE.rglob("*.py"),
+    *(ROOT / "tests").glob("*.py"),
+    *(ROOT / "matlab_ref").glob("*.m"),
+    *(ROOT / "docs").glob("*.md"),
+    *(ROOT / "weights").glob("*.md"),
+    ROOT / "README.md",
+    *(ROOT / "tests" / "data" / "parity").rglob("README.md"),
+]
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_nothing_cites_material_outside_the_repository():
+    outside = re.compile("reference " + "§|peers " + "§|" + r"\.\./" + "shared|" + "shared/" + "spec")
+    hits = [
+        f"{p.relative_to(ROOT)}:{i}"
+        for p in SOURCES
+        if p != Path(__file__)
+        for i, line in enumerate(p.read_text().splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert not hits
+
+
+def test_every_docs_anchor_resolves():
+    anchors = {
+        p.name: {slug(h) for h in re.findall(r"^#+ (.+)$", p.read_text(), re.M)} for p in (ROOT / "docs").glob("*.md")
+    }
+    cited = {
+        (doc, anchor, str(p.relative_to(ROOT)))
+        for p in SOURCES
+        for doc, anchor in re.findall(r"(\w+\.md)#([\w-]+)", p.read_text())
+        if doc in anchors
+    }
+    assert cited, "no citations found: the pattern is broken"
+    missing = sorted(c for c in cited if c[1] not in anchors.get(c[0], ()))
+    assert not missing
+
+
+def _import_graph() -> dict[str, set[str]]:
+    modules = {}
+    for p in PACKAGE.rglob("*.py"):
+        rel = p.relative_to(ROOT).with_suffix("")
+        modules[".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)] = p
+    graph = {m: set() for m in modules}
+    for name, path in modules.items():
+        base = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        for node in ast.walk(ast.parse(path.read_text())):  # function-level imports count too
+            if isinstance(node, ast.ImportFrom):
+                parts = base[: len(base) - node.level + 1] if node.level else []
+                target = ".".join(parts + ([node.module] if node.module else []))
+                for alias in node.names:
+                    child = f"{target}.{alias.name}"
+                    dep = child if child in modules else target
+                    if dep in modules and dep != name:
+                        graph[name].add(dep)
+            elif isinstance(node, ast.Import):
+                graph[name] |= {a.name for a in node.names if a.name in modules and a.name != name}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph = _import_graph()
+    assert len(graph) > 30 and graph["netvlad_port.train.loop"]  # the parser sees the package
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(m):
+        state[m] = 1
+        path.append(m)
+        for dep in sorted(graph[m]):
+            if state.get(dep) == 1:
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(dep) :] + [dep]))
+            if dep not in state:
+                visit(dep)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            visit(m)
+
+
+def test_documented_losses_are_the_registered_ones():
+    from netvlad_port.losses import LOSSES
+
+    readme = (ROOT / "README.md").read_text()
+    listed = re.search(r"Losses \(`--loss`\): (.+?)\.\n", readme, re.S).group(1)
+    assert sorted(re.findall(r"`([\w-]+)`", listed)) == sorted(LOSSES)
