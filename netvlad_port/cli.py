@@ -9,7 +9,6 @@ import click
 
 from . import __version__
 from .errors import NetVladPortError
-from .losses.base import LOSSES
 
 
 def _friendly(fn):
@@ -271,22 +270,36 @@ class RegistryChoice(click.Choice):
     """A choice among a registry's names, read when the command runs (so registered extensions count)."""
 
     def __init__(self, registry):
-        self.registry, self.case_sensitive = registry, False
+        self.registry, self.case_sensitive = registry, False  # a function returning the registry
 
     @property
     def choices(self):
-        return tuple(self.registry)
+        return tuple(self.registry())
 
 
-def _datasets_help() -> str:
-    from .datasets import dataset_names
+def _losses():
+    from .losses import LOSSES
 
-    return dataset_names()
+    return LOSSES
+
+
+class DatasetOption(click.Option):
+    """``--dataset``, whose help lists the registered dataset names when help is shown."""
+
+    def __init__(self, *args, prefix: str = "One of", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.prefix = prefix
+
+    def get_help_record(self, ctx):
+        from .datasets import dataset_names
+
+        self.help = f"{self.prefix}: {dataset_names()}."
+        return super().get_help_record(ctx)
 
 
 @main.command("test")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), required=True)
-@click.option("--dataset", required=True, help=f"One of: {_datasets_help()}.")
+@click.option("--dataset", required=True, cls=DatasetOption)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root (images/, queries/ ...).")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
 @click.option("--dim", type=int, default=None, help="cropToDim: evaluate the first K dimensions.")
@@ -356,7 +369,7 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, mat_ver
 def _dataset_options(fn):
     fn = click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")(fn)
     fn = click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")(fn)
-    fn = click.option("--dataset", required=True, help=f"Training set: {_datasets_help()}.")(fn)
+    fn = click.option("--dataset", required=True, cls=DatasetOption, prefix="Training set")(fn)
     return fn
 
 
@@ -441,7 +454,7 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
 )
 @click.option(
     "--loss",
-    type=RegistryChoice(LOSSES),
+    type=RegistryChoice(_losses),
     default="sare-ind",
     show_default=True,
     help="A registered loss (netvlad_port.losses.LOSSES).",

@@ -42,7 +42,6 @@ def train(
     plot_epochs(trainer.history, trainer.opts.recall_ns, out_dir / "recall_per_epoch.png")
     best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
     spec = load_converted(out_dir / f"epoch_{best:06d}")
-    spec.meta["sessionID"] = f"{spec.meta.get('sessionID', '')}"
     if trainer.opts.pca_dim:
         spec = add_pca(spec, db_train, pca_dim=trainer.opts.pca_dim, device=trainer.opts.device, progress=progress)
     save_converted(spec, out_dir / "final", force=True)
