@@ -103,18 +103,21 @@ def test_test_and_search_commands(tiny_world, tmp_path):
     from netvlad_port.datasets import load_synthetic
 
     out = tmp_path / "eval"
-    args = [
-        "test",
-        "--model",
-        str(tiny_world.net),
-        "--dataset",
-        "synthetic-test",
-        "--root",
-        str(tiny_world.data),
-        "--out",
-        str(out),
-        "--quiet",
-    ]
+
+    def test_args(model):
+        return [
+            "test",
+            "--model",
+            str(model),
+            "--dataset",
+            "synthetic-test",
+            "--root",
+            str(tiny_world.data),
+            "--out",
+            str(out),
+        ]
+
+    args = [*test_args(tiny_world.net), "--quiet"]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     results = json.loads((out / "results.json").read_text())
@@ -141,18 +144,5 @@ def test_test_and_search_commands(tiny_world, tmp_path):
     from netvlad_port.matconvnet import write_net
 
     write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "other.mat")
-    res = CliRunner().invoke(
-        main,
-        [
-            "test",
-            "--model",
-            str(tmp_path / "other.mat"),
-            "--dataset",
-            "synthetic-test",
-            "--root",
-            str(tiny_world.data),
-            "--out",
-            str(out),
-        ],
-    )
+    res = CliRunner().invoke(main, test_args(tmp_path / "other.mat"))
     assert res.exit_code == 1 and "features of another model" in res.output

@@ -44,33 +44,16 @@ def contrastive():
     LOSSES.unregister("test-contrastive")
 
 
+def train_args(world, *more):
+    return ["train", "--dataset", "synthetic", "--root", world.data, "--model", world.net, *more]
+
+
 def test_a_registered_loss_trains_through_the_cli(contrastive, tiny_world, tmp_path):
     CALLS.clear()
     out = tmp_path / "run"
+    more = "--loss test-contrastive --loss-param margin=0.7 --epochs 1 --pca-dim 0 --n-neg-choice 20"
     res = run(
-        "train",
-        "--dataset",
-        "synthetic",
-        "--root",
-        tiny_world.data,
-        "--model",
-        tiny_world.net,
-        "--loss",
-        "test-contrastive",
-        "--loss-param",
-        "margin=0.7",
-        "--out",
-        out,
-        "--epochs",
-        "1",
-        "--pca-dim",
-        "0",
-        "--n-neg-choice",
-        "20",
-        "--save-frequency",
-        "8",
-        "--comp-feats-frequency",
-        "8",
+        *train_args(tiny_world, *more.split(), "--save-frequency", "8", "--comp-feats-frequency", "8", "--out", out)
     )
     assert res.exit_code == 0, res.output
     labels, margins = zip(*CALLS)
@@ -83,19 +66,7 @@ def test_a_registered_loss_trains_through_the_cli(contrastive, tiny_world, tmp_p
 
 
 def test_unknown_loss_lists_the_registered_ones(tiny_world, tmp_path):
-    res = run(
-        "train",
-        "--dataset",
-        "synthetic",
-        "--root",
-        tiny_world.data,
-        "--model",
-        tiny_world.net,
-        "--loss",
-        "nope",
-        "--out",
-        tmp_path / "x",
-    )
+    res = run(*train_args(tiny_world, "--loss", "nope", "--out", tmp_path / "x"))
     assert res.exit_code == 2 and "sare-ind" in res.output and "triplet" in res.output
 
 
