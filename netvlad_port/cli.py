@@ -392,10 +392,19 @@ def _dataset_options(fn):
     help="Sample descriptors from 500 random images (the original code uses the first 500).",
 )
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where to keep *_traindescs.mat / *_clst.mat.")
+@click.option(
+    "--rng",
+    type=click.Choice(["matlab", "numpy"]),
+    default="matlab",
+    show_default=True,
+    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True)
 @_friendly
-def cluster(model_path, layer, net_id, dataset, root, spec_dir, method, k, random_images, cache_dir, out_dir, force):
+def cluster(
+    model_path, layer, net_id, dataset, root, spec_dir, method, k, random_images, cache_dir, rng, out_dir, force
+):
     """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
     from . import load_spec
     from .converted import save_converted
@@ -406,7 +415,7 @@ def cluster(model_path, layer, net_id, dataset, root, spec_dir, method, k, rando
         raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
     spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
     db = open_dataset(dataset, root, spec_dir)
-    spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images)
+    spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images, rng=rng)
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
@@ -418,10 +427,17 @@ def cluster(model_path, layer, net_id, dataset, root, spec_dir, method, k, rando
 @click.option("--no-white", is_flag=True, help="PCA without whitening.")
 @click.option("--n-train-cap", type=int, default=10000, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "--rng",
+    type=click.Choice(["matlab", "numpy"]),
+    default="matlab",
+    show_default=True,
+    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
+)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--force", is_flag=True)
 @_friendly
-def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, out_dir, force):
+def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, force):
     """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
     from . import load_spec
     from .converted import save_converted
@@ -432,7 +448,13 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
         raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
     db = open_dataset(dataset, root, spec_dir)
     spec = add_pca(
-        load_spec(model_path), db, pca_dim=pca_dim, do_white=not no_white, n_train_cap=n_train_cap, device=device
+        load_spec(model_path),
+        db,
+        pca_dim=pca_dim,
+        do_white=not no_white,
+        n_train_cap=n_train_cap,
+        device=device,
+        rng=rng,
     )
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
@@ -500,6 +522,13 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
 )
 @click.option("--margin", type=float, default=0.1, show_default=True, help="Triplet margin (squared distances).")
 @click.option("--device", default="cpu", show_default=True)
+@click.option(
+    "--rng",
+    type=click.Choice(["matlab", "numpy"]),
+    default="matlab",
+    show_default=True,
+    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
+)
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest.")
 @_friendly
 def train(
@@ -523,6 +552,7 @@ def train(
     precision,
     margin,
     device,
+    rng,
     resume,
 ):
     """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun."""
@@ -563,6 +593,7 @@ def train(
         precision=precision,
         margin=margin,
         device=device,
+        rng=rng,
     )
     click.echo(f"final model: {final}")
 

@@ -22,6 +22,7 @@ from .errors import NetVladPortError
 from .images import read_image
 from .io_utils import atomic_file
 from .matconvnet.spec import NetSpec
+from .matlab_random import make_rng
 
 N_TRAIN, N_PER_IMAGE, SEED, N_ITER = 50_000, 100, 43, 100
 
@@ -43,16 +44,19 @@ def sample_train_descs(
     seed: int = SEED,
     device: str = "cpu",
     progress: bool = True,
+    rng: str = "matlab",
 ) -> np.ndarray:
-    """D x N local descriptors of the network's output, sampled as ``getClusters`` does."""
+    """D x N local descriptors of the network's output, sampled as ``getClusters`` does:
+    ``rng(43)``, ``randsample(numImages, nIm)``, then ``randsample(H*W, nThis)`` per image
+    (``rng="matlab"``: MATLAB's draws; ``"numpy"``: numpy's)."""
     from tqdm import tqdm
 
     from .model import SimpleNN
 
     model = SimpleNN(spec).eval().to(device)
-    rng = np.random.default_rng(seed)
+    draws = make_rng(rng, seed)
     n_im = min(math.ceil(n_train / n_per_image), db_train.num_images)
-    drawn = rng.choice(db_train.num_images, size=n_im, replace=False)
+    drawn = draws.randsample(db_train.num_images, n_im) - 1  # the original code does not use them
     ids = range(n_im) if first_images else drawn
     chunks, total = [], 0
     with torch.inference_mode():
@@ -63,7 +67,7 @@ def sample_train_descs(
             y = model.run(model.subtract_mean(x))[0]  # D x H x W
             descs = y.permute(0, 2, 1).reshape(y.shape[0], -1).float().cpu().numpy()  # D x (H W), h fastest
             n_this = min(n_per_image, descs.shape[1], n_train - total)
-            chunks.append(descs[:, rng.choice(descs.shape[1], size=n_this, replace=False)])
+            chunks.append(descs[:, draws.randsample(descs.shape[1], n_this) - 1])
             total += n_this
     return np.concatenate(chunks, 1).astype(np.float32)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from .errors import NetVladPortError
 from .matconvnet.spec import CONV, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
+from .matlab_random import make_rng
 
 WHITEN_EPS = 1e-9
 SEED = 43
@@ -52,6 +53,7 @@ def pca_features(
     batch_size: int = 10,
     device: str = "cpu",
     seed: int = SEED,
+    rng: str = "matlab",
     progress: bool = True,
 ) -> np.ndarray:
     """N x D output of the network for the training database (at most ``n_train_cap`` images)."""
@@ -61,7 +63,7 @@ def pca_features(
     model = SimpleNN(spec).eval()
     ids = np.arange(db_train.num_images)
     if len(ids) > n_train_cap:
-        ids = np.sort(np.random.default_rng(seed).choice(len(ids), size=n_train_cap, replace=False))
+        ids = make_rng(rng, seed).randsample(len(ids), n_train_cap) - 1  # rng(43); randsample, in its order
     names = [db_train.db_image_fns[i] for i in ids]
     h, w, c = infer_shapes(spec, image_hw=None)[-1]
     if h is None:

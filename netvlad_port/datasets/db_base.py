@@ -206,23 +206,30 @@ class DbBase:
             keep &= self.db_time_stamp[ids] != self.q_time_stamp[iq]
         return ids[keep]
 
-    def sample_negs(self, utm: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-        """MATLAB ``sampleNegs``: draw round(1.1 n) db images without replacement, keep those
-        beyond posDistThr, accumulate until n are found, then subsample n (docs/matlab.md#positives-and-negatives)."""
-        pos = set(self.get_pos_ids(utm)[0].tolist())
-        if self.num_images - len(pos) <= 0:
-            return np.zeros(0, np.int64)
-        n = min(n, self.num_images - len(pos))
-        negs: set[int] = set()
-        while len(negs) < n:
-            draw = rng.choice(self.num_images, size=min(round(1.1 * n), self.num_images), replace=False)
-            negs.update(int(i) for i in draw if int(i) not in pos)
-        negs_arr = np.array(sorted(negs), np.int64)
-        if len(negs_arr) > n:
-            negs_arr = rng.choice(negs_arr, size=n, replace=False)
-        return negs_arr
+    def sample_negs(self, utm: np.ndarray, n: int, rng) -> np.ndarray:
+        """MATLAB ``sampleNegs`` (0-based ids): draw ``randsample(numImages, round(1.1 n))``, keep
+        those beyond posDistThr, accumulate (``unique``) until n are found, then ``randsample`` n of
+        them (docs/matlab.md#positives-and-negatives). ``rng``: a ``MatlabRandom`` for MATLAB's draws,
+        a ``NumpyRandom`` or numpy ``Generator`` otherwise. Where MATLAB would loop for ever (fewer
+        than n negatives exist) all of them are returned."""
+        from ..matlab_random import as_rng, matlab_round
 
-    def sample_negs_q(self, iq: int, n: int, rng: np.random.Generator) -> np.ndarray:
+        rng = as_rng(rng)
+        pos = self.get_pos_ids(utm)[0]
+        n = min(n, self.num_images - len(pos))
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        negs = np.zeros(0, np.int64)
+        while len(negs) < n:
+            draw = rng.randsample(self.num_images, min(matlab_round(1.1 * n), self.num_images)) - 1
+            new = draw[~np.isin(draw, pos)]
+            if len(new):
+                negs = np.unique(np.concatenate([negs, new]))
+        if len(negs) > n:
+            negs = rng.randsample(negs, n)
+        return negs.astype(np.int64)
+
+    def sample_negs_q(self, iq: int, n: int, rng) -> np.ndarray:
         return self.sample_negs(self.utm_q[:, iq], n, rng)
 
     # --- evaluation hook (nnSearchPostprocess, docs/matlab.md#evaluation) ------------------

@@ -43,7 +43,14 @@ def train(
     best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
     spec = load_converted(out_dir / f"epoch_{best:06d}")
     if trainer.opts.pca_dim:
-        spec = add_pca(spec, db_train, pca_dim=trainer.opts.pca_dim, device=trainer.opts.device, progress=progress)
+        spec = add_pca(
+            spec,
+            db_train,
+            pca_dim=trainer.opts.pca_dim,
+            device=trainer.opts.device,
+            progress=progress,
+            rng=trainer.opts.rng,
+        )
     save_converted(spec, out_dir / "final", force=True)
     log(f"best epoch {best}; final model: {out_dir / 'final'}")
     return out_dir / "final"

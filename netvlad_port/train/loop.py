@@ -29,6 +29,7 @@ import torch.distributed as dist
 from ..errors import NetVladPortError
 from ..layers import matlab_flatten
 from ..losses import LOSSES
+from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
 from ..retrieval import test_from_fn
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -94,7 +95,7 @@ class Trainer:
         self.lr = opts.learning_rate
         self.comp_freq = opts.comp_feats_batch_frequency
         self.neg_cache: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(db_train.num_queries)]
-        self.rng = np.random.default_rng(TRAIN_SEED + self.epoch)
+        self.rng = make_rng(opts.rng, TRAIN_SEED + self.epoch)
         self.history = History()
         self.train_feats: np.ndarray | None = None  # rows: db images, then queries
         self.timing = {"cache_refresh": 0.0, "tuples": 0.0, "trunk": 0.0}
@@ -151,23 +152,30 @@ class Trainer:
         db = self.db_val if key == "val" else self.db_train
         feats = self.all_feats(key) if feats is None else feats
         n_db = db.num_images
-        rng = np.random.default_rng(TEST_SEED)
-        qids = np.sort(rng.choice(db.num_queries, size=min(self.opts.n_test_sample, db.num_queries), replace=False))
+        qids = self.test_sample(db.num_queries, self.opts.n_test_sample)
         res = test_from_fn(db, feats[:n_db], feats[n_db:][qids], recall_ns=self.opts.recall_ns, query_ids=qids)
         return res.recalls, self.rank_loss(db, feats[:n_db], feats[n_db:])
 
+    def test_sample(self, n_queries: int, n_sample: int) -> np.ndarray:
+        """``rng(43); randsample(nQueries, nSample)`` (0-based) when there are more queries, else all
+        (``recallAtN``, ``testCoreRank``)."""
+        if n_sample >= n_queries:
+            return np.arange(n_queries)
+        return make_rng(self.opts.rng, TEST_SEED).randsample(n_queries, n_sample) - 1
+
     def rank_loss(self, db, db_feats, q_feats) -> float:
-        """testCoreRank: mean over queries of mean over 1000 random negatives of
-        max(0, min positive d^2 + margin - d^2_neg) (a diagnostic)."""
-        rng = np.random.default_rng(TEST_SEED)
-        qids = rng.choice(db.num_queries, size=min(self.opts.n_test_rank_sample, db.num_queries), replace=False)
+        """``testCoreRank``, a diagnostic: over ``nTestRankSample`` queries with a non-trivial
+        positive, the mean over ``nNegChoice`` random negatives of max(0, d^2_pos + margin - d^2_neg),
+        d^2_pos the nearest non-trivial positive; the negatives drawn after a second ``rng(43)``."""
+        qids = self.test_sample(db.num_queries, self.opts.n_test_rank_sample)
+        rng = make_rng(self.opts.rng, TEST_SEED)
         vals = []
         for iq in qids:
-            pos = db.pos_q(iq)
+            pos = db.nontrivial_pos_q(iq)
             if len(pos) == 0:
                 continue
+            negs = db.sample_negs_q(iq, self.opts.n_neg_choice, rng)
             d_p = sq_dists(q_feats[iq], db_feats[pos]).min()
-            negs = db.sample_negs_q(iq, 1000, rng)
             if len(negs):
                 vals.append(np.maximum(0, d_p + self.opts.margin - sq_dists(q_feats[iq], db_feats[negs])).mean())
         return float(np.mean(vals)) if vals else float("nan")
@@ -198,8 +206,10 @@ class Trainer:
                 margin=o.margin if violators else None,
                 exclude_very_hard=o.exclude_very_hard,
             )
-            if tup is not None and self.loss.graded:
-                tup.labels = self.db_train.similarity(tup.query, [tup.positive, *tup.negatives])
+            if tup is not None:
+                if self.loss.graded:
+                    tup.labels = self.db_train.similarity(tup.query, [tup.positive, *tup.negatives])
+                tup.jitter = self.jitter()  # drawn per tuple after its negatives, as MATLAB does
             tuples.append(tup)
         self.model.train()
         for p in self.params:
@@ -216,7 +226,7 @@ class Trainer:
                 if violators and self.nontrivial(query_ids[k]):
                     loss_sum[1] += 1
                 continue
-            x = self.trunk_input(self.tuple_images(tup))
+            x = self.trunk_input(self.tuple_images(tup), *tup.jitter)
             with self._autocast():
                 out = self.model.run(x, self.first)
             feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
@@ -250,15 +260,20 @@ class Trainer:
             self.device.type, dtype=torch.bfloat16 if self.opts.precision == "bf16" else torch.float16
         )
 
-    def trunk_input(self, ids) -> torch.Tensor:
-        """The frozen layers' output for a tuple's images; with jitterScale / jitterFlip the images
-        are rescaled (shorter side round(s * that of the first db image)) or flipped first."""
+    def jitter(self) -> tuple[int | None, bool]:
+        """jitterScale and jitterFlip draws of one tuple: the shorter side round(s * that of the first
+        db image) for ``s = jitterScale(randsample(numel, 1))``, and a flip when ``rand() > 0.5``."""
         o = self.opts
         shorter = None
         if o.jitter_scale:
             h, w = self.trunks["train"].sizes[0]
-            shorter = round(float(self.rng.choice(list(o.jitter_scale))) * min(h, w))
-        flip = o.jitter_flip and self.rng.random() < 0.5
+            s = o.jitter_scale[int(self.rng.randsample(len(o.jitter_scale), 1)[0]) - 1]
+            shorter = matlab_round(s * min(h, w))
+        flip = bool(o.jitter_flip and self.rng.rand()[0, 0] > 0.5)
+        return shorter, flip
+
+    def trunk_input(self, ids, shorter: int | None = None, flip: bool = False) -> torch.Tensor:
+        """The frozen layers' output for a tuple's images, rescaled or flipped first when jittered."""
         if shorter is None and not flip:
             x = self.trunks["train"].get(ids)
         else:
@@ -289,7 +304,7 @@ class Trainer:
             "batch": self.batch,
             "lr": self.lr,
             "comp_freq": self.comp_freq,
-            "rng": self.rng.bit_generator.state,
+            "rng": self.rng.get_state(),
             "neg_cache": [c.tolist() for c in self.neg_cache],
             "history": self.history.to_json(),
             "options": self.opts.to_json(),
@@ -308,7 +323,7 @@ class Trainer:
         )
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr
-        self.rng.bit_generator.state = state["rng"]
+        self.rng.set_state(state["rng"])
         self.neg_cache = [np.asarray(c, np.int64) for c in state["neg_cache"]]
         self.history = History.from_json(state["history"])
         for i, p in enumerate(self.params):
@@ -335,13 +350,13 @@ class Trainer:
         ran = 0
         while self.epoch <= o.n_epoch:
             e = self.epoch
-            order = np.random.default_rng(TRAIN_SEED + e).permutation(self.db_train.num_queries)
+            order = make_rng(o.rng, TRAIN_SEED + e).randperm(self.db_train.num_queries) - 1
             if self.batch == 1:
-                self.rng = np.random.default_rng(TRAIN_SEED + e)
-                self.rng.permutation(self.db_train.num_queries)  # the stream continues after randperm
+                self.rng = make_rng(o.rng, TRAIN_SEED + e)  # rng(42 + e); trainOrder = randperm(...)
+                self.rng.randperm(self.db_train.num_queries)  # the stream continues after randperm
                 if e != 1 and e % o.lr_down_freq == 1:
                     self.lr /= o.lr_down_factor
-                    self.comp_freq = round(self.comp_freq * o.lr_down_factor)
+                    self.comp_freq = matlab_round(self.comp_freq * o.lr_down_factor)
                 for g in self.optimizer.param_groups:
                     g["lr"] = self.lr
             while self.batch <= n_batches:

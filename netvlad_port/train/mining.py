@@ -21,6 +21,7 @@ class Tuple:
     positive: int
     negatives: np.ndarray
     labels: np.ndarray | None = None  # graded similarity of [positive, *negatives] to the query
+    jitter: tuple = (None, False)  # (shorter side, flip) drawn for this tuple
 
 
 def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -34,7 +35,7 @@ def mine_tuple(
     q_feat: np.ndarray,
     db_feats: np.ndarray,
     neg_cache: list,
-    rng: np.random.Generator,
+    rng,
     n_neg_choice: int = 1000,
     n_neg_cap: int = 10,
     n_neg_cache: int = 10,

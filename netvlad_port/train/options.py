@@ -43,6 +43,7 @@ class TrainOptions:
     start_epoch: int = 1
     # not in MATLAB
     loss: str = "sare-ind"
+    rng: str = "matlab"  # MATLAB's generator and calls (docs/matlab.md#random-numbers), or "numpy"
     trunk_cache: str = "auto"  # memory | disk | none (recompute the frozen layers, as other ports do)
     trunk_fp16: bool = False
     precision: str = "fp32"  # bf16 | fp16: autocast for the trainable layers (opt-in)
