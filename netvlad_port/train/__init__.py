@@ -52,8 +52,29 @@ def train(
             rng=trainer.opts.rng,
         )
     save_converted(spec, out_dir / "final", force=True)
+    write_summary(trainer, best, out_dir / "summary.json")
     log(f"best epoch {best}; final model: {out_dir / 'final'}")
     return out_dir / "final"
+
+
+def write_summary(trainer: Trainer, best: int, path: Path) -> None:
+    """``summary.json``: the best epoch (``getBestEpoch``) and the validation recalls per epoch."""
+    import json
+
+    from ..io_utils import atomic_file
+
+    h = trainer.history
+    summary = {
+        "best_epoch": best,
+        "recall_ns": list(trainer.opts.recall_ns),
+        "pretrain_val_recall": h.pretrain_val_recall,
+        "val_recall": {str(e): r for e, r in sorted(h.val_recall.items())},
+        "val_rankloss": {str(e): r for e, r in sorted(h.val_rankloss.items())},
+        "best_val_recall": h.val_recall.get(best),
+        "final": "final",
+    }
+    with atomic_file(path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 def _named(loss: str):
