@@ -60,6 +60,7 @@ def config_of(spec: NetSpec, source: dict | None = None) -> dict:
                 "type": l.type,
                 "params": {k: _jsonable(v) for k, v in l.params.items()},
                 "weights": [list(np.shape(x)) for x in l.weights],
+                **({"multipliers": l.multipliers} if l.multipliers else {}),
             }
             for l in spec.layers
         ],
@@ -127,7 +128,9 @@ def load_converted(folder: str | os.PathLike) -> NetSpec:
                     f"{w_path}: tensor {key} of layer {i + 1} ('{entry['name']}') is missing or not of shape {shape}"
                 )
             ws.append(tensors[key])
-        layers.append(LayerSpec(entry["type"], entry["name"], ws, dict(entry["params"])))
+        layers.append(
+            LayerSpec(entry["type"], entry["name"], ws, dict(entry["params"]), dict(entry.get("multipliers", {})))
+        )
     meta = dict(cfg.get("meta", {}))
     if "meta.averageImage" in tensors:
         meta["averageImage"] = tensors["meta.averageImage"]

@@ -17,7 +17,6 @@ Files that cannot be read stop the run (``on_error="stop"``) or are listed in
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -33,9 +32,9 @@ from .feature_store import h5_names, write_h5_descriptor
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
 from .layers import WHOLE_L2_EPS
+from .precision import precision_mode
 
 FORMATS = ("h5", "bin", "npy")
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
 
 
 @dataclass
@@ -118,24 +117,6 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@contextlib.contextmanager
-def _precision(precision: str, device: torch.device):
-    if precision not in PRECISIONS:
-        raise NetVladPortError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "fp32":
-        yield
-    elif precision == "tf32":
-        old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
-    else:
-        with torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16):
-            yield
-
-
 def infer_format(out: Path, fmt: str | None) -> str:
     fmt = fmt or out.suffix.lower().lstrip(".")
     fmt = {"hdf5": "h5"}.get(fmt, fmt)
@@ -199,7 +180,7 @@ def iter_descriptors(
     )
     bar = tqdm(total=sum(map(len, batches)), unit="img", disable=not progress, desc=desc, smoothing=0.1)
     try:
-        with torch.inference_mode(), _precision(precision, dev):
+        with torch.inference_mode(), precision_mode(precision, dev):
             for items in loader:
                 ok = [(i, t) for i, t, err in items if err is None]
                 for i, _, err in items:

@@ -35,6 +35,7 @@ class MatLayer(nn.Module):
     def __init__(self, spec: LayerSpec, in_channels: int = 0):
         super().__init__()
         self.name = spec.name
+        self.multipliers = dict(spec.multipliers)  # learningRate / weightDecay multipliers from the file
 
     def weight_params(self) -> list[nn.Parameter]:
         """The trainable tensors in the order of MATLAB's ``weights{j}``."""
@@ -52,7 +53,7 @@ class MatLayer(nn.Module):
         return {}
 
     def to_spec(self) -> LayerSpec:
-        return LayerSpec(self.matlab_type, self.name, self.matlab_weights(), self.params())
+        return LayerSpec(self.matlab_type, self.name, self.matlab_weights(), self.params(), dict(self.multipliers))
 
     def extra_repr(self) -> str:
         return f"'{self.name}'"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NetFormatError
-from .spec import CONV, LAYER_TYPES, LayerSpec, NetSpec, validate
+from .spec import CONV, LAYER_TYPES, TRAINING_MULTIPLIERS, LayerSpec, NetSpec, validate
 
 # Fields that only matter to MATLAB's training loop or memory management.
 _TRAINING_FIELDS = {"type", "name", "weights", "momentum", "learningRate", "weightDecay", "precious", "opts"}
@@ -124,7 +124,8 @@ def _layer(d: Any, index: int) -> LayerSpec:
         params = entry.read({**d, "weights": weights}, where)
     else:
         params = {k: v for k, v in d.items() if k not in _TRAINING_FIELDS and not k.startswith("__")}
-    return LayerSpec(type=t, name=name, weights=weights, params=params)
+    training = {k: [float(x) for x in np.ravel(d[k])] for k in TRAINING_MULTIPLIERS if np.size(d.get(k, [])) > 0}
+    return LayerSpec(type=t, name=name, weights=weights, params=params, multipliers=training)
 
 
 def _meta(variables: dict) -> dict:

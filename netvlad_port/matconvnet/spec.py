@@ -25,6 +25,7 @@ CONV, RELU, POOL, NORMALIZE = "conv", "relu", "pool", "normalize"
 VLAD, VLADV2 = "layerVLAD", "layerVLADv2"
 WHOLE_L2, TOTAL_MAX, TOTAL_AVG = "layerWholeL2Normalize", "layerTotalMaxPool", "layerTotalAvgPool"
 
+TRAINING_MULTIPLIERS = ("learningRate", "weightDecay")  # per weight, read by netPrepareForTrain
 Shape = tuple[int | None, int | None, int]  # (H, W, C) of a layer's output; H, W None: unknown
 
 
@@ -36,6 +37,8 @@ class LayerSpec:
     name: str
     weights: list[np.ndarray] = field(default_factory=list)
     params: dict[str, Any] = field(default_factory=dict)
+    # per-weight training multipliers as MATLAB stores them ("learningRate", "weightDecay"), when present
+    multipliers: dict[str, list[float]] = field(default_factory=dict)
 
     def where(self, index: int) -> str:
         return f"layer {index + 1} ('{self.name}')"
@@ -177,6 +180,9 @@ def canonicalise(layer: LayerSpec, where: str = "", previous: LayerSpec | None =
         )
     if entry.canonical is not None:
         entry.canonical(layer, where, previous)
+    for key, mults in layer.multipliers.items():
+        if len(mults) != len(layer.weights):
+            raise NetFormatError(f"{where}: {key} has {len(mults)} values for {len(layer.weights)} weight arrays")
 
 
 def validate(spec: NetSpec) -> None:

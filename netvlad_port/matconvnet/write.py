@@ -32,7 +32,9 @@ VERSIONS = ("v7", "v7.3")
 def layer_fields(layer: LayerSpec) -> tuple[dict[str, Any], str | None]:
     """MATLAB fields of one layer, and its class name for custom layers (else None)."""
     entry = layer_type(layer.type)
-    return entry.fields(layer), (layer.type if entry.custom else None)
+    fields = entry.fields(layer)
+    fields.update({k: num([v]) for k, v in layer.multipliers.items()})  # 1 x J, as netPrepareForTrain sets them
+    return fields, (layer.type if entry.custom else None)
 
 
 def net_variable(spec: NetSpec, encoding: str = "struct") -> np.ndarray:

@@ -31,12 +31,13 @@ from ..layers import matlab_flatten
 from ..losses import LOSSES
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
+from ..precision import exact_math
 from ..retrieval import test_from_fn
 from .checkpoint import load_checkpoint, save_checkpoint
 from .mining import mine_tuple, sq_dists
 from .options import TrainOptions
 from .trunk import TrunkCache
-from .update import back_prop_to_layer, deepibl_sgd, layer_index
+from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups
 
 TRAIN_SEED, TEST_SEED = 42, 43
 
@@ -85,15 +86,26 @@ class Trainer:
         self.progress, self.log = progress and self.rank == 0, log if self.rank == 0 else (lambda *a, **k: None)
         self._tb = None
         self.loss = LOSSES[opts.loss]
+        if opts.exclude_very_hard and self.loss.mining != "violators":
+            raise NetVladPortError(
+                f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
+                f"so it has no meaning for --loss {opts.loss}"
+            )
+        if opts.precision == "fp32":
+            exact_math(deterministic=True)
         self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
         self.device = torch.device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
-        self.optimizer = deepibl_sgd(self.params, opts.learning_rate, opts.momentum, opts.weight_decay)
+        groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
+        self.optimizer = deepibl_sgd(groups, opts.learning_rate, opts.momentum, opts.weight_decay)
         self.epoch, self.batch = opts.start_epoch, 1
         self.lr = opts.learning_rate
         self.comp_freq = opts.comp_feats_batch_frequency
+        for e in range(2, opts.start_epoch):  # MATLAB replays the schedule of the skipped epochs
+            self.lr_drop(e)
+        self.set_lr()
         self.neg_cache: list[np.ndarray] = [np.zeros(0, np.int64) for _ in range(db_train.num_queries)]
         self.rng = make_rng(opts.rng, TRAIN_SEED + self.epoch)
         self.history = History()
@@ -185,8 +197,9 @@ class Trainer:
         n_db = self.db_train.num_images
         return [n_db + tup.query, tup.positive] + [int(j) for j in tup.negatives]
 
-    def step(self, query_ids) -> float | None:
-        """Mine, forward and backward the batch's tuples; one SGD update. Returns the mean tuple loss."""
+    def step(self, query_ids) -> float:
+        """Mine, forward and backward the batch's tuples; one SGD update. Returns the mean tuple loss
+        (``obj.train.loss``: 0 when no query of the batch has a tuple)."""
         o = self.opts
         t0 = time.perf_counter()
         n_db = self.db_train.num_images
@@ -246,7 +259,7 @@ class Trainer:
                 g.div_(pairs.item())
             self.optimizer.step()
         self.timing["tuples"] += time.perf_counter() - t0
-        return loss_sum[0].item() / loss_sum[1].item() if loss_sum[1].item() else None
+        return loss_sum[0].item() / loss_sum[1].item() if loss_sum[1].item() else 0.0  # MATLAB: 0 if none
 
     def nontrivial(self, iq) -> bool:
         return len(self.db_train.nontrivial_pos_q(int(iq))) > 0
@@ -321,8 +334,7 @@ class Trainer:
             state["lr"],
             state["comp_freq"],
         )
-        for g in self.optimizer.param_groups:
-            g["lr"] = self.lr
+        self.set_lr()
         self.rng.set_state(state["rng"])
         self.neg_cache = [np.asarray(c, np.int64) for c in state["neg_cache"]]
         self.history = History.from_json(state["history"])
@@ -354,11 +366,8 @@ class Trainer:
             if self.batch == 1:
                 self.rng = make_rng(o.rng, TRAIN_SEED + e)  # rng(42 + e); trainOrder = randperm(...)
                 self.rng.randperm(self.db_train.num_queries)  # the stream continues after randperm
-                if e != 1 and e % o.lr_down_freq == 1:
-                    self.lr /= o.lr_down_factor
-                    self.comp_freq = matlab_round(self.comp_freq * o.lr_down_factor)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = self.lr
+                self.lr_drop(e)
+                self.set_lr()
             while self.batch <= n_batches:
                 b = self.batch
                 if b % o.save_batch_frequency == 0 and ran:
@@ -368,13 +377,24 @@ class Trainer:
                 if b % self.comp_freq == 0 and b != 1 and b != n_batches:
                     self.refresh_train_cache()
                 loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
-                if loss is not None:
-                    self.history.batch_loss.append(loss)
+                self.history.batch_loss.append(loss)
                 self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss})
                 self.batch += 1
                 ran += 1
             self.end_epoch()
         return self
+
+    def lr_drop(self, e: int) -> None:
+        """At the start of epoch e != 1 with rem(e, lrDownFreq) == 1: lr / lrDownFactor and the cache
+        refresh interval round(interval * lrDownFactor)."""
+        o = self.opts
+        if e != 1 and e % o.lr_down_freq == 1:
+            self.lr /= o.lr_down_factor
+            self.comp_freq = matlab_round(self.comp_freq * o.lr_down_factor)
+
+    def set_lr(self) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr * g.get("lr_mult", 1.0)
 
     def event(self, record: dict) -> None:
         """One line of ``log.jsonl`` (and TensorBoard scalars when tensorboard is installed)."""
@@ -407,7 +427,8 @@ class Trainer:
     def end_epoch(self) -> None:
         e = self.epoch
         self.save_epoch_weights()
-        if self.db_val is not None and e % self.opts.epoch_test_frequency == 0:
+        test_now = e == self.opts.n_epoch or e % self.opts.epoch_test_frequency == 0
+        if self.db_val is not None and test_now:
             recalls, rank = self.evaluate("val")
             self.history.val_recall[e], self.history.val_rankloss[e] = recalls, rank
             self.log(f"epoch {e}: val recall@1/5/10 {self._fmt(recalls)}, rank loss {rank:.4f}")
@@ -420,7 +441,8 @@ class Trainer:
                 }
             )
         self.refresh_train_cache()
-        self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
+        if test_now:
+            self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
         self.epoch += 1
         self.batch = 1
         self.save()

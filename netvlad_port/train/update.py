@@ -43,8 +43,23 @@ def back_prop_to_layer(model, layer: str | int = 1, fix_layers: Iterable[str] = 
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def deepibl_sgd(
-    params: Sequence[nn.Parameter], lr: float, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY
-) -> torch.optim.SGD:
-    """m <- mu m + (G/T + wd W); W <- W - lr m: deepIBL's update with its momentum sign flipped."""
+def param_groups(model, params: Sequence[nn.Parameter], lr: float, weight_decay: float = WEIGHT_DECAY) -> list[dict]:
+    """One SGD group per trained tensor with the layer's ``learningRate(j)`` / ``weightDecay(j)``
+    multipliers from the file, 1 where it has none (``netPrepareForTrain``); ``lr_mult`` is kept for
+    the learning-rate schedule."""
+    trained = {id(p) for p in params}
+    groups = []
+    for layer in model.layers:
+        ws = layer.weight_params()
+        lr_mult = layer.multipliers.get("learningRate", [1.0] * len(ws))
+        wd_mult = layer.multipliers.get("weightDecay", [1.0] * len(ws))
+        for p, lm, wm in zip(ws, lr_mult, wd_mult):
+            if id(p) in trained:
+                groups.append({"params": [p], "lr": lr * lm, "weight_decay": weight_decay * wm, "lr_mult": lm})
+    return groups
+
+
+def deepibl_sgd(params, lr: float, momentum: float = MOMENTUM, weight_decay: float = WEIGHT_DECAY) -> torch.optim.SGD:
+    """m <- mu m + (G/T + wd W); W <- W - lr m: deepIBL's update with its momentum sign flipped.
+    ``params``: tensors, or groups from :func:`param_groups` (their own lr and weight decay)."""
     return torch.optim.SGD(params, lr=lr, momentum=momentum, dampening=0, nesterov=False, weight_decay=weight_decay)
