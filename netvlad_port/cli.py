@@ -460,141 +460,133 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
 
+def _floats(value: str | None) -> tuple[float, ...]:
+    return tuple(float(v) for v in value.split(",") if v.strip()) if value else ()
+
+
+def _ints(value: str | None) -> tuple[int, ...]:
+    return tuple(int(float(v)) for v in _floats(value))
+
+
+def _names(value: str | None) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+# trainWeakly / train*.m options under their MATLAB names in kebab-case -> (TrainOptions field, type, help)
+TRAIN_OPTIONS = {
+    "--batch-size": ("batch_size", int, "batchSize: tuples per SGD step [4]"),
+    "--lr-down-freq": ("lr_down_freq", int, "lrDownFreq: epochs between lr drops [5]"),
+    "--lr-down-factor": ("lr_down_factor", float, "lrDownFactor [2]"),
+    "--weight-decay": ("weight_decay", float, "weightDecay [0.001]"),
+    "--momentum": ("momentum", float, "momentum [0.9]"),
+    "--back-prop-to-layer": ("back_prop_to_layer", str, "backPropToLayer: name or 1-based index [conv5_1]"),
+    "--fix-layers": ("fix_layers", _names, "fixLayers: comma-separated layer names not updated"),
+    "--n-neg-choice": ("n_neg_choice", int, "nNegChoice: random negatives per query [1000]"),
+    "--n-neg-cap": ("n_neg_cap", int, "nNegCap: negatives per tuple [10]"),
+    "--n-neg-cache": ("n_neg_cache", int, "nNegCache: hard negatives remembered per query [10]"),
+    "--margin": ("margin", float, "margin: triplet margin on squared distances, and the rank loss [0.1]"),
+    "--jitter-scale": ("jitter_scale", _floats, "jitterScale: comma-separated scales, one drawn per tuple"),
+    "--save-frequency": ("save_frequency", int, "saveFrequency: queries between checkpoints [2000]"),
+    "--comp-feats-frequency": ("comp_feats_frequency", int, "compFeatsFrequency: queries between refreshes [1000]"),
+    "--compute-batch-size": ("compute_batch_size", int, "computeBatchSize [10]"),
+    "--epoch-test-frequency": ("epoch_test_frequency", int, "epochTestFrequency (the last epoch is always tested) [1]"),
+    "--n-test-sample": ("n_test_sample", int, "nTestSample: validation queries for recall [1000]"),
+    "--n-test-rank-sample": ("n_test_rank_sample", int, "nTestRankSample: queries for the rank loss [5000]"),
+    "--recall-ns": ("recall_ns", _ints, "recallNs: comma-separated N [1:5, 10:5:100]"),
+    "--start-epoch": ("start_epoch", int, "startEpoch: with --model the network of epoch startEpoch-1 [1]"),
+    "--db-checkpoint0": ("db_checkpoint0", str, "dbCheckpoint0: the start network's train db features (.bin)"),
+    "--q-checkpoint0": ("q_checkpoint0", str, "qCheckpoint0: ... train query features (.bin)"),
+    "--db-checkpoint0-val": ("db_checkpoint0_val", str, "dbCheckpoint0val: ... val db features (.bin)"),
+    "--q-checkpoint0-val": ("q_checkpoint0_val", str, "qCheckpoint0val: ... val query features (.bin)"),
+    "--pca-dim": ("pca_dim", int, "addPCA on the best epoch; 0: skip [4096]"),
+    "--trunk-cache": ("trunk_cache", click.Choice(["auto", "memory", "disk", "none"]),
+                      "keep the frozen layers' outputs (auto: memory, else disk); none recomputes them [auto]"),
+    "--precision": ("precision", click.Choice(["fp32", "bf16", "fp16"]), "autocast for the trained layers [fp32]"),
+    "--device": ("device", str, "cpu, cuda, cuda:N [cpu]"),
+    "--rng": ("rng", click.Choice(["matlab", "numpy"]),
+              "random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's [matlab]"),
+}  # fmt: skip
+TRAIN_FLAGS = {  # on/off options
+    "exclude_very_hard": ("--exclude-very-hard", "excludeVeryHard (trainWeakly)"),
+    "jitter_flip": ("--jitter-flip", "jitterFlip: flip a tuple with probability 0.5"),
+    "trunk_fp16": ("--trunk-fp16", "store the frozen layers' outputs in float16 (opt-in, inexact)"),
+}
+
+
+def _train_options(fn):
+    for flag, (field, kind, text) in reversed(TRAIN_OPTIONS.items()):
+        if isinstance(kind, (type, click.ParamType)):
+            fn = click.option(flag, field, type=kind, default=None, help=text + ".")(fn)
+        else:  # a list given comma-separated
+
+            def parse(ctx, param, value, convert=kind):
+                return None if value is None else convert(value)
+
+            fn = click.option(flag, field, type=str, default=None, callback=parse, help=text + ".")(fn)
+    for field, (flag, text) in TRAIN_FLAGS.items():
+        fn = click.option(flag, field, is_flag=True, default=None, help=text + ".")(fn)
+    return click.option("--test0/--no-test0", "test0", default=None, help="test0: evaluate the start network [on].")(fn)
+
+
 @main.command()
-@click.option(
-    "--dataset",
-    required=True,
-    help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, synthetic, or one you registered.",
-)
+@click.option("--dataset", help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, synthetic, or one "
+              "you registered.")  # fmt: skip
+@click.option("--train-spec", type=click.Path(path_type=Path), help="Train on this dbStruct .mat (with --val-spec).")
+@click.option("--val-spec", type=click.Path(path_type=Path), help="Validate on this dbStruct .mat.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    help="The off-the-shelf network (netvlad-port cluster's output); not needed with --resume.",
-)
-@click.option(
-    "--loss",
-    type=RegistryChoice(_losses),
-    default="sare-ind",
-    show_default=True,
-    help="A registered loss (netvlad_port.losses.LOSSES).",
-)
-@click.option(
-    "--loss-param",
-    "loss_params",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.",
-)
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="The start network (netvlad-port cluster's output); not needed with --resume.")  # fmt: skip
+@click.option("--loss", type=RegistryChoice(_losses), default=None, help="A registered loss [sare-ind].")
+@click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
+              help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.")  # fmt: skip
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option(
-    "--lr", type=float, default=None, help="Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001)."
-)
-@click.option("--epochs", type=int, default=30, show_default=True)
-@click.option("--back-prop-to-layer", default="conv5_1", show_default=True)
-@click.option("--batch-size", type=int, default=4, show_default=True)
-@click.option("--n-neg-choice", type=int, default=1000, show_default=True)
-@click.option("--save-frequency", type=int, default=2000, show_default=True, help="Queries between checkpoints.")
-@click.option(
-    "--comp-feats-frequency",
-    type=int,
-    default=1000,
-    show_default=True,
-    help="Queries between cache refreshes (doubled at each lr drop).",
-)
-@click.option("--pca-dim", type=int, default=4096, show_default=True, help="addPCA on the best epoch; 0: skip.")
-@click.option(
-    "--trunk-cache",
-    type=click.Choice(["auto", "memory", "disk", "none"]),
-    default="auto",
-    show_default=True,
-    help="Keep the frozen layers' outputs (auto: memory, else disk); none recomputes them.",
-)
-@click.option("--trunk-fp16", is_flag=True, help="Store the frozen layers' outputs in float16 (opt-in, inexact).")
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="Autocast for the trainable layers (opt-in).",
-)
-@click.option("--margin", type=float, default=0.1, show_default=True, help="Triplet margin (squared distances).")
-@click.option("--device", default="cpu", show_default=True)
-@click.option(
-    "--rng",
-    type=click.Choice(["matlab", "numpy"]),
-    default="matlab",
-    show_default=True,
-    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
-)
-@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest.")
+@click.option("--lr", "--learning-rate", "learning_rate", type=float, default=None,
+              help="learningRate. Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001).")  # fmt: skip
+@click.option("--epochs", "--n-epoch", "n_epoch", type=int, default=None, help="nEpoch [30].")
+@_train_options
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest (--epochs may extend the run).")
+@click.option("--force", is_flag=True, help="Start again in an OUT that holds a run.")
 @_friendly
 def train(
-    dataset,
-    root,
-    spec_dir,
-    model_path,
-    loss,
-    loss_params,
-    out_dir,
-    lr,
-    epochs,
-    back_prop_to_layer,
-    batch_size,
-    n_neg_choice,
-    save_frequency,
-    comp_feats_frequency,
-    pca_dim,
-    trunk_cache,
-    trunk_fp16,
-    precision,
-    margin,
-    device,
-    rng,
-    resume,
+    dataset, train_spec, val_spec, root, spec_dir, model_path, loss, loss_params, out_dir, resume, force, **options
 ):
-    """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun."""
+    """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun. Every option
+    is the MATLAB option of the same name (see docs/matlab.md#training-options)."""
     import os
 
     import torch.distributed as dist
 
-    from .datasets import training_splits
+    from .datasets import open_dataset, training_splits
     from .train import TrainOptions
     from .train import train as run_training
 
+    options = {k: v for k, v in options.items() if v is not None}
+    if options.get("back_prop_to_layer", "").isdigit():
+        options["back_prop_to_layer"] = int(options["back_prop_to_layer"])
+    if loss_params:
+        options["loss_params"] = _loss_params(loss_params)
+    if loss is not None:
+        options["loss"] = loss
+    if train_spec or val_spec:
+        if not (train_spec and val_spec) or dataset:
+            raise NetVladPortError("--train-spec and --val-spec go together, instead of --dataset")
+        db_train, db_val, recipe_lr = open_dataset(str(train_spec), root), open_dataset(str(val_spec), root), None
+    elif dataset:
+        db_train, db_val, family = training_splits(dataset, root, spec_dir)
+        recipe_lr = family.recipe_lr
+    else:
+        raise NetVladPortError("name the training data: --dataset NAME, or --train-spec A.mat --val-spec B.mat")
+    device = options.get("device", "cpu")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    db_train, db_val, family = training_splits(dataset, root, spec_dir)
-    if not resume and model_path is None:
-        raise NetVladPortError("--model is required (the off-the-shelf network from `netvlad-port cluster`)")
-    bp = int(back_prop_to_layer) if back_prop_to_layer.isdigit() else back_prop_to_layer
-    final = run_training(
-        db_train,
-        db_val,
-        model_path,
-        out_dir,
-        loss=loss,
-        resume=resume,
-        progress=True,
-        log=click.echo,
-        learning_rate=lr or family.recipe_lr or TrainOptions.learning_rate,
-        loss_params=_loss_params(loss_params),
-        n_epoch=epochs,
-        back_prop_to_layer=bp,
-        batch_size=batch_size,
-        n_neg_choice=n_neg_choice,
-        save_frequency=save_frequency,
-        comp_feats_frequency=comp_feats_frequency,
-        pca_dim=pca_dim,
-        trunk_cache=trunk_cache,
-        trunk_fp16=trunk_fp16,
-        precision=precision,
-        margin=margin,
-        device=device,
-        rng=rng,
-    )
+    if not resume:
+        if model_path is None:
+            raise NetVladPortError("--model is required (the start network, e.g. from `netvlad-port cluster`)")
+        options.setdefault("learning_rate", recipe_lr or TrainOptions.learning_rate)
+        options.setdefault("back_prop_to_layer", "conv5_1")  # the README scripts' choice
+    final = run_training(db_train, db_val, model_path, out_dir, resume=resume, force=force, progress=True,
+                         log=click.echo, **options)  # fmt: skip
     click.echo(f"final model: {final}")
 
 

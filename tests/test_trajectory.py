@@ -19,10 +19,13 @@ from netvlad_port.train import loop as train_loop
 
 RUN = Path(__file__).parent / "data" / "trajectory" / "gauss_ind_tiny"
 REF = json.loads((RUN / "trajectory.json").read_text())
+FEATURES0 = RUN / "init" / "features0"  # the start network's features as MATLAB computed them
 # trainGaussKernalInd's arguments (options.json), in our names; pickBestNet without addPCA
 OPTIONS = {"learning_rate": 0.001, "n_epoch": 3, "lr_down_freq": 2, "back_prop_to_layer": "conv5_1",
            "n_neg_choice": 12, "comp_feats_frequency": 12, "save_frequency": 12, "compute_batch_size": 10,
-           "n_test_sample": 40, "n_test_rank_sample": 10, "pca_dim": 0, "rng": "matlab"}  # fmt: skip
+           "n_test_sample": 40, "n_test_rank_sample": 10, "pca_dim": 0, "rng": "matlab",
+           **{f"{k}_checkpoint0{v}": str(FEATURES0 / f"synthetic_{s}_vd16_conv5_3_vlad_preL2_intra_{k}.bin")
+              for k in ("db", "q") for v, s in (("", "train"), ("_val", "val"))}}  # fmt: skip
 
 
 def rel(a, b) -> float:

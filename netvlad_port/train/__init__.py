@@ -11,31 +11,45 @@ from pathlib import Path
 from .loop import History, Trainer, pick_best_epoch
 from .options import TrainOptions
 
+RUN_OUTPUTS = ("checkpoint_latest", "final", "log.jsonl", "summary.json", "recall_per_epoch.png", "tensorboard")
+
 
 def train(
     db_train,
     db_val,
     net,
     out_dir: str | os.PathLike,
-    loss: str = "sare-ind",
     resume: bool = False,
+    force: bool = False,
     progress: bool = False,
     log=print,
     **options,
 ) -> Path:
     """Train ``net`` (a NetSpec, .mat or converted folder, normally ``loadNet`` + ``addLayers``) and
-    return the final model folder: the best epoch (``pickBestNet``) with ``addPCA`` applied."""
+    return the final model folder: the best epoch (``pickBestNet``) with ``addPCA`` applied.
+    ``options``: :class:`TrainOptions` fields (``loss="sare-ind"``, ...). ``resume`` continues the
+    run in ``out_dir`` (options given must equal the run's, except ``RESUMABLE`` ones); otherwise an
+    ``out_dir`` holding a run is refused unless ``force``, which removes it first."""
+    import shutil
+
     from .. import load_spec
     from ..converted import load_converted, save_converted
+    from ..errors import NetVladPortError
     from ..pca import add_pca
     from ..plots import plot_epochs
 
     out_dir = Path(out_dir)
     if resume:
-        trainer = Trainer.resume(out_dir, db_train, db_val, progress=progress, log=log)
+        trainer = Trainer.resume(out_dir, db_train, db_val, progress=progress, log=log, **options)
     else:
+        existing = [p for p in out_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("epoch_")]
+        if existing and not force:
+            raise NetVladPortError(f"{out_dir}: holds a training run ({existing[0].name}, ...); use --resume to "
+                                   f"continue it or --force to start again")  # fmt: skip
+        for p in existing:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
         spec = net if hasattr(net, "layers") else load_spec(net)
-        trainer = Trainer(spec, db_train, db_val, TrainOptions(loss=loss, **options), out_dir, progress, log)
+        trainer = Trainer(spec, db_train, db_val, TrainOptions(**options), out_dir, progress, log)
     trainer.run()
     if trainer.rank != 0:
         return out_dir / "final"

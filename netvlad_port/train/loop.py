@@ -154,6 +154,36 @@ class Trainer:
             feats = t.numpy()
         return feats
 
+    def start_feats(self, key: str, db_fn: str, q_fn: str) -> np.ndarray:
+        """The start network's features (``dbCheckpoint0`` / ``qCheckpoint0``): read from MATLAB's
+        float32 .bin files (D x N column-major) when both exist, else computed (and written when
+        named, as MATLAB writes them)."""
+        db = self.db_train if key == "train" else self.db_val
+        paths = [Path(db_fn), Path(q_fn)] if db_fn and q_fn else []
+        if (db_fn or q_fn) and not paths:
+            raise NetVladPortError("dbCheckpoint0 and qCheckpoint0 (and their val pair) go together")
+        if paths and all(p.is_file() for p in paths):
+            dim = self.model.output_dim
+            parts = []
+            for path, n in zip(paths, (db.num_images, db.num_queries)):
+                flat = np.fromfile(path, np.float32)
+                if flat.size != n * dim:
+                    raise NetVladPortError(f"{path}: {flat.size} values; expected {n} images x {dim} dimensions")
+                parts.append(flat.reshape(n, dim))
+            return np.concatenate(parts)
+        if key == "train":
+            self.refresh_train_cache()
+            feats = self.train_feats
+        else:
+            feats = self.all_feats(key)
+        if paths and self.rank == 0:
+            from ..io_utils import atomic_file
+
+            for path, rows in zip(paths, (feats[: db.num_images], feats[db.num_images :])):
+                with atomic_file(path) as tmp:
+                    np.ascontiguousarray(rows, np.float32).tofile(tmp)
+        return feats
+
     def refresh_train_cache(self) -> None:
         t = time.perf_counter()
         self.train_feats = self.all_feats("train")
@@ -356,9 +386,10 @@ class Trainer:
             raise NetVladPortError(f"{self.db_train.name}: fewer queries ({self.db_train.num_queries}) than one batch")
         if self.train_feats is None:
             if o.test0 and self.db_val is not None and self.history.pretrain_val_recall is None:
-                self.history.pretrain_val_recall = self.evaluate("val")[0]
+                feats = self.start_feats("val", o.db_checkpoint0_val, o.q_checkpoint0_val)
+                self.history.pretrain_val_recall = self.evaluate("val", feats)[0]
                 self.log(f"off-the-shelf val recall@1/5/10: {self._fmt(self.history.pretrain_val_recall)}")
-            self.refresh_train_cache()
+            self.train_feats = self.start_feats("train", o.db_checkpoint0, o.q_checkpoint0)
         ran = 0
         while self.epoch <= o.n_epoch:
             e = self.epoch
@@ -452,9 +483,14 @@ class Trainer:
         return " ".join(f"{recalls[ns.index(n)] * 100:.1f}" for n in (1, 5, 10) if n in ns)
 
     @classmethod
-    def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print) -> Trainer:
-        spec, state, tensors = load_checkpoint(Path(out_dir) / "checkpoint_latest")
-        trainer = cls(spec, db_train, db_val, TrainOptions.from_json(state["options"]), out_dir, progress, log)
+    def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print, **changes) -> Trainer:
+        """The run in ``out_dir`` at its last checkpoint; ``changes``: options given again (only
+        ``RESUMABLE`` ones may differ)."""
+        folder = Path(out_dir) / "checkpoint_latest"
+        spec, state, tensors = load_checkpoint(folder)
+        opts = TrainOptions.from_json(state["options"]).with_changes(changes, str(out_dir))
+        state["options"] = opts.to_json()
+        trainer = cls(spec, db_train, db_val, opts, out_dir, progress, log)
         trainer.load_state_dict(state, tensors)
         return trainer
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
+from ..errors import NetVladPortError
 from ..retrieval import RECALL_NS
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
+# options that may change on --resume (they do not change the numbers of the epochs already run)
+RESUMABLE = ("n_epoch", "device", "trunk_cache", "pca_dim")
 
 
 @dataclass
@@ -49,6 +52,11 @@ class TrainOptions:
     precision: str = "fp32"  # bf16 | fp16: autocast for the trainable layers (opt-in)
     device: str = "cpu"
     pca_dim: int = 4096  # addPCA on the best epoch; 0: skip
+    # the start network's features (MATLAB's dbCheckpoint0 ...: float32 .bin); computed and written when absent
+    db_checkpoint0: str = ""
+    q_checkpoint0: str = ""
+    db_checkpoint0_val: str = ""
+    q_checkpoint0_val: str = ""
     loss_params: dict = field(default_factory=dict)  # keyword hyperparameters of the loss function
 
     @property
@@ -67,6 +75,26 @@ class TrainOptions:
             list(self.jitter_scale),
         )
         return d
+
+    def with_changes(self, changes: dict, where: str) -> TrainOptions:
+        """These options with ``changes`` for a resume: RESUMABLE ones are applied, any other that
+        differs is refused with the list of differences."""
+        current, diffs = self.to_json(), []
+        for k, v in changes.items():
+            if k not in current:
+                raise NetVladPortError(f"unknown training option {k!r}")
+            new = list(v) if isinstance(v, (tuple, list)) else v
+            if new != current[k]:
+                if k in RESUMABLE:
+                    current[k] = new
+                else:
+                    diffs.append(f"{k} {current[k]!r} -> {new!r}")
+        if diffs:
+            raise NetVladPortError(
+                f"{where}: --resume with options that differ from the run's: {'; '.join(diffs)} (only "
+                f"{', '.join(RESUMABLE)} may change; start a new run with --force to change the others)"
+            )
+        return TrainOptions.from_json(current)
 
     @classmethod
     def from_json(cls, d: dict) -> TrainOptions:
