@@ -70,8 +70,10 @@ def open_dataset(name: str, root: str | os.PathLike | None = None, spec_dir: str
 
     root = Path(root or ".")
     path = Path(name)
-    if path.suffix == ".mat":
-        return DbBase(path.stem, root, root, load_db_struct(path), str(path))
+    if path.suffix == ".mat":  # image names relative to root, or to root/images and root/queries (Pitts layout)
+        db_path, q_path = ((root / "images", root / "queries") if (root / "images").is_dir() and
+                           (root / "queries").is_dir() else (root, root))  # fmt: skip
+        return DbBase(path.stem, db_path, q_path, load_db_struct(path), str(path))
     try:
         family, split = family_of(name)
     except DatasetError:
