@@ -20,9 +20,9 @@ def _tf32(enabled: bool) -> tuple[bool, bool]:
     return old
 
 
-def exact_math(deterministic: bool = True) -> None:
-    """For the whole process (a training run): no TF32; deterministic cuDNN algorithms."""
-    _tf32(False)
+def exact_math(deterministic: bool = True, tf32: bool = False) -> None:
+    """For the whole process (a training run): no TF32 (unless asked); deterministic cuDNN algorithms."""
+    _tf32(tf32)
     if deterministic:
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False

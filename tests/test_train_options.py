@@ -117,11 +117,31 @@ def test_options_without_meaning_are_refused(world, tmp_path):
     trainer(world, tmp_path, exclude_very_hard=True, loss="triplet")
 
 
-def test_fp32_training_is_exact_on_gpus(world, tmp_path):
+def test_fp32_is_exact_on_gpus_and_tf32_opt_in(world, tmp_path, small_spec, small_images):
+    from netvlad_port.precision import precision_mode
+
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
     trainer(world, tmp_path)
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    trainer(world, tmp_path, precision="tf32")
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    with precision_mode("fp32", torch.device("cpu")):  # extraction's default
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert torch.backends.cudnn.allow_tf32  # restored
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def test_batch_sizes_test0_and_negative_choice(world, tmp_path, monkeypatch):
+    t = trainer(world, tmp_path, batch_size=8, test0=True, compute_batch_size=7, n_neg_choice=5)
+    assert [len(ids) for ids in t.trunks["train"].groups(7)][:2] == [7, 7]
+    seen = []
+    real = type(world.train).sample_negs
+    monkeypatch.setattr(type(world.train), "sample_negs", lambda self, u, n, r: seen.append(n) or real(self, u, n, r))
+    t.run()
+    assert t.history.pretrain_val_recall is not None and len(t.history.batch_loss) == 24 // 8
+    assert set(seen) == {5}
+    assert trainer(world, tmp_path / "b", test0=False).run().history.pretrain_val_recall is None
 
 
 def run_cli(*args):

@@ -91,8 +91,7 @@ class Trainer:
                 f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
                 f"so it has no meaning for --loss {opts.loss}"
             )
-        if opts.precision == "fp32":
-            exact_math(deterministic=True)
+        exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
         self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
         self.device = torch.device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
@@ -297,7 +296,7 @@ class Trainer:
     def _autocast(self):
         import contextlib
 
-        if self.opts.precision == "fp32":
+        if self.opts.precision in ("fp32", "tf32"):
             return contextlib.nullcontext()
         return torch.autocast(
             self.device.type, dtype=torch.bfloat16 if self.opts.precision == "bf16" else torch.float16
