@@ -178,6 +178,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace an output made by another model or with other options.")
 @_friendly
 def extract(
     model_path,
@@ -195,6 +196,7 @@ def extract(
     normalize,
     on_error,
     quiet,
+    force,
 ):
     """Extract descriptors of many images (MATLAB serialAllFeats)."""
     from . import load
@@ -215,6 +217,7 @@ def extract(
         on_error=on_error,
         half=half,
         progress=not quiet,
+        force=force,
     )
     msg = (
         f"{out}: {report.extracted} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s, "
@@ -303,7 +306,12 @@ class DatasetOption(click.Option):
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root (images/, queries/ ...).")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
 @click.option("--dim", type=int, default=None, help="cropToDim: evaluate the first K dimensions.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), help="Default: results/<dataset>.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Default: results/<dataset>/<model tag>, one folder per model.",
+)
 @click.option("--batch-size", type=int, default=10, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resize-queries", type=int, default=None, help="Shorter side of queries (Tokyo 24/7: 640).")
@@ -314,10 +322,12 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
     from . import load
     from .datasets import open_dataset
     from .evaluate import run_evaluation
+    from .feature_store import model_fingerprint
 
     db = open_dataset(dataset, root, spec_dir)
-    out_dir = out_dir or Path("results") / db.name
-    res = run_evaluation(load(model_path), db, out_dir, dim, batch_size, device, resize_queries, quiet)
+    model = load(model_path)
+    out_dir = out_dir or Path("results") / db.name / model_fingerprint(model)[:12]  # one folder per model
+    res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet)
     click.echo(
         f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, counted "
         f"as failures), {res.dim}-D, {res.search}"

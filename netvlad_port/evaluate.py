@@ -9,7 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .extract import serial_all_feats
-from .feature_store import check_model_tag, model_fingerprint, read_h5_descriptors, set_model_tag
+from .feature_store import read_h5_descriptors
 from .io_utils import atomic_file
 from .plots import plot_mosaic, plot_recall
 from .retrieval import Results, test_from_fn
@@ -26,29 +26,15 @@ def dataset_features(
     num_workers: int | None = None,
 ):
     """Database and query descriptors of ``db``, extracted to ``out_dir/{db,q}.h5`` or reused from
-    there (files made by another model are refused)."""
+    there (files made by another model or with other options are refused)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = model_fingerprint(model)
     feats = []
-    for kind, root, names, resize in (
-        ("db", db.db_path, db.db_image_fns, None),
-        ("q", db.q_path, db.q_image_fns, resize_queries),
-    ):
+    for kind, root, names, resize in (("db", db.db_path, db.db_image_fns, None),
+                                      ("q", db.q_path, db.q_image_fns, resize_queries)):  # fmt: skip
         path = out_dir / f"{kind}.h5"
-        check_model_tag(path, tag)
-        serial_all_feats(
-            model,
-            names,
-            path,
-            root=root,
-            batch_size=batch_size,
-            device=device,
-            progress=progress,
-            resize_shorter=resize,
-            num_workers=num_workers,
-        )
-        set_model_tag(path, tag)
+        serial_all_feats(model, names, path, root=root, batch_size=batch_size, device=device, progress=progress,
+                         resize_shorter=resize, num_workers=num_workers)  # fmt: skip
         feats.append(read_h5_descriptors(path, names))
     return feats[0], feats[1]
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .errors import NetVladPortError
-from .feature_store import h5_names, write_h5_descriptor
+from .feature_store import check_tag, descriptor_tag, h5_names, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
 from .layers import WHOLE_L2_EPS
@@ -213,10 +213,12 @@ def serial_all_feats(
     half: bool = False,
     channels_last: bool | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> ExtractReport:
     """MATLAB ``serialAllFeats(net, imPath, imageFns, outFn, 'batchSize', 10)``: descriptors of many
     images to ``out_path``. ``images`` is a folder, a list file, or an iterable of paths (then
-    ``root`` is their common root)."""
+    ``root`` is their common root). The output is tagged with the model and every option that
+    changes descriptors; an existing output with another tag is refused (``force``: replaced)."""
     if on_error not in ("stop", "skip"):
         raise NetVladPortError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     out = Path(out_path)
@@ -226,6 +228,8 @@ def serial_all_feats(
     else:
         base, names = Path(root or "."), [str(n) for n in images]
     report = ExtractReport(out=out, device=str(resolve_device(device)))
+    tag = descriptor_tag(model, dim=dim, resize_shorter=resize_shorter, precision=precision, half=half)
+    check_tag(out, fmt, tag, force)
     todo = list(range(len(names)))
     if fmt == "h5":
         present = h5_names(out)
@@ -246,6 +250,7 @@ def serial_all_feats(
 
         out.parent.mkdir(parents=True, exist_ok=True)
         h5 = h5py.File(out, "a")
+        write_tag(out, fmt, tag, h5)
     start = time.perf_counter()
     try:
         for ids, desc in iter_descriptors(
@@ -285,6 +290,7 @@ def serial_all_feats(
                     np.save(f, arr)
         with atomic_file(names_path(out)) as tmp:
             tmp.write_text("".join(names[i] + "\n" for i in order))
+        write_tag(out, fmt, tag)
     if report.skipped:
         with atomic_file(skipped_path(out)) as tmp:
             tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in report.skipped))

@@ -1,9 +1,10 @@
-"""The feature store: descriptors in hloc's global-descriptor h5 layout, tagged with the model
-that made them ([docs/formats.md#h5](../docs/formats.md#h5)). Shared by ``extract``, ``test`` and
-``search``."""
+"""The feature store: descriptors in hloc's global-descriptor h5 layout (or .bin / .npy), tagged with
+the model and the options that made them ([docs/formats.md#h5](../docs/formats.md#h5)). Shared by
+``extract``, ``test`` and ``search``."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,7 +12,9 @@ import numpy as np
 
 from .errors import NetVladPortError
 
-DESCRIPTOR, IMAGE_SIZE, MODEL_TAG = "global_descriptor", "image_size", "model_sha256"
+DESCRIPTOR, IMAGE_SIZE = "global_descriptor", "image_size"
+TAG = "netvlad_port"  # h5 attribute: the JSON descriptor tag
+MODEL_TAG = "model_sha256"  # the attribute older versions wrote
 
 
 def h5_names(path: Path) -> set[str]:
@@ -62,18 +65,63 @@ def read_h5_descriptors(path: str | os.PathLike, names: list[str]) -> np.ndarray
         return np.stack([np.asarray(f[n][DESCRIPTOR], np.float32) for n in names])
 
 
-def check_model_tag(path: Path, tag: str) -> None:
-    """Refuse an existing h5 written by another model (an untagged file is accepted)."""
+def descriptor_tag(model, **options) -> dict:
+    """What made a descriptor file: the model's fingerprint, its normalize mode and every option that
+    changes descriptors (dim, resize_shorter, precision, half)."""
+    return {"model_sha256": model_fingerprint(model), "normalize": model.normalize_mode, **options}
+
+
+def sidecar_path(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
+
+
+def read_tag(path: Path, fmt: str) -> dict | None:
+    """The tag of an existing output (h5 attribute, or the sidecar JSON of .bin / .npy); None if untagged."""
     import h5py
 
-    if Path(path).exists():
-        with h5py.File(path, "r") as f:
-            if f.attrs.get(MODEL_TAG, tag) != tag:
-                raise NetVladPortError(f"{path}: features of another model; use another --out or delete it")
+    if fmt == "h5":
+        try:
+            with h5py.File(path, "r") as f:
+                if TAG in f.attrs:
+                    return json.loads(f.attrs[TAG])
+                return {"model_sha256": f.attrs[MODEL_TAG]} if MODEL_TAG in f.attrs else None
+        except (OSError, ValueError) as exc:
+            raise NetVladPortError(f"{path}: exists but is not a readable HDF5 file ({exc}); move it away") from None
+    side = sidecar_path(path)
+    try:
+        return json.loads(side.read_text()) if side.is_file() else None
+    except (OSError, ValueError) as exc:
+        raise NetVladPortError(f"{side}: unreadable tag ({exc})") from None
 
 
-def set_model_tag(path: Path, tag: str) -> None:
-    import h5py
+def check_tag(path: Path, fmt: str, tag: dict, force: bool = False) -> None:
+    """Refuse an existing output made by another model or with other options (``force``: delete it)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    old = read_tag(path, fmt)
+    if old == tag:
+        return
+    if force:
+        path.unlink()
+        sidecar_path(path).unlink(missing_ok=True)
+        return
+    if old is None:
+        why = "descriptors without a netvlad-port tag (another tool or an older version)"
+    elif old.get("model_sha256") != tag["model_sha256"]:
+        why = f"features of another model ({old.get('model_sha256', '?')[:12]}, not {tag['model_sha256'][:12]})"
+    else:
+        diff = ", ".join(f"{k} {old.get(k)!r}, not {v!r}" for k, v in tag.items() if old.get(k) != v)
+        why = f"descriptors made with other options ({diff})"
+    raise NetVladPortError(f"{path}: holds {why}; use another output or --force to replace it")
 
-    with h5py.File(path, "a") as f:
-        f.attrs[MODEL_TAG] = tag
+
+def write_tag(path: Path, fmt: str, tag: dict, h5=None) -> None:
+    """Tag an output: an attribute of the open h5, or the sidecar JSON (atomic) of .bin / .npy."""
+    if fmt == "h5":
+        h5.attrs[TAG] = json.dumps(tag, sort_keys=True)
+        return
+    from .io_utils import atomic_file
+
+    with atomic_file(sidecar_path(Path(path))) as tmp:
+        tmp.write_text(json.dumps(tag, sort_keys=True, indent=1) + "\n")

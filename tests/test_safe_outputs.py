@@ -1,0 +1,69 @@
+"""Nothing mixed or lost: outputs are tagged with the model and options that made them, and a
+mismatch is refused (or replaced with --force); `test` keeps one folder per model."""
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from netvlad_port.cli import main
+from netvlad_port.fixtures import make_net
+from netvlad_port.matconvnet import write_net
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    for name, seed in (("a", 1), ("b", 2)):
+        write_net(make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=8, seed=seed), root / f"{name}.mat")
+    images = root / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(images / f"{i}.jpg")
+    return root
+
+
+@pytest.mark.parametrize("suffix", ["h5", "npy", "bin"])
+def test_an_output_of_another_model_or_other_options_is_refused(two_models, tmp_path, suffix):
+    out = tmp_path / f"d.{suffix}"
+    extract = ["extract", "--images", two_models / "images", "--out", out, "--quiet", "--model"]
+    assert run(*extract, two_models / "a.mat").exit_code == 0
+    before = out.read_bytes()
+    other = run(*extract, two_models / "b.mat")
+    assert other.exit_code == 1 and "features of another model" in other.output and str(out) in other.output
+    assert out.read_bytes() == before  # untouched
+    options = run(*extract, two_models / "a.mat", "--dim", "4")
+    assert options.exit_code == 1 and "other options (dim None, not 4)" in options.output
+    again = run(*extract, two_models / "a.mat")
+    assert again.exit_code == 0  # same model and options: reused (h5) or rewritten
+    forced = run(*extract, two_models / "b.mat", "--force")
+    assert forced.exit_code == 0, forced.output
+    if suffix != "h5":
+        tag = json.loads(out.with_name(out.name + ".json").read_text())
+        assert tag["dim"] is None and tag["normalize"] == "exact" and len(tag["model_sha256"]) == 64
+
+
+def test_an_untagged_h5_is_not_mixed_into(two_models, tmp_path):
+    import h5py
+
+    out = tmp_path / "hloc.h5"
+    with h5py.File(out, "w") as f:
+        f.create_group("0.jpg").create_dataset("global_descriptor", data=np.zeros(8, np.float32))
+    res = run("extract", "--model", two_models / "a.mat", "--images", two_models / "images", "--out", out, "--quiet")
+    assert res.exit_code == 1 and "without a netvlad-port tag" in res.output
+
+
+def test_test_keeps_one_folder_per_model(tiny_world, two_models, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for model in (tiny_world.net, two_models / "a.mat"):
+        res = run("test", "--model", model, "--dataset", "synthetic-test", "--root", tiny_world.data, "--quiet")
+        assert res.exit_code == 0, res.output
+    folders = sorted(p.parent.name for p in (tmp_path / "results" / "synthetic_test").glob("*/results.json"))
+    assert len(folders) == 2 and all(len(f) == 12 for f in folders)
