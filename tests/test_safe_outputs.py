@@ -67,3 +67,34 @@ def test_test_keeps_one_folder_per_model(tiny_world, two_models, tmp_path, monke
         assert res.exit_code == 0, res.output
     folders = sorted(p.parent.name for p in (tmp_path / "results" / "synthetic_test").glob("*/results.json"))
     assert len(folders) == 2 and all(len(f) == 12 for f in folders)
+
+
+def test_parity_skips_what_a_dump_does_not_hold(tmp_path):
+    """A genuine dump of a run trained from conv5_1 up stores the large tensors as empty arrays."""
+    import scipy.io
+
+    from helpers import suite
+
+    s = suite("tiny_vlad")
+    ref = scipy.io.loadmat(s.dir / "ref.mat")
+    empty = np.zeros((0, 0))
+    ref["acts"][0, 1] = empty  # conv1's output
+    for name in ("dzdw",):
+        conv1 = ref[name][0, 0]
+        for j in range(conv1.size):
+            conv1.flat[j] = empty
+    sgd = ref["sgd"][0, 0]
+    sgd["weights_after"][0, 0].flat[0] = empty
+    dump = tmp_path / "partial.mat"
+    scipy.io.savemat(dump, {k: v for k, v in ref.items() if not k.startswith("__")})
+    res = run("parity", s.net_path, dump, "--images", s.dir / "images.mat")
+    assert res.exit_code == 0, res.output
+    assert "forward    conv1 " in res.output and "not in dump" in res.output
+    assert "not in the dump, skipped" in res.output and res.output.strip().endswith(" 0 failed")
+    nothing = {k: v for k, v in ref.items() if not k.startswith("__") and k in ("acts", "desc_test")}
+    nothing["acts"] = np.empty((1, ref["acts"].size), dtype=object)
+    nothing["acts"].fill(empty)
+    nothing["desc_test"] = empty
+    scipy.io.savemat(tmp_path / "nothing.mat", nothing)
+    res = run("parity", s.net_path, tmp_path / "nothing.mat", "--images", s.dir / "images.mat")
+    assert res.exit_code == 1 and "nothing checkable" in res.output
