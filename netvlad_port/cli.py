@@ -511,6 +511,7 @@ TRAIN_OPTIONS = {
     "--pca-dim": ("pca_dim", int, "addPCA on the best epoch; 0: skip [4096]"),
     "--trunk-cache": ("trunk_cache", click.Choice(["auto", "memory", "disk", "none"]),
                       "keep the frozen layers' outputs (auto: memory, else disk); none recomputes them [auto]"),
+    "--trunk-dir": ("trunk_dir", str, "where a disk trunk cache goes [OUT/trunk_cache]"),
     "--precision": ("precision", click.Choice(["fp32", "tf32", "bf16", "fp16"]),
                     "fp32 is exact; tf32 (GPU matmuls and convolutions) or bf16/fp16 autocast are opt-in [fp32]"),
     "--device": ("device", str, "cpu, cuda, cuda:N [cpu]"),

@@ -174,3 +174,21 @@ def test_train_on_any_pair_of_spec_files(world, tmp_path):
                   "--epochs", "1", "--pca-dim", "0", "--n-neg-choice", "20", "--no-test0")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert (tmp_path / "final").is_dir()
+
+
+def test_a_trunk_cache_that_does_not_fit_is_refused_with_the_numbers(world, tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from netvlad_port.train import trunk
+
+    monkeypatch.setattr(trunk, "_available_bytes", lambda: 1000)  # RAM: 'auto' goes to disk
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**6, 10**6 - 2000, 2000))
+    need = 64 * 32 * 3 * 4 * 4 / 1e3  # 40 + 24 images, conv5_1's input: 32 channels x 3 x 4, float32
+    with pytest.raises(NetVladPortError, match=rf"64 images need {need:.1f} kB \(disk\).*2\.0 kB free.*--trunk-fp16"):
+        trainer(world, tmp_path, trunk_dir=str(tmp_path / "elsewhere"))
+    assert (tmp_path / "elsewhere").is_dir()
+    with pytest.raises(NetVladPortError, match=r"\(memory\), but the machine has"):
+        trainer(world, tmp_path, trunk_cache="memory")
+    assert trainer(world, tmp_path, trunk_cache="none").trunks["train"].mode == "none"

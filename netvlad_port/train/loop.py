@@ -127,7 +127,7 @@ class Trainer:
                 fp16=opts.trunk_fp16,
                 batch_size=opts.compute_batch_size,
                 device=opts.device,
-                cache_dir=self.out_dir / "trunk_cache",
+                cache_dir=Path(opts.trunk_dir) if opts.trunk_dir else self.out_dir / "trunk_cache",
                 progress=self.progress,
             )
         self.timing["trunk"] = time.perf_counter() - t

@@ -14,7 +14,7 @@ from ..retrieval import RECALL_NS
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 # options that may change on --resume (they do not change the numbers of the epochs already run)
-RESUMABLE = ("n_epoch", "device", "trunk_cache", "pca_dim")
+RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim")
 
 
 @dataclass
@@ -49,6 +49,7 @@ class TrainOptions:
     rng: str = "matlab"  # MATLAB's generator and calls (docs/matlab.md#random-numbers), or "numpy"
     trunk_cache: str = "auto"  # memory | disk | none (recompute the frozen layers, as other ports do)
     trunk_fp16: bool = False
+    trunk_dir: str = ""  # where a disk trunk cache goes (default OUT/trunk_cache)
     precision: str = "fp32"  # bf16 | fp16: autocast for the trainable layers (opt-in)
     device: str = "cpu"
     pca_dim: int = 4096  # addPCA on the best epoch; 0: skip

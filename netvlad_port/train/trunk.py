@@ -10,6 +10,7 @@ runs only the trainable layers (conv5 + VLAD for the recipes: ~11x fewer FLOPs a
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -28,6 +29,13 @@ def _available_bytes() -> int:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 8 << 30
+
+
+def _human(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
 
 
 class TrunkCache:
@@ -78,9 +86,22 @@ class TrunkCache:
             self._where[i] = (shapes[i], counts.get(shapes[i], 0))
             counts[shapes[i]] = counts.get(shapes[i], 0) + 1
         total = sum(n * int(np.prod(s)) for s, n in counts.items()) * np.dtype(self.dtype).itemsize
-        disk = self.mode == "disk" or (self.mode == "auto" and total > MEMORY_FRACTION * _available_bytes())
+        ram = _available_bytes()
+        disk = self.mode == "disk" or (self.mode == "auto" and total > MEMORY_FRACTION * ram)
         self.mode = "disk" if disk else "memory"
         folder = Path(cache_dir or tempfile.gettempdir())
+        if disk:
+            folder.mkdir(parents=True, exist_ok=True)
+            free, where = shutil.disk_usage(folder).free, f"{folder} has"
+        else:
+            free, where = ram, "the machine has"
+        if total > free:
+            n = sum(counts.values())
+            raise NetVladPortError(
+                f"frozen-trunk cache: {n} images need {_human(total)} ({'disk' if disk else 'memory'}), but "
+                f"{where} {_human(free)} free; use --trunk-fp16 (half the size), --trunk-cache none (recompute "
+                f"the frozen layers, slower) or --trunk-dir on a larger disk"
+            )
         for _j, (shape, n) in enumerate(counts.items()):
             if disk:
                 folder.mkdir(parents=True, exist_ok=True)
