@@ -27,7 +27,11 @@ def load(path: str | os.PathLike, normalize: str = "exact", device: str | None =
     from .model import SimpleNN
 
     model = SimpleNN(load_spec(path), normalize=normalize).eval()
-    return model.to(device) if device else model
+    if device is None:
+        return model
+    from .devices import resolve_device
+
+    return model.to(resolve_device(device))
 
 
 __all__ = ["__version__", "load", "load_spec", "NetFormatError", "NetVladPortError"]

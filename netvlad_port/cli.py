@@ -514,7 +514,7 @@ TRAIN_OPTIONS = {
     "--trunk-dir": ("trunk_dir", str, "where a disk trunk cache goes [OUT/trunk_cache]"),
     "--precision": ("precision", click.Choice(["fp32", "tf32", "bf16", "fp16"]),
                     "fp32 is exact; tf32 (GPU matmuls and convolutions) or bf16/fp16 autocast are opt-in [fp32]"),
-    "--device": ("device", str, "cpu, cuda, cuda:N [cpu]"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N [auto]"),
     "--rng": ("rng", click.Choice(["matlab", "numpy"]),
               "random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's [matlab]"),
 }  # fmt: skip
@@ -570,6 +570,7 @@ def train(
     import torch.distributed as dist
 
     from .datasets import open_dataset, training_splits
+    from .devices import resolve_device
     from .train import TrainOptions
     from .train import train as run_training
 
@@ -589,7 +590,8 @@ def train(
         recipe_lr = family.recipe_lr
     else:
         raise NetVladPortError("name the training data: --dataset NAME, or --train-spec A.mat --val-spec B.mat")
-    device = options.get("device", "cpu")
+    options["device"] = str(resolve_device(options.get("device", "auto")))
+    device = options["device"]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if not resume:

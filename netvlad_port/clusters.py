@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import NetVladPortError
 from .images import read_image
 from .io_utils import atomic_file
@@ -53,6 +54,7 @@ def sample_train_descs(
 
     from .model import SimpleNN
 
+    device = resolve_device(device)
     model = SimpleNN(spec).eval().to(device)
     draws = make_rng(rng, seed)
     n_im = min(math.ceil(n_train / n_per_image), db_train.num_images)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import NetVladPortError
 from .feature_store import check_tag, descriptor_tag, h5_names, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
@@ -107,14 +108,6 @@ def _size_batches(sizes: list[tuple[int, int] | None], batch_size: int) -> list[
     for i, s in enumerate(sizes):
         groups.setdefault(s if s is not None else ("bad", i), []).append(i)
     return [idx[k : k + batch_size] for idx in groups.values() for k in range(0, len(idx), batch_size)]
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise NetVladPortError("--device cuda: no CUDA device is available (this torch build or machine has none)")
-    return torch.device(device)
 
 
 def infer_format(out: Path, fmt: str | None) -> str:

@@ -98,3 +98,24 @@ def test_parity_skips_what_a_dump_does_not_hold(tmp_path):
     scipy.io.savemat(tmp_path / "nothing.mat", nothing)
     res = run("parity", s.net_path, tmp_path / "nothing.mat", "--images", s.dir / "images.mat")
     assert res.exit_code == 1 and "nothing checkable" in res.output
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_device_is_checked_the_same_way_everywhere(tiny_world, two_models, tmp_path):
+    extract = [
+        "extract",
+        "--model",
+        two_models / "a.mat",
+        "--images",
+        two_models / "images",
+        "--out",
+        tmp_path / "x.h5",
+    ]
+    train = ["train", "--dataset", "synthetic", "--root", tiny_world.data, "--model", tiny_world.net, "--out", tmp_path]
+    test = ["test", "--model", tiny_world.net, "--dataset", "synthetic-test", "--root", tiny_world.data]
+    for command in (extract, train, test):
+        gpu = run(*command, "--device", "gpu")
+        assert gpu.exit_code == 1 and "--device 'gpu': expected auto, cpu, cuda or cuda:N" in gpu.output, gpu.output
+        cuda = run(*command, "--device", "cuda")
+        assert cuda.exit_code == 1 and "--device cuda: no CUDA device is available" in cuda.output, cuda.output
+    assert not (tmp_path / "x.h5").exists() and not (tmp_path / "log.jsonl").exists()

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..devices import resolve_device
 from ..errors import NetVladPortError
 from ..layers import matlab_flatten
 from ..losses import LOSSES
@@ -93,7 +94,7 @@ class Trainer:
             )
         exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
         self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
-        self.device = torch.device(opts.device)
+        self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)

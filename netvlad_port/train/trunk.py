@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import resolve_device
 from ..errors import NetVladPortError
 from ..extract import iter_descriptors, plan_batches
 from ..images import image_size, read_image
@@ -55,7 +56,7 @@ class TrunkCache:
         if mode not in ("auto", "memory", "disk", "none"):
             raise NetVladPortError(f"trunk cache mode must be auto, memory, disk or none, got {mode!r}")
         self.model, self.first, self.root, self.names = model, first, Path(root), list(names)
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.mode = mode
         self.dtype = np.float16 if fp16 else np.float32
         self._arrays: dict[tuple, np.ndarray] = {}  # output shape -> array of that shape's images
