@@ -337,24 +337,25 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
 
 
 @main.command()
-@click.option("--db", "db_h5", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("--queries", "q_h5", type=click.Path(path_type=Path, exists=True), required=True)
-@click.option("-k", "k", type=int, default=20, show_default=True)
+@click.option("--db", "db_h5", type=click.Path(path_type=Path, exists=True), required=True,
+              help="Database descriptors (hloc h5).")  # fmt: skip
+@click.option("--queries", "q_h5", type=click.Path(path_type=Path, exists=True), required=True,
+              help="Query descriptors (hloc h5; may be the same file).")  # fmt: skip
+@click.option("-k", "--num-matched", "k", type=int, default=20, show_default=True, help="Pairs per query.")
+@click.option("--db-prefix", help="Only database names starting with this.")
+@click.option("--query-prefix", help="Only query names starting with this.")
+@click.option("--db-list", type=click.Path(path_type=Path, exists=True), help="Only the database names listed.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="hloc pairs file: 'query db' lines.")
 @_friendly
-def search(db_h5, q_h5, k, out):
+def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
-    from .feature_store import h5_names, read_h5_descriptors
     from .io_utils import atomic_file
-    from .retrieval import faiss_search
+    from .retrieval import retrieval_pairs
 
-    db_names, q_names = sorted(h5_names(db_h5)), sorted(h5_names(q_h5))
-    if not db_names or not q_names:
-        raise NetVladPortError(f"{db_h5 if not db_names else q_h5}: no global_descriptor datasets")
-    ids, _, where = faiss_search(read_h5_descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names), k)
+    pairs, where = retrieval_pairs(db_h5, q_h5, k, db_prefix, query_prefix, db_list)
     with atomic_file(out) as tmp:
-        tmp.write_text("".join(f"{q} {db_names[j]}\n" for q, row in zip(q_names, ids) for j in row if j >= 0))
-    click.echo(f"{out}: {len(q_names)} queries x {ids.shape[1]} ({where})")
+        tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))
+    click.echo(f"{out}: {len(pairs)} pairs, {len({q for q, _ in pairs})} queries ({where})")
 
 
 @main.command("make-synthetic")

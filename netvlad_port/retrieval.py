@@ -101,3 +101,43 @@ def test_from_fn(
 
 
 test_from_fn.__test__ = False  # not a pytest test
+
+
+def retrieval_pairs(
+    db_h5, q_h5, k: int, db_prefix: str | None = None, query_prefix: str | None = None, db_list=None
+) -> tuple[list[tuple[str, str]], str]:
+    """hloc's ``pairs_from_retrieval``: the k nearest database images of each query, from two feature
+    files (names filtered by prefix, or the database names listed in ``db_list``); a query never
+    retrieves an image of its own name. Returns ((query, db) pairs, search description)."""
+    from pathlib import Path
+
+    from .errors import NetVladPortError
+    from .feature_store import h5_names, read_h5_descriptors, read_tag
+
+    db_names, q_names = sorted(h5_names(db_h5)), sorted(h5_names(q_h5))
+    if db_list is not None:
+        listed = [line.strip() for line in Path(db_list).read_text().splitlines() if line.strip()]
+        missing = sorted(set(listed) - set(db_names))
+        if missing:
+            raise NetVladPortError(
+                f"{db_list}: {len(missing)} names have no descriptor in {db_h5} (first: {missing[0]})"
+            )
+        db_names = listed
+    db_names = [n for n in db_names if not db_prefix or n.startswith(db_prefix)]
+    q_names = [n for n in q_names if not query_prefix or n.startswith(query_prefix)]
+    for path, names in ((db_h5, db_names), (q_h5, q_names)):
+        if not names:
+            raise NetVladPortError(f"{path}: no global_descriptor datasets (after the prefix or list filter)")
+    tags = [read_tag(Path(p), "h5") for p in (db_h5, q_h5)]
+    if all(tags) and tags[0]["model_sha256"] != tags[1]["model_sha256"]:
+        raise NetVladPortError(f"{db_h5} and {q_h5}: descriptors of different models")
+    db, q = read_h5_descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names)
+    if db.shape[1] != q.shape[1]:
+        raise NetVladPortError(f"{db_h5} has {db.shape[1]}-D descriptors but {q_h5} {q.shape[1]}-D")
+    overlap = bool(set(db_names) & set(q_names))
+    ids, _, where = faiss_search(db, q, k + overlap)
+    pairs = []
+    for qn, row in zip(q_names, ids):
+        hits = [db_names[j] for j in row if j >= 0 and db_names[j] != qn]
+        pairs += [(qn, d) for d in hits[:k]]
+    return pairs, where

@@ -119,3 +119,26 @@ def test_device_is_checked_the_same_way_everywhere(tiny_world, two_models, tmp_p
         cuda = run(*command, "--device", "cuda")
         assert cuda.exit_code == 1 and "--device cuda: no CUDA device is available" in cuda.output, cuda.output
     assert not (tmp_path / "x.h5").exists() and not (tmp_path / "log.jsonl").exists()
+
+
+def test_search_checks_its_inputs_and_drops_self_pairs(two_models, tmp_path):
+    images = two_models / "images"
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    assert run("extract", "--model", two_models / "a.mat", "--images", images, "--out", a, "--quiet").exit_code == 0
+    assert run("extract", "--model", two_models / "b.mat", "--images", images, "--out", b, "--quiet").exit_code == 0
+    res = run("search", "--db", a, "--queries", a, "-k", "2", "--out", tmp_path / "self.txt")
+    assert res.exit_code == 0, res.output
+    pairs = [line.split() for line in (tmp_path / "self.txt").read_text().splitlines()]
+    assert len(pairs) == 3 * 2 and all(q != d for q, d in pairs)
+    other = run("search", "--db", a, "--queries", b, "--out", tmp_path / "x.txt")
+    assert other.exit_code == 1 and "different models" in other.output
+    dim = tmp_path / "dim.h5"
+    assert run("extract", "--model", two_models / "a.mat", "--images", images, "--out", dim, "--quiet",
+               "--dim", "4").exit_code == 0  # fmt: skip
+    bad = run("search", "--db", a, "--queries", dim, "--out", tmp_path / "x.txt")
+    assert bad.exit_code == 1 and "8-D descriptors but" in bad.output and "4-D" in bad.output
+    (tmp_path / "list.txt").write_text("0.jpg\n1.jpg\n")
+    res = run("search", "--db", a, "--queries", a, "--db-list", tmp_path / "list.txt", "--query-prefix", "2",
+              "-k", "5", "--out", tmp_path / "listed.txt")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert sorted((tmp_path / "listed.txt").read_text().split()) == sorted(["2.jpg", "0.jpg", "2.jpg", "1.jpg"])
