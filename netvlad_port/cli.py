@@ -110,7 +110,14 @@ def info(model: Path, image_size: str):
 @main.command("export-mat")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True)
-@click.option("--version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True)
+@click.option(
+    "--mat-version",
+    "mat_version",
+    type=click.Choice(["v7", "v7.3"]),
+    default="v7",
+    show_default=True,
+    help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
+)
 @click.option(
     "--encoding",
     type=click.Choice(["struct", "classdef", "saveobj"]),
@@ -364,12 +371,22 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out):
 @click.option("--queries-per-split", type=int, default=60, show_default=True)
 @click.option("--size", default="120x160", show_default=True, help="HxW (Pitts: 480x640).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True)
+@click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
+@click.option(
+    "--mat-version",
+    "mat_version",
+    type=click.Choice(["v7", "v7.3"]),
+    default="v7",
+    show_default=True,
+    help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
+)
 @_friendly
-def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, mat_version):
+def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, mat_version):
     """Write the embedded synthetic place-recognition dataset (train/val/test)."""
     from .datasets.synthetic import SyntheticConfig, make_synthetic
 
+    if out.exists() and any(out.iterdir()) and not force:
+        raise NetVladPortError(f"{out}: folder is not empty (use --force to write into it)")
     cfg = SyntheticConfig(
         db_per_split=db_per_split, queries_per_split=queries_per_split, image_hw=_image_size(size), seed=seed
     )
@@ -420,11 +437,23 @@ def cluster(
     from . import load_spec
     from .converted import save_converted
     from .datasets import open_dataset
+    from .matconvnet.spec import LAYER_TYPES
     from .networks import add_layers, load_net
 
     if out_dir.exists() and not force:
         raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
-    spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
+    try:
+        spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
+    except NetVladPortError as exc:
+        if layer is None and "unsupported layer type" in str(exc):  # an ImageNet model with its classifier
+            raise NetVladPortError(f"{exc}; an ImageNet model? crop it with --layer conv5_3 (loadNet)") from None
+        raise
+    done = [l for l in spec.layers if (t := LAYER_TYPES.get(l.type)) is not None and t.token]
+    if done:
+        raise NetVladPortError(
+            f"{model_path}: already has an aggregation layer ('{done[0].name}', {done[0].type}); cluster starts "
+            f"from a trunk: an ImageNet model with --layer"
+        )
     db = open_dataset(dataset, root, spec_dir)
     spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images, rng=rng)
     save_converted(spec, out_dir, force=force)

@@ -8,6 +8,8 @@ call ``acts``: the input of every layer and the network output, in MATLAB layer 
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
@@ -25,6 +27,7 @@ class SimpleNN(nn.Module):
         self._average_image = spec.meta.get("averageImage")
         self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1), persistent=False)
         self.normalize_mode = normalize
+        self._warned_range = False
 
     @property
     def normalize_mode(self) -> str:
@@ -56,6 +59,11 @@ class SimpleNN(nn.Module):
         """RGB 0..255 minus ``averageImage(1,1,:)``, computed in float32 ([docs/matlab.md#images])."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images as N x 3 x H x W RGB, got shape {tuple(images.shape)}")
+        if not self._warned_range and images.numel() and float(images.max()) <= 1.0:
+            warnings.warn(
+                "the images are in 0..1 (hloc's convention?); the MATLAB networks take RGB in 0..255", stacklevel=3
+            )
+            self._warned_range = True
         x = images.to(device=self.average_rgb.device, dtype=torch.float32) - self.average_rgb.float()
         return x.to(self._dtype())
 

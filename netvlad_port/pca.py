@@ -65,10 +65,7 @@ def pca_features(
     if len(ids) > n_train_cap:
         ids = make_rng(rng, seed).randsample(len(ids), n_train_cap) - 1  # rng(43); randsample, in its order
     names = [db_train.db_image_fns[i] for i in ids]
-    h, w, c = infer_shapes(spec, image_hw=None)[-1]
-    if h is None:
-        raise NetVladPortError("addPCA needs a network whose output size does not depend on the image size")
-    feats = np.empty((len(names), h * w * c), np.float32)
+    feats = np.empty((len(names), output_dim(spec)), np.float32)
 
     def fail(i, msg):
         raise NetVladPortError(msg)
@@ -77,6 +74,14 @@ def pca_features(
     for rows, desc in iter_descriptors(model, db_train.db_path, names, batches, fail, device=device, progress=progress):
         feats[rows] = desc
     return feats
+
+
+def output_dim(spec: NetSpec) -> int:
+    """The descriptor dimension, which addPCA needs independent of the image size."""
+    h, w, c = infer_shapes(spec, image_hw=None)[-1]
+    if h is None:
+        raise NetVladPortError("addPCA needs a network whose output size does not depend on the image size")
+    return h * w * c
 
 
 def add_pca(
@@ -93,6 +98,9 @@ def add_pca(
     if features is None:
         if db_train is None:
             raise NetVladPortError("add_pca needs db_train or features")
+        d = output_dim(spec)
+        if pca_dim >= d:  # before extracting up to nTrainCap images
+            raise NetVladPortError(f"pcaDim {pca_dim} must be smaller than the descriptor dimension {d}")
         features = pca_features(spec, db_train, n_train_cap=n_train_cap, **feature_kwargs)
     n, d = features.shape
     if pca_dim >= d:

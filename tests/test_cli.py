@@ -38,7 +38,7 @@ def test_mat_convert_export_read_roundtrip(tmp_path, small_spec, small_images, v
         "finalL2",
     ]
     back = tmp_path / f"back_{encoding}.mat"
-    run("export-mat", out, "-o", back, "--version", version, "--encoding", encoding)
+    run("export-mat", out, "-o", back, "--mat-version", version, "--encoding", encoding)
     assert_same_net(read_net(src), read_net(back))
     with torch.no_grad():
         d = [netvlad_port.load(p)(small_images) for p in (src, out, back)]

@@ -41,7 +41,7 @@ def test_full_size_every_encoding(tmp_path, full, version, encoding):
     back = tmp_path / "back.mat"
     assert (
         runner.invoke(
-            main, ["export-mat", str(conv), "-o", str(back), "--version", version, "--encoding", encoding]
+            main, ["export-mat", str(conv), "-o", str(back), "--mat-version", version, "--encoding", encoding]
         ).exit_code
         == 0
     )

@@ -142,3 +142,43 @@ def test_search_checks_its_inputs_and_drops_self_pairs(two_models, tmp_path):
               "-k", "5", "--out", tmp_path / "listed.txt")  # fmt: skip
     assert res.exit_code == 0, res.output
     assert sorted((tmp_path / "listed.txt").read_text().split()) == sorted(["2.jpg", "0.jpg", "2.jpg", "1.jpg"])
+
+
+def test_small_edges(tiny_world, two_models, tmp_path, small_spec):
+    import warnings
+
+    import torch
+
+    from netvlad_port.model import SimpleNN
+
+    model = SimpleNN(small_spec)
+    with pytest.warns(UserWarning, match="0..1"):
+        model(torch.rand(1, 3, 48, 64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(torch.rand(1, 3, 48, 64))  # once per model
+    # pca: a too large dimension is refused before any image is read
+    res = run("pca", "--model", two_models / "a.mat", "--dataset", "synthetic-train", "--root", tiny_world.data,
+              "--pca-dim", "9999", "--out", tmp_path / "p")  # fmt: skip
+    assert res.exit_code == 1 and "pcaDim 9999 must be smaller than the descriptor dimension 8" in res.output
+    # cluster on a network that already has NetVLAD
+    res = run("cluster", "--model", two_models / "a.mat", "--dataset", "synthetic-train", "--root", tiny_world.data,
+              "--out", tmp_path / "c")  # fmt: skip
+    assert res.exit_code == 1 and "already has an aggregation layer ('vlad:core'" in res.output
+    # make-synthetic does not write into a folder that holds something
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "keep.txt").write_text("x")
+    res = run("make-synthetic", tmp_path / "data", "--db-per-split", "4", "--queries-per-split", "2")
+    assert res.exit_code == 1 and "--force" in res.output
+    res = run("export-mat", two_models / "a.mat", "-o", tmp_path / "x.mat", "--mat-version", "v7.3")
+    assert res.exit_code == 0, res.output
+
+
+def test_cluster_suggests_the_layer_for_an_imagenet_model(tiny_world, tmp_path):
+    from netvlad_port.fixtures import write_imagenet_model
+
+    write_imagenet_model(tmp_path / "imagenet.mat", "vd16", width=1 / 16)
+    res = run("cluster", "--model", tmp_path / "imagenet.mat", "--dataset", "synthetic-train", "--root",
+              tiny_world.data, "--out", tmp_path / "c")  # fmt: skip
+    assert res.exit_code == 1 and "unsupported layer type 'dropout'" in res.output
+    assert "--layer conv5_3" in res.output
