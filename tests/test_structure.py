@@ -102,3 +102,14 @@ def test_documented_losses_are_the_registered_ones():
     readme = (ROOT / "README.md").read_text()
     listed = re.search(r"Losses \(`--loss`\): (.+?)\.\n", readme, re.S).group(1)
     assert sorted(re.findall(r"`([\w-]+)`", listed)) == sorted(LOSSES)
+
+
+def test_no_pickle_anywhere_in_the_package():
+    """Weights and outputs are safetensors / JSON / HDF5; nothing may unpickle untrusted files."""
+    banned = re.compile(
+        r"^\s*(import|from)\s+(c?pickle|dill|joblib)|pickle\.loads?\(|torch\.load\(|(?<![.\w])(eval|exec)\("
+        r"|allow_pickle\s*=\s*True"
+    )
+    hits = [f"{p.relative_to(ROOT)}:{i}" for p in PACKAGE.rglob("*.py")
+            for i, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]  # fmt: skip
+    assert not hits
