@@ -93,6 +93,11 @@ def get_clusters(
     import scipy.io
 
     which = descriptor_name(spec)
+    if any(c in which + db_train.name for c in "/\\") or ".." in which + db_train.name:
+        raise NetVladPortError(
+            f"cache file name {db_train.name}_{which}: the dataset name, meta.netID or the last layer's name holds "
+            f"a path; cache files stay in --cache-dir"
+        )
     desc_fn = clst_fn = None
     if cache_dir:
         cache_dir = Path(cache_dir)

@@ -182,3 +182,40 @@ def test_cluster_suggests_the_layer_for_an_imagenet_model(tiny_world, tmp_path):
               tiny_world.data, "--out", tmp_path / "c")  # fmt: skip
     assert res.exit_code == 1 and "unsupported layer type 'dropout'" in res.output
     assert "--layer conv5_3" in res.output
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("dbImageFns", ["../outside/secret.jpg", "b.jpg", "c.jpg"], "leaves the image folder"),
+        ("qImageFns", ["/etc/passwd"], "leaves the image folder"),
+        ("posDistThr", float("nan"), "posDistThr must be one finite number"),
+        ("posDistThr", -5.0, "posDistThr must be one finite number"),
+        ("nonTrivPosDistSqThr", "ten", "nonTrivPosDistSqThr must be a number"),
+        ("posDistThr", np.zeros(0), "posDistThr must be one finite number"),
+        ("utmDb", np.full((2, 3), np.inf), "utmDb holds NaN or infinite"),
+        ("utmQ", np.ones((2, 1)) * 1j, "complex"),
+    ],
+)
+def test_bad_dataset_specs_are_refused(field, value, message):
+    from netvlad_port.datasets import DatasetError, DbBase
+
+    from helpers import line, spec_fields
+
+    fields = spec_fields(line(0, 10, 40), line(5))
+    fields[field] = value
+    with pytest.raises(DatasetError, match=message):
+        DbBase("t", ".", ".", fields, "spec.mat")
+
+
+def test_cache_files_stay_in_the_cache_dir(tiny_world, tmp_path):
+    from netvlad_port import NetVladPortError
+    from netvlad_port.clusters import get_clusters
+    from netvlad_port.datasets import load_synthetic
+
+    spec = make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None)
+    spec.layers = spec.layers[:-2]  # the trunk + preL2
+    spec.meta["netID"] = "x/../../ESCAPE"
+    with pytest.raises(NetVladPortError, match="cache files stay in --cache-dir"):
+        get_clusters(spec, load_synthetic(tiny_world.data, "train"), k=2, cache_dir=tmp_path / "cache")
+    assert not list(tmp_path.rglob("*.mat"))

@@ -43,8 +43,39 @@ def _names(v) -> list[str]:
     return [str(x) for x in v]
 
 
+def _inside(names: list[str], what: str) -> list[str]:
+    """Refuse image names that leave their root: absolute, or climbing out with '..'."""
+    for n in names:
+        parts = Path(n.replace("\\", "/")).parts
+        depth = 0
+        for part in parts:
+            depth += -1 if part == ".." else (0 if part in (".", "") else 1)
+            if depth < 0:
+                break
+        if Path(n).is_absolute() or n.startswith(("/", "\\")) or depth < 0:
+            raise DatasetError(f"{what}: image name {n!r} leaves the image folder; names must be relative to it")
+    return names
+
+
+def _threshold(v, what: str) -> float:
+    try:
+        x = np.asarray(v, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise DatasetError(f"{what} must be a number, got {v!r}") from None
+    if x.size != 1 or not np.isfinite(x[0]) or x[0] < 0:
+        raise DatasetError(f"{what} must be one finite number >= 0, got {np.asarray(v).ravel().tolist()[:3]}")
+    return float(x[0])
+
+
 def _utm(v, what: str) -> np.ndarray:
-    a = np.asarray(v, np.float64)
+    if np.iscomplexobj(v):
+        raise DatasetError(f"{what} holds complex numbers; expected real UTM coordinates in metres")
+    try:
+        a = np.asarray(v, np.float64)
+    except (TypeError, ValueError):
+        raise DatasetError(f"{what} must be 2 x N numbers") from None
+    if a.size and not np.isfinite(a).all():
+        raise DatasetError(f"{what} holds NaN or infinite coordinates")
     if a.ndim != 2 or 2 not in a.shape:
         raise DatasetError(f"{what} must be 2 x N UTM coordinates, got shape {a.shape}")
     return a if a.shape[0] == 2 else a.T
@@ -127,12 +158,14 @@ class DbBase:
         where = source or name
         try:
             self.which_set = str(db_struct.get("whichSet", ""))
-            self.db_image_fns = _names(db_struct["dbImageFns"])
-            self.q_image_fns = _names(db_struct["qImageFns"])
+            self.db_image_fns = _inside(_names(db_struct["dbImageFns"]), f"{where}: dbImageFns")
+            self.q_image_fns = _inside(_names(db_struct["qImageFns"]), f"{where}: qImageFns")
             self.utm_db = _utm(db_struct["utmDb"], f"{where}: utmDb")
             self.utm_q = _utm(db_struct["utmQ"], f"{where}: utmQ")
-            self.pos_dist_thr = float(np.asarray(db_struct["posDistThr"]).ravel()[0])
-            self.non_triv_pos_dist_sq_thr = float(np.asarray(db_struct["nonTrivPosDistSqThr"]).ravel()[0])
+            self.pos_dist_thr = _threshold(db_struct["posDistThr"], f"{where}: posDistThr")
+            self.non_triv_pos_dist_sq_thr = _threshold(
+                db_struct["nonTrivPosDistSqThr"], f"{where}: nonTrivPosDistSqThr"
+            )
         except KeyError as exc:
             raise DatasetError(f"{where}: dbStruct has no field {exc.args[0]}") from None
         self.pos_dist_sq_thr = self.pos_dist_thr**2
