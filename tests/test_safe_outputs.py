@@ -219,3 +219,55 @@ def test_cache_files_stay_in_the_cache_dir(tiny_world, tmp_path):
     with pytest.raises(NetVladPortError, match="cache files stay in --cache-dir"):
         get_clusters(spec, load_synthetic(tiny_world.data, "train"), k=2, cache_dir=tmp_path / "cache")
     assert not list(tmp_path.rglob("*.mat"))
+
+
+def _spec_with(layer_name, **changes):
+    spec = make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=8, seed=1)
+    for layer in spec.layers:
+        if layer.name == layer_name:
+            for k, v in changes.items():
+                if k == "weights":
+                    layer.weights = v(layer.weights)
+                else:
+                    layer.params[k] = v
+    return spec
+
+
+@pytest.mark.parametrize(
+    "layer,change,message",
+    [
+        ("conv1_1", {"stride": "2"}, r"layer 1 \('conv1_1'\) stride: expected numbers"),
+        ("conv1_1", {"stride": 0}, r"stride: values must be >= 1"),
+        ("conv1_1", {"stride": np.inf}, r"stride: NaN or infinite"),
+        ("conv1_1", {"stride": 1.5}, r"stride: expected whole numbers"),
+        ("conv1_1", {"pad": -1}, r"pad: values must be >= 0"),
+        ("pool1", {"pool": [0, 2]}, r"pool: values must be >= 1"),
+        ("relu1_1", {"leak": "x"}, r"leak: expected numbers"),
+        ("preL2", {"param": [0, 1e-12, 1, 0.5]}, r"normalize window N must be a whole number >= 1"),
+        ("conv1_1", {"weights": lambda w: [w[0] * np.nan, w[1]]}, r"weights\{1\} holds NaN or infinite"),
+        ("conv1_1", {"weights": lambda w: [w[0] + 1j, w[1]]}, r"weights\{1\} holds complex values"),
+    ],
+)
+def test_layer_fields_are_validated(layer, change, message):
+    from netvlad_port import NetFormatError
+    from netvlad_port.matconvnet import validate
+
+    with pytest.raises(NetFormatError, match=message):
+        validate(_spec_with(layer, **change))
+
+
+def test_bad_average_image_and_char_matrix_type_are_refused(tmp_path):
+    import scipy.io
+
+    from netvlad_port import NetFormatError, load_spec
+
+    spec = _spec_with("conv1_1")
+    spec.meta["averageImage"] = np.ones((1, 1, 4), np.float32)
+    with pytest.raises(NetFormatError, match="averageImage has shape"):
+        _ = spec.average_rgb
+    write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "n.mat")
+    net = scipy.io.loadmat(tmp_path / "n.mat")["net"]
+    net[0, 0]["layers"][0, 0][0, 0]["type"] = np.array(["co", "nv"])
+    scipy.io.savemat(tmp_path / "bad.mat", {"net": net})
+    with pytest.raises(NetFormatError, match=r"layer 1.*'type' is not a string \(\['co', 'nv'\]\)"):
+        load_spec(tmp_path / "bad.mat")

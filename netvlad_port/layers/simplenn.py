@@ -21,6 +21,7 @@ from ..matconvnet.spec import (
     LayerSpec,
     LayerType,
     Shape,
+    numbers,
     pad4,
     pair,
     register_layer,
@@ -214,13 +215,15 @@ def _pool_shape(layer: LayerSpec, shape: Shape, where: str) -> Shape:
 
 def _relu_canonical(layer: LayerSpec, where: str, previous: LayerSpec | None) -> None:
     leak = layer.params.get("leak", 0)
-    layer.params["leak"] = float(np.asarray(leak).ravel()[0]) if np.size(leak) else 0.0
+    layer.params["leak"] = numbers(leak, f"{where} leak")[0] if np.size(leak) else 0.0
 
 
 def _normalize_canonical(layer: LayerSpec, where: str, previous: LayerSpec | None) -> None:
-    values = np.asarray(layer.params.get("param", []), np.float64).ravel()
-    if values.size != 4:
-        raise NetFormatError(f"{where}: normalize param must be [N kappa alpha beta], got {values.tolist()}")
+    values = numbers(layer.params.get("param", []), f"{where} param")
+    if len(values) != 4:
+        raise NetFormatError(f"{where}: normalize param must be [N kappa alpha beta], got {values}")
+    if values[0] < 1 or values[0] != round(values[0]):
+        raise NetFormatError(f"{where}: normalize window N must be a whole number >= 1, got {values[0]:g}")
     layer.params["param"] = tuple(float(x) for x in values)
 
 

@@ -52,7 +52,12 @@ def to_python(value: Any) -> Any:
             items = [{k: to_python(rec[k]) for k in value.dtype.names} for rec in value.ravel(order="F")]
             return items[0] if len(items) == 1 else items
         if value.dtype.kind in "US" or value.dtype.kind == "T":
-            return "".join(str(s) for s in value.ravel(order="F"))
+            rows = [str(s) for s in value.ravel(order="F")]
+            return (
+                rows[0]
+                if len(rows) == 1
+                else ("".join(rows) if value.ndim <= 1 and all(len(r) == 1 for r in rows) else rows)
+            )
         if value.dtype == object:
             return [to_python(v) for v in value.ravel(order="F")]
         return value
@@ -110,8 +115,10 @@ def _layer(d: Any, index: int) -> LayerSpec:
     t = d.get("type")
     if d.get("__class__") and d["__class__"] in LAYER_TYPES:
         t = "custom"
-    if not isinstance(t, str) or not t:
+    if t is None or (isinstance(t, str) and not t):
         raise NetFormatError(f"{where}: the layer has no 'type' field")
+    if not isinstance(t, str):
+        raise NetFormatError(f"{where}: 'type' is not a string ({t!r})")
     t = _custom_class(d, where) if t == "custom" else (LAYER_TYPES.name(t) if t in LAYER_TYPES else t)
     weights = d.get("weights", [])
     if isinstance(weights, np.ndarray):

@@ -56,8 +56,9 @@ class NetSpec:
         avg = self.meta.get("averageImage")
         if avg is None or np.size(avg) == 0:
             return np.zeros(3, np.float32)
+        numbers(avg, "meta.normalization.averageImage")
         a = np.asarray(avg, np.float32)
-        if a.ndim == 3:
+        if a.ndim == 3 and a.shape[2] == 3:
             return a[0, 0, :].copy()
         if a.size == 3:
             return a.reshape(3).copy()
@@ -114,9 +115,25 @@ def layer_type(name: str, where: str = "") -> LayerType:
 
 
 # --- helpers for layer definitions ------------------------------------------------------------
+def numbers(value, what: str, minimum: float | None = None, integral: bool = False) -> list:
+    """A numeric field as a list: real, finite, and ``>= minimum`` / whole numbers when asked;
+    anything else is a :class:`NetFormatError` naming the field."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise NetFormatError(f"{what}: expected numbers, got {a.dtype.kind == 'c' and 'complex values' or repr(value)}")
+    a = a.astype(np.float64).ravel()
+    if not np.isfinite(a).all():
+        raise NetFormatError(f"{what}: NaN or infinite value {a.tolist()}")
+    if integral and (a != np.round(a)).any():
+        raise NetFormatError(f"{what}: expected whole numbers, got {a.tolist()}")
+    if minimum is not None and (a < minimum).any():
+        raise NetFormatError(f"{what}: values must be >= {minimum:g}, got {a.tolist()}")
+    return [int(x) for x in a] if integral else a.tolist()
+
+
 def pad4(value, what: str) -> tuple[int, int, int, int]:
-    """A scalar or [top bottom left right] pad."""
-    v = [int(x) for x in np.asarray(value, dtype=np.float64).ravel()]
+    """A scalar or [top bottom left right] pad (whole numbers >= 0)."""
+    v = numbers(value, what, minimum=0, integral=True)
     if len(v) == 1:
         return (v[0],) * 4
     if len(v) == 4:
@@ -125,10 +142,10 @@ def pad4(value, what: str) -> tuple[int, int, int, int]:
 
 
 def pair(value, what: str, default: int = 1) -> tuple[int, int]:
-    """A scalar or [y x] (stride, dilate, pool size)."""
+    """A scalar or [y x] (stride, dilate, pool size): whole numbers >= 1."""
     if value is None or np.size(value) == 0:
         return (default, default)
-    v = [int(x) for x in np.asarray(value, dtype=np.float64).ravel()]
+    v = numbers(value, what, minimum=1, integral=True)
     if len(v) == 1:
         return (v[0], v[0])
     if len(v) == 2:
@@ -180,6 +197,13 @@ def canonicalise(layer: LayerSpec, where: str = "", previous: LayerSpec | None =
         )
     if entry.canonical is not None:
         entry.canonical(layer, where, previous)
+    for j, w in enumerate(layer.weights):
+        kind = np.asarray(w).dtype.kind
+        if kind not in "biuf":
+            what = "complex values" if kind == "c" else f"{np.asarray(w).dtype} values"
+            raise NetFormatError(f"{where}: weights{{{j + 1}}} holds {what}; expected real numbers")
+        if not np.isfinite(w).all():
+            raise NetFormatError(f"{where}: weights{{{j + 1}}} holds NaN or infinite values")
     for key, mults in layer.multipliers.items():
         if len(mults) != len(layer.weights):
             raise NetFormatError(f"{where}: {key} has {len(mults)} values for {len(layer.weights)} weight arrays")
