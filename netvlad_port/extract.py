@@ -61,23 +61,35 @@ def crop_to_dim(desc: torch.Tensor, dim: int | None) -> torch.Tensor:
     return d / (d.norm(dim=1, keepdim=True) + WHOLE_L2_EPS)
 
 
+def _utf8(name: str, where: Path) -> None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise NetVladPortError(f"{where}: the file name {name!r} is not UTF-8; rename it") from None
+
+
 def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
     """(root, names): every image file under a folder (sorted, by extension), or the lines of a
     list file (paths relative to ``root``, default the list's folder)."""
     source = Path(source)
     if source.is_dir():
         base = Path(root) if root else source
-        names = sorted(
+        names = sorted(  # broken links are kept: they are reported like any unreadable image
             p.relative_to(base).as_posix()
             for p in source.rglob("*")
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+            if (p.is_file() or (p.is_symlink() and not p.exists())) and p.suffix.lower() in IMAGE_EXTENSIONS
         )
+        for n in names:
+            _utf8(n, source)
         if not names:
             raise NetVladPortError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return base, names
     if source.is_file():
         base = Path(root) if root else source.parent
-        names = [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        try:  # every non-empty line is a name, as written (no comments, spaces kept)
+            names = [line for line in source.read_bytes().decode("utf-8").splitlines() if line]
+        except UnicodeDecodeError as exc:
+            raise NetVladPortError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         if not names:
             raise NetVladPortError(f"{source}: the image list is empty")
         return base, names
@@ -121,15 +133,26 @@ def infer_format(out: Path, fmt: str | None) -> str:
 
 
 def plan_batches(
-    base: Path, names: Sequence[str], todo: Sequence[int], batch_size: int, resize_shorter: int | None, fail
+    base: Path,
+    names: Sequence[str],
+    todo: Sequence[int],
+    batch_size: int,
+    resize_shorter: int | None,
+    fail,
+    model=None,
 ) -> tuple[list[list[int]], dict[int, tuple[int, int]]]:
     """Batches of equal-size images (indices into ``names``) and each image's original (H, W);
-    ``fail(i, message)`` is called for images whose header cannot be read."""
+    ``fail(i, message)`` is called for images whose header cannot be read, or that are too small
+    for ``model``'s windows."""
     sizes, original = [], {}
     for i in todo:
         try:
             h, w = original[i] = image_size(base / names[i])
-            sizes.append(resized_hw(h, w, resize_shorter) if resize_shorter and h and w else (h, w))
+            size = resized_hw(h, w, resize_shorter) if resize_shorter and h and w else (h, w)
+            why = model.input_error(*size) if model is not None and h and w else None
+            if why:
+                raise ImageError(f"{base / names[i]}: a {size[0]}x{size[1]} image is too small for the network ({why})")
+            sizes.append(size)
         except ImageError as exc:
             sizes.append(None)
             fail(i, str(exc))
@@ -234,7 +257,7 @@ def serial_all_feats(
             raise ImageError(msg)
         report.skipped.append((names[i], msg))
 
-    batches, original = plan_batches(base, names, todo, batch_size, resize_shorter, fail)
+    batches, original = plan_batches(base, names, todo, batch_size, resize_shorter, fail, model)
     results: dict[int, np.ndarray] = {}
     store_dtype = np.float16 if half else np.float32
     h5 = None

@@ -31,13 +31,29 @@ def _open(path: Path):
     from PIL import Image, UnidentifiedImageError
 
     if not path.exists():
-        raise ImageError(f"{path}: no such file")
+        raise ImageError(f"{path}: no such file" + (" (a broken link)" if path.is_symlink() else ""))
+    if not path.is_file():
+        raise ImageError(f"{path}: not a regular file")  # a folder, FIFO or device would block or fail
     try:
         return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageError(f"{path}: too large to decode safely ({exc})") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (unrecognised format)") from None
     except OSError as exc:
         raise ImageError(f"{path}: cannot open ({exc})") from None
+
+
+def _bits16(im) -> bool:
+    """A 16-bit image, also where Pillow would quietly reduce it to 8 bits (16-bit RGB PNG and PPM)."""
+    if "16" in im.mode:
+        return True
+    for tile in getattr(im, "tile", None) or []:
+        args = tile[3] if len(tile) > 3 else None
+        for v in args if isinstance(args, tuple) else (args,):
+            if (isinstance(v, str) and "16" in v) or (isinstance(v, int) and v > 255):  # rawmode, PPM maxval
+                return True
+    return False
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
@@ -49,6 +65,8 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
 
 def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> torch.Tensor:
     """3 x H x W float32 RGB in 0..255 (``vl_imreadjpeg``; grey -> 3 channels as ``serialAllFeats``)."""
+    from PIL import Image
+
     path = Path(path)
     with _open(path) as im:
         w, h = im.size
@@ -57,9 +75,10 @@ def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> to
         mode = im.mode
         if mode == "CMYK":
             raise ImageError(f"{path}: CMYK image; vl_imreadjpeg does not convert CMYK: save it as RGB first")
-        if mode in ("I;16", "I;16B", "I;16L", "I", "F") or mode.startswith("I;"):
+        bits16 = _bits16(im)
+        if bits16 or mode in ("I", "F") or mode.startswith("I;"):
             raise ImageError(
-                f"{path}: {mode} ({'16-bit' if '16' in mode else '32-bit'}) image; the networks expect "
+                f"{path}: {mode} {'16-bit' if bits16 else '32-bit'} image; the networks expect "
                 f"8-bit RGB in 0..255: convert it to 8 bits first"
             )
         try:
@@ -70,6 +89,8 @@ def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> to
             else:  # P, RGBA, YCbCr, ...
                 im = im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)
+        except Image.DecompressionBombError as exc:
+            raise ImageError(f"{path}: too large to decode safely ({exc})") from None
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageError(f"{path}: cannot decode ({exc})") from None
     t = torch.from_numpy(arr.astype(np.float32))

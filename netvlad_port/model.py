@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
+from .errors import NetFormatError
 from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
-from .matconvnet.spec import NetSpec, infer_method, infer_shapes, validate
+from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate
 
 
 class SimpleNN(nn.Module):
@@ -28,6 +30,12 @@ class SimpleNN(nn.Module):
         self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1), persistent=False)
         self.normalize_mode = normalize
         self._warned_range = False
+        # the layer structure with weight shapes only (no memory), to check input sizes
+        self._shapes = NetSpec(
+            [LayerSpec(l.type, l.name, [np.broadcast_to(np.float32(0), np.shape(w)) for w in l.weights], l.params)
+             for l in spec.layers]
+        )  # fmt: skip
+        self._input_errors: dict[tuple[int, int], str | None] = {}
 
     @property
     def normalize_mode(self) -> str:
@@ -66,6 +74,16 @@ class SimpleNN(nn.Module):
             self._warned_range = True
         x = images.to(device=self.average_rgb.device, dtype=torch.float32) - self.average_rgb.float()
         return x.to(self._dtype())
+
+    def input_error(self, h: int, w: int) -> str | None:
+        """Why an h x w image cannot go through the network (a window larger than its input), or None."""
+        if (h, w) not in self._input_errors:
+            try:
+                infer_shapes(self._shapes, (h, w))
+                self._input_errors[(h, w)] = None
+            except NetFormatError as exc:
+                self._input_errors[(h, w)] = str(exc)
+        return self._input_errors[(h, w)]
 
     def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Layers ``start .. stop-1`` (0-based) on an already mean-subtracted input. Without

@@ -271,3 +271,50 @@ def test_bad_average_image_and_char_matrix_type_are_refused(tmp_path):
     scipy.io.savemat(tmp_path / "bad.mat", {"net": net})
     with pytest.raises(NetFormatError, match=r"layer 1.*'type' is not a string \(\['co', 'nv'\]\)"):
         load_spec(tmp_path / "bad.mat")
+
+
+def test_image_edges_are_reported_per_file(two_models, tmp_path, monkeypatch):
+    import os
+
+    from PIL import Image as PILImage
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    PILImage.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / "ok.jpg")
+    PILImage.fromarray(rng.integers(0, 255, (4, 4, 3), dtype=np.uint8)).save(folder / "tiny.png")
+    rgb16 = (rng.integers(0, 65535, (48, 64, 3))).astype(">u2")
+    (folder / "deep.ppm").write_bytes(b"P6\n64 48\n65535\n" + rgb16.tobytes())
+    os.symlink(folder / "gone.jpg", folder / "broken.jpg")
+    out = tmp_path / "d.npy"
+    args = ["extract", "--model", two_models / "a.mat", "--images", folder, "--out", out, "--quiet"]
+    res = run(*args, "--on-error", "skip")
+    assert res.exit_code == 0, res.output
+    skipped = dict(line.split("\t") for line in out.with_name("d.npy.skipped.txt").read_text().splitlines())
+    assert set(skipped) == {"tiny.png", "deep.ppm", "broken.jpg"}
+    assert "too small for the network" in skipped["tiny.png"] and "16-bit" in skipped["deep.ppm"]
+    assert "broken link" in skipped["broken.jpg"]
+    assert np.load(out).shape[0] == 1
+    stop = run(*args, "--force")
+    assert stop.exit_code == 1 and "broken.jpg" in stop.output  # the first bad file, named
+    # a FIFO in a list file is refused at once, never read
+    os.mkfifo(folder / "pipe.jpg")
+    (tmp_path / "list.txt").write_text("ok.jpg\npipe.jpg\n")
+    res = run("extract", "--model", two_models / "a.mat", "--images", tmp_path / "list.txt", "--root", folder,
+              "--out", tmp_path / "l.npy", "--quiet", "--on-error", "skip")  # fmt: skip
+    assert res.exit_code == 0 and "not a regular file" in (tmp_path / "l.npy.skipped.txt").read_text()
+    # a decompression bomb is one more bad file
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 100)
+    res = run("extract", "--model", two_models / "a.mat", "--images", tmp_path / "list.txt", "--root", folder,
+              "--out", tmp_path / "b.npy", "--quiet", "--on-error", "skip")  # fmt: skip
+    assert res.exit_code == 0 and "too large to decode safely" in (tmp_path / "b.npy.skipped.txt").read_text()
+
+
+def test_list_files_are_taken_as_written(two_models, tmp_path):
+    from netvlad_port.extract import list_images
+
+    (tmp_path / "list.txt").write_text("#1.jpg\n a.jpg \n\nb.jpg\n")
+    assert list_images(tmp_path / "list.txt")[1] == ["#1.jpg", " a.jpg ", "b.jpg"]
+    (tmp_path / "bad.txt").write_bytes(b"ok.jpg\n\xff\xfe.jpg\n")
+    res = run("extract", "--model", two_models / "a.mat", "--images", tmp_path / "bad.txt", "--out", tmp_path / "x.h5")
+    assert res.exit_code == 1 and "bad.txt: not UTF-8" in res.output
