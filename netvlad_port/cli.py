@@ -268,11 +268,15 @@ def parity(model: Path, dump: Path, images, normalize, double, rtol, atol, loss_
     from .parity import format_report, load_dump, run_parity
 
     net = load(model, normalize=normalize).to(torch.float64 if double else torch.float32)
-    checks = run_parity(
-        net, load_dump(dump, images), rtol=rtol, atol=atol, loss_rtol=loss_rtol, gradients=not no_gradients
-    )
+    reference = load_dump(dump, images)
+    try:
+        checks = run_parity(net, reference, rtol=rtol, atol=atol, loss_rtol=loss_rtol, gradients=not no_gradients)
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # a tampered dump
+        raise NetVladPortError(f"{dump}: a field does not fit the network ({type(exc).__name__}: {exc})") from None
     click.echo(format_report(checks))
-    if not all(c.passed for c in checks):
+    failed = sum(not c.passed for c in checks)
+    if failed:
+        click.echo(f"{dump}: {failed} check(s) beyond tolerance for {model}")
         raise SystemExit(1)
 
 

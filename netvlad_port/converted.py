@@ -96,6 +96,44 @@ def save_converted(
     return out_dir
 
 
+def _expect(ok: bool, where: str, what: str) -> None:
+    if not ok:
+        raise NetFormatError(f"{where}: {what}")
+
+
+def _read_config(path: Path) -> dict:
+    """``config.json``, checked key by key (a dataclass-like schema: the keys this reader uses)."""
+    try:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise NetFormatError(f"{path}: not UTF-8 ({exc.reason} at byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise NetFormatError(f"{path}: invalid JSON ({exc})") from None
+    except RecursionError:
+        raise NetFormatError(f"{path}: JSON nested too deeply") from None
+    _expect(isinstance(cfg, dict), str(path), "not a JSON object")
+    if cfg.get("format") != FORMAT or not isinstance(cfg.get("format_version", 0), int) or \
+            cfg.get("format_version", 0) > FORMAT_VERSION:  # fmt: skip
+        raise NetFormatError(
+            f"{path}: format {cfg.get('format')!r} v{cfg.get('format_version')} is not {FORMAT} v{FORMAT_VERSION} "
+            f"or older"
+        )
+    _expect(isinstance(cfg.get("layers"), list) and cfg["layers"], f"{path}: layers", "missing or not a list")
+    _expect(isinstance(cfg.get("meta", {}), dict), f"{path}: meta", "not an object")
+    for i, entry in enumerate(cfg["layers"]):
+        where = f"{path}: layers[{i}]"
+        _expect(isinstance(entry, dict), where, "not an object")
+        for key, kind in (("name", str), ("type", str), ("params", dict), ("weights", list)):
+            _expect(isinstance(entry.get(key), kind), f"{where}.{key}", f"missing or not a {kind.__name__}")
+        for j, shape in enumerate(entry["weights"]):
+            _expect(isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape),
+                    f"{where}.weights[{j}]", "not a shape (a list of sizes)")  # fmt: skip
+        mults = entry.get("multipliers", {})
+        _expect(isinstance(mults, dict) and all(isinstance(v, list) for v in mults.values()),
+                f"{where}.multipliers", "not an object of lists")  # fmt: skip
+    return cfg
+
+
 def load_converted(folder: str | os.PathLike) -> NetSpec:
     """Read a folder written by :func:`save_converted`."""
     from safetensors.numpy import load_file
@@ -105,15 +143,7 @@ def load_converted(folder: str | os.PathLike) -> NetSpec:
     for p in (cfg_path, w_path):
         if not p.is_file():
             raise NetFormatError(f"{folder}: not a converted model folder ({p.name} is missing)")
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise NetFormatError(f"{cfg_path}: invalid JSON ({exc})") from None
-    if cfg.get("format") != FORMAT or cfg.get("format_version", 0) > FORMAT_VERSION:
-        raise NetFormatError(
-            f"{cfg_path}: format {cfg.get('format')!r} v{cfg.get('format_version')} "
-            f"is not {FORMAT} v{FORMAT_VERSION} or older"
-        )
+    cfg = _read_config(cfg_path)
     try:
         tensors = load_file(str(w_path))
     except Exception as exc:

@@ -19,6 +19,7 @@ import torch
 from .errors import NetFormatError
 from .layers import matlab_flatten
 from .losses import by_matlab_name, tuple_loss
+from .matconvnet.mat5 import check_mat5
 from .train.options import MOMENTUM, WEIGHT_DECAY
 
 SGD_WEIGHTS_RTOL, SGD_MOMENTUM_RTOL = 1e-6, 1e-4
@@ -75,21 +76,34 @@ def _squeeze4(a: np.ndarray) -> np.ndarray:
     return a.reshape(a.shape + (1,) * (4 - a.ndim)) if a.ndim < 4 else a
 
 
+def _loadmat(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise NetFormatError(f"{path}: no such file")
+    check_mat5(path)
+    try:
+        return scipy.io.loadmat(path)
+    except Exception as exc:
+        raise NetFormatError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+
+
 def load_dump(path: str | os.PathLike, images: str | os.PathLike | None = None) -> dict:
     """Read a dump; images come from its ``images`` field, ``images=``, or a sibling ``images.mat``."""
     path = Path(path)
-    try:
-        dump = scipy.io.loadmat(path)
-    except Exception as exc:
-        raise NetFormatError(f"{path}: cannot read the dump ({type(exc).__name__}: {exc})") from None
+    dump = _loadmat(path, "dump")
     if "images" not in dump:
         img_path = Path(images) if images else path.with_name("images.mat")
         if not img_path.is_file():
             raise NetFormatError(f"{path}: the dump has no 'images' and {img_path} does not exist (use --images)")
-        dump["images"] = scipy.io.loadmat(img_path)["images"]
+        holder = _loadmat(img_path, "images")
+        if "images" not in holder:
+            raise NetFormatError(f"{img_path}: no variable 'images'")
+        dump["images"] = holder["images"]
     for key in ("acts", "desc_test"):
         if key not in dump:
             raise NetFormatError(f"{path}: the dump has no field '{key}'")
+    images = np.asarray(dump["images"])
+    if images.dtype.kind not in "biuf" or images.ndim not in (3, 4) or images.shape[2] != 3:
+        raise NetFormatError(f"{path}: 'images' must be H x W x 3 x N numbers, got {images.dtype} {images.shape}")
     return dump
 
 

@@ -85,18 +85,22 @@ def load_db_struct(path: str | os.PathLike) -> dict[str, Any]:
     """The ``dbStruct`` of a spec file (MAT v5 or v7.3) as a dict of Python values."""
     from matio import load_from_mat, whosmat
 
+    from ..matconvnet.mat5 import check_mat5
     from ..matconvnet.read import to_python
 
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: no such dataset specification file")
     try:
+        check_mat5(path)
         names = set(whosmat(str(path)))
         if "dbStruct" not in names:
             raise DatasetError(f"{path}: no variable 'dbStruct' (it holds: {', '.join(sorted(names)) or 'nothing'})")
         raw = load_from_mat(str(path), variable_names=["dbStruct"])["dbStruct"]
     except DatasetError:
         raise
+    except NetVladPortError as exc:
+        raise DatasetError(str(exc)) from None
     except Exception as exc:
         raise DatasetError(f"{path}: cannot read the MAT file ({type(exc).__name__}: {exc})") from None
     s = to_python(raw)
@@ -153,7 +157,7 @@ class DbBase:
     def __init__(
         self, name: str, db_path: str | os.PathLike, q_path: str | os.PathLike, db_struct: dict, source: str = ""
     ):
-        self.name = name
+        self.name, self.source = name, source
         self.db_path, self.q_path = Path(db_path), Path(q_path)
         where = source or name
         try:
@@ -283,8 +287,8 @@ class DbBase:
         if missing:
             first = ", ".join(str(p) for p in missing[:3])
             raise DatasetError(
-                f"{self.name}: {len(missing)} of {self.num_images + self.num_queries} image files are "
-                f"missing (first: {first})"
+                f"{self.source or self.name}: {len(missing)} of {self.num_images + self.num_queries} image files "
+                f"are missing (first: {first}); check --root"
             )
 
     def __repr__(self) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import NetFormatError
+from .mat5 import check_mat5
 from .spec import CONV, LAYER_TYPES, TRAINING_MULTIPLIERS, LayerSpec, NetSpec, validate
 
 # Fields that only matter to MATLAB's training loop or memory management.
@@ -73,6 +74,7 @@ def _load_variables(path: Path) -> dict[str, Any]:
         raise NetFormatError(f"{path}: no such file")
     if path.is_dir():
         raise NetFormatError(f"{path}: is a folder, not a .mat file")
+    check_mat5(path)  # a damaged v5 file must not reach the compiled reader
     try:
         names = set(whosmat(str(path)))
     except Exception as exc:  # mat-io raises many types on garbage

@@ -1,0 +1,202 @@
+"""A seeded fuzz campaign over bad inputs: mutated network .mat files (byte-level and structural),
+bad images, dataset specs, converted folders and parity dumps. Every case runs through the CLI in
+a child process (a crash there cannot take the test run with it); none may end in a traceback,
+a hang or a partial output, and every error names the file."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+
+from netvlad_port.datasets import write_db_struct
+from netvlad_port.fixtures import make_net
+from netvlad_port.matconvnet import write_net
+
+from helpers import line, spec_fields, suite
+
+CHILD = r"""
+import json, sys, traceback
+from click.testing import CliRunner
+from netvlad_port.cli import main
+out = []
+for case in json.load(open(sys.argv[1])):
+    r = CliRunner().invoke(main, case["args"])
+    tb = None if r.exception is None or isinstance(r.exception, SystemExit) else "".join(
+        traceback.format_exception(r.exception))[-600:]
+    out.append({"file": case["file"], "code": r.exit_code, "output": r.output[:400] + r.output[-400:], "traceback": tb})
+print(json.dumps(out))
+"""
+
+
+def mutate_bytes(data: bytes, rng, n_flips: int) -> bytes:
+    b = bytearray(data)
+    for _ in range(n_flips):
+        pos = int(rng.integers(128, len(b))) if rng.random() < 0.5 else int(rng.integers(128, min(len(b), 4096)))
+        b[pos] ^= 1 << int(rng.integers(0, 8))
+    return bytes(b)
+
+
+def structural_nets(base: Path, folder: Path, rng, n: int) -> list[Path]:
+    """Layer fields replaced with wrong types, ranges and shapes."""
+    bad_values = [np.array(["x"]), np.array([[np.nan]]), np.array([[np.inf]]), np.array([[0.0]]), np.array([[-3.0]]),
+                  np.array([[1.5]]), np.zeros((0, 0)), np.array([[1e5]]), np.array([[2.0, 2.0, 2.0]]),
+                  np.array([[1.0 + 2j]])]  # fmt: skip
+    fields = ["stride", "pad", "pool", "leak", "param", "dilate", "method", "type", "name", "weights"]
+    paths = []
+    for i in range(n):
+        net = scipy.io.loadmat(base)["net"]
+        layers = net[0, 0]["layers"]
+        layer = layers[0, int(rng.integers(0, layers.shape[1]))][0, 0]
+        names = [f for f in fields if f in layer.dtype.names]
+        field = names[int(rng.integers(0, len(names)))]
+        value = bad_values[int(rng.integers(0, len(bad_values)))]
+        if field == "weights" and layer["weights"].size:
+            w = layer["weights"].copy()
+            w[0, 0] = w[0, 0] * value.ravel()[0] if value.dtype.kind in "fc" and value.size else np.zeros((2, 3))
+            value = w
+        layer[field] = value
+        if rng.random() < 0.2:  # averageImage of a wrong shape or type
+            net[0, 0]["meta"][0, 0]["normalization"][0, 0]["averageImage"] = bad_values[int(rng.integers(0, 10))]
+        path = folder / f"struct_{i}.mat"
+        scipy.io.savemat(path, {"net": net})
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory, tiny_world):
+    root = tmp_path_factory.mktemp("fuzz")
+    rng = np.random.default_rng(2026)
+    spec = make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=8, seed=1)
+    write_net(spec, root / "base.mat")
+    write_net(spec, root / "base_z.mat", compress=True)
+    cases = []
+    # 200+ network files: bit flips, truncations, structural edits; read by `info`
+    nets = []
+    for i in range(120):
+        data = (root / ("base.mat" if i % 2 else "base_z.mat")).read_bytes()
+        nets.append(root / f"flip_{i}.mat")
+        nets[-1].write_bytes(mutate_bytes(data, rng, 1 + i % 3))
+    for i in range(20):
+        data = (root / "base.mat").read_bytes()
+        nets.append(root / f"cut_{i}.mat")
+        nets[-1].write_bytes(data[: int(rng.integers(0, len(data)))])
+    nets += structural_nets(root / "base.mat", root, rng, 70)
+    cases += [{"file": str(p), "args": ["info", str(p)]} for p in nets]
+    # 50 bad images, extracted one by one into their own outputs
+    images = root / "images"
+    images.mkdir()
+    ok = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    from PIL import Image
+
+    Image.fromarray(ok).save(images / "ok.jpg")
+    jpeg = (images / "ok.jpg").read_bytes()
+    for i in range(50):
+        p = images / f"bad_{i}.jpg"
+        kind = i % 5
+        if kind == 0:
+            p.write_bytes(mutate_bytes(jpeg, rng, 8))
+        elif kind == 1:
+            p.write_bytes(jpeg[: int(rng.integers(0, len(jpeg)))])
+        elif kind == 2:
+            p.write_bytes(rng.integers(0, 255, 300, dtype=np.uint8).tobytes())
+        elif kind == 3:
+            Image.fromarray(ok[: 1 + i % 7, : 1 + i % 5]).save(p.with_suffix(".png"))
+            p = p.with_suffix(".png")
+        else:
+            Image.fromarray(ok[..., 0].astype(np.uint16) * 250).save(p.with_suffix(".png"))
+            p = p.with_suffix(".png")
+        out = root / "out" / f"img_{i}.npy"
+        cases.append({"file": str(p), "out": str(out), "args": ["extract", "--model", str(root / "base.mat"),
+                      "--images", str(p), "--out", str(out), "--quiet"]})  # fmt: skip
+    # 30 dataset specs
+    base_fields = spec_fields(line(0, 10, 40), line(5))
+    bad_specs = {"posDistThr": ["x", np.nan, -1, np.zeros(0)], "utmDb": [np.full((2, 3), np.nan), np.ones((3, 3)),
+                 np.ones((2, 2))], "dbImageFns": [["../../x.jpg", "a", "b"], ["/etc/passwd", "a", "b"]],
+                 "nonTrivPosDistSqThr": [np.inf, "y"], "utmQ": [np.ones((2, 1)) * 1j]}  # fmt: skip
+    keys = list(bad_specs)
+    for i in range(30):
+        fields = dict(base_fields)
+        k = keys[i % len(keys)]
+        fields[k] = bad_specs[k][i % len(bad_specs[k])]
+        p = root / f"spec_{i}.mat"
+        try:
+            write_db_struct(p, fields)
+        except Exception:
+            scipy.io.savemat(p, {"dbStruct": {k: v for k, v in fields.items() if not isinstance(v, list)}})
+        cases.append({"file": str(p), "args": ["test", "--model", str(tiny_world.net), "--dataset", str(p),
+                      "--root", str(root), "--out", str(root / "out" / f"spec_{i}"), "--quiet"]})  # fmt: skip
+    # 20 tampered converted folders
+    from netvlad_port.converted import save_converted
+
+    for i in range(20):
+        folder = root / f"conv_{i}"
+        save_converted(spec, folder)
+        cfg_path = folder / "config.json"
+        cfg = json.loads(cfg_path.read_text())
+        kind = i % 5
+        if kind == 0:
+            del cfg["layers"][int(rng.integers(0, len(cfg["layers"])))]["params"]
+        elif kind == 1:
+            cfg["layers"][0]["weights"] = "big"
+        elif kind == 2:
+            cfg_path.write_bytes(b"\xff\xfe" + cfg_path.read_bytes())
+        elif kind == 3:
+            cfg_path.write_text("[" * 100000 + "]" * 100000)
+        else:
+            (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:100])
+        if kind in (0, 1):
+            cfg_path.write_text(json.dumps(cfg))
+        cases.append({"file": str(folder), "args": ["info", str(folder)]})
+    # 20 tampered dumps of the tiny_vlad suite
+    s = suite("tiny_vlad")
+    ref = scipy.io.loadmat(s.dir / "ref.mat")
+    for i in range(20):
+        d = {k: v for k, v in ref.items() if not k.startswith("__")}
+        kind = i % 4
+        if kind == 0:
+            del d[sorted(k for k in d if k not in ("acts", "desc_test"))[i % 8]]
+        elif kind == 1:
+            d["desc_test"] = np.ones((3, 3))
+        elif kind == 2:
+            d["acts"] = d["acts"][:, :3]
+        else:
+            d["sare_variant"] = np.array(["trainNothing"])
+        p = root / f"dump_{i}.mat"
+        scipy.io.savemat(p, d)
+        cases.append(
+            {"file": str(p), "args": ["parity", str(s.net_path), str(p), "--images", str(s.dir / "images.mat")]}
+        )
+    spec_file = root / "cases.json"
+    spec_file.write_text(json.dumps(cases))
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(spec_file)], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).parent)  # fmt: skip
+    assert proc.returncode == 0, f"the child process died ({proc.returncode}): {proc.stderr[-2000:]}"
+    return cases, json.loads(proc.stdout)
+
+
+def test_campaign_has_its_size(campaign):
+    cases, _ = campaign
+    kinds = {k: sum(c["args"][0] == k for c in cases) for k in ("info", "extract", "test", "parity")}
+    assert kinds["info"] >= 210 and kinds["extract"] >= 50 and kinds["test"] >= 30 and kinds["parity"] >= 20
+
+
+def test_no_traceback_and_every_error_names_the_file(campaign):
+    _, results = campaign
+    tracebacks = [(r["file"], r["traceback"]) for r in results if r["traceback"]]
+    assert not tracebacks
+    unnamed = [(r["file"], r["output"]) for r in results
+               if r["code"] != 0 and Path(r["file"]).name not in r["output"]]  # fmt: skip
+    assert not unnamed, "\n".join(f"{f}: {o[-300:]}" for f, o in unnamed[:8])
+
+
+def test_no_partial_outputs(campaign):
+    cases, results = campaign
+    for case, r in zip(cases, results):
+        if "out" in case and r["code"] != 0:
+            out = Path(case["out"])
+            assert not out.exists() and not list(out.parent.glob(f".{out.name}*")), case["file"]
