@@ -36,10 +36,39 @@ def _image_size(value: str) -> tuple[int, int]:
         raise click.BadParameter(f"expected HxW such as 480x640, got {value!r}") from None
 
 
-@click.group()
+# the commands in workflow order, each with one plain line (the MATLAB functions in parentheses)
+COMMANDS = {
+    "demo": "Run the whole job on built-in synthetic data.",
+    "make-synthetic": "Write the synthetic street dataset (dbStruct + JPEGs).",
+    "convert": "Convert a network .mat into safetensors + JSON (load).",
+    "info": "Show a network's layers and sizes (vl_simplenn_display).",
+    "cluster": "Build the start network (loadNet, getClusters, addLayers).",
+    "train": "Train it (trainWeakly, deepIBL's train*.m).",
+    "pca": "Add PCA whitening (addPCA).",
+    "extract": "Describe many images (serialAllFeats).",
+    "test": "Measure recall@N on a dataset (testFromFn).",
+    "search": "Write image pairs for hloc (pairs_from_retrieval).",
+    "parity": "Compare a network with a MATLAB dump, layer by layer.",
+    "export-mat": "Write a network back as a MatConvNet .mat.",
+}
+
+
+class Commands(click.Group):
+    def list_commands(self, ctx):
+        return [c for c in COMMANDS if c in self.commands] + sorted(set(self.commands) - set(COMMANDS))
+
+    def get_command(self, ctx, name):
+        cmd = super().get_command(ctx, name)
+        if cmd is not None and name in COMMANDS:
+            cmd.short_help = COMMANDS[name]
+        return cmd
+
+
+@click.group(cls=Commands)
 @click.version_option(__version__, prog_name="netvlad-port")
 def main():
-    """Exact PyTorch port of MATLAB/MatConvNet NetVLAD + SARE."""
+    """Exact PyTorch port of MATLAB/MatConvNet NetVLAD + SARE: the commands, in the order of the
+    work (MATLAB's names in parentheses)."""
 
 
 @main.command()
@@ -109,7 +138,7 @@ def info(model: Path, image_size: str):
 
 @main.command("export-mat")
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True)
+@click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="The .mat to write.")
 @click.option(
     "--mat-version",
     "mat_version",
@@ -155,7 +184,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     required=True,
     help="A folder (searched recursively) or a text file with one image path per line.",
 )
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="OUT.h5, OUT.bin or OUT.npy.")
+@click.option("-o", "--out", "out", type=click.Path(path_type=Path), required=True, help="OUT.h5, OUT.bin or OUT.npy.")
 @click.option("--format", "fmt", type=click.Choice(["h5", "bin", "npy"]), help="Default: from the suffix of --out.")
 @click.option("--root", type=click.Path(path_type=Path), help="Root the names in a list file are relative to.")
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
@@ -176,7 +205,8 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 )
 @click.option("--dim", type=int, default=None, help="cropToDim: keep the first K components and L2 again.")
 @click.option("--half", is_flag=True, help="Store float16 (h5 / npy).")
-@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True)
+@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
+              help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.")  # fmt: skip
 @click.option(
     "--on-error",
     type=click.Choice(["stop", "skip"]),
@@ -300,19 +330,20 @@ def _losses():
 class DatasetOption(click.Option):
     """``--dataset``, whose help lists the registered dataset names when help is shown."""
 
-    def __init__(self, *args, prefix: str = "One of", **kwargs):
+    def __init__(self, *args, prefix: str = "One of", split: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.prefix = prefix
+        self.prefix, self.split = prefix, split
 
     def get_help_record(self, ctx):
         from .datasets import dataset_names
 
-        self.help = f"{self.prefix}: {dataset_names()}."
+        self.help = f"{self.prefix}: {dataset_names(self.split)}."
         return super().get_help_record(ctx)
 
 
 @main.command("test")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
+              help="A MatConvNet .mat (any encoding) or a converted folder.")  # fmt: skip
 @click.option("--dataset", required=True, cls=DatasetOption)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root (images/, queries/ ...).")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
@@ -323,12 +354,25 @@ class DatasetOption(click.Option):
     type=click.Path(path_type=Path),
     help="Default: results/<dataset>/<model tag>, one folder per model.",
 )
-@click.option("--batch-size", type=int, default=10, show_default=True)
-@click.option("--device", default="auto", show_default=True)
-@click.option("--resize-queries", type=int, default=None, help="Shorter side of queries (Tokyo 24/7: 640).")
-@click.option("--quiet", is_flag=True)
+@click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="fp32 is exact; the others are opt-in GPU speed-ups.")  # fmt: skip
+@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
+              help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.")  # fmt: skip
+@click.option(
+    "--resize-shorter",
+    "--resize-queries",
+    "resize_queries",
+    type=int,
+    default=None,
+    help="Queries' shorter side to S, as deepIBL's Tokyo 24/7 protocol (640); the database is not resized.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
 @_friendly
-def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, device, resize_queries, quiet):
+def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
+             resize_queries, quiet):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count)."""
     from . import load
     from .datasets import open_dataset
@@ -336,9 +380,10 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
     from .feature_store import model_fingerprint
 
     db = open_dataset(dataset, root, spec_dir)
-    model = load(model_path)
+    model = load(model_path, normalize=normalize)
     out_dir = out_dir or Path("results") / db.name / model_fingerprint(model)[:12]  # one folder per model
-    res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet)
+    res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
+                         num_workers=workers)  # fmt: skip
     click.echo(
         f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, counted "
         f"as failures), {res.dim}-D, {res.search}"
@@ -356,7 +401,7 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, devi
 @click.option("--db-prefix", help="Only database names starting with this.")
 @click.option("--query-prefix", help="Only query names starting with this.")
 @click.option("--db-list", type=click.Path(path_type=Path, exists=True), help="Only the database names listed.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="hloc pairs file: 'query db' lines.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="hloc pairs file: 'query db' lines.")
 @_friendly
 def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
@@ -371,10 +416,10 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out):
 
 @main.command("make-synthetic")
 @click.argument("out", type=click.Path(path_type=Path))
-@click.option("--db-per-split", type=int, default=120, show_default=True)
-@click.option("--queries-per-split", type=int, default=60, show_default=True)
+@click.option("--db-per-split", type=int, default=120, show_default=True, help="Database images per split.")
+@click.option("--queries-per-split", type=int, default=60, show_default=True, help="Queries per split.")
 @click.option("--size", default="120x160", show_default=True, help="HxW (Pitts: 480x640).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the scenes.")
 @click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
 @click.option(
     "--mat-version",
@@ -401,7 +446,7 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, 
 def _dataset_options(fn):
     fn = click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")(fn)
     fn = click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")(fn)
-    fn = click.option("--dataset", required=True, cls=DatasetOption, prefix="Training set")(fn)
+    fn = click.option("--dataset", required=True, cls=DatasetOption, prefix="A training split", split="train")(fn)
     return fn
 
 
@@ -414,10 +459,11 @@ def _dataset_options(fn):
     help="A network (.mat or converted folder), or with --layer a MatConvNet ImageNet model file.",
 )
 @click.option("--layer", default=None, help="loadNet: crop the ImageNet model at this layer (e.g. conv5_3).")
-@click.option("--net-id", type=click.Choice(["vd16", "vd19", "caffe", "places"]), default="vd16", show_default=True)
+@click.option("--net-id", type=click.Choice(["vd16", "vd19", "caffe", "places"]), default="vd16", show_default=True,
+              help="loadNet's netID: which ImageNet architecture the model file holds.")  # fmt: skip
 @_dataset_options
 @click.option("--method", default="vlad_preL2_intra", show_default=True, help="addLayers method.")
-@click.option("--k", type=int, default=64, show_default=True)
+@click.option("-k", "--k", "k", type=int, default=64, show_default=True, help="Number of clusters K.")
 @click.option(
     "--random-images",
     is_flag=True,
@@ -431,11 +477,27 @@ def _dataset_options(fn):
     show_default=True,
     help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
 )
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--force", is_flag=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
 def cluster(
-    model_path, layer, net_id, dataset, root, spec_dir, method, k, random_images, cache_dir, rng, out_dir, force
+    model_path,
+    layer,
+    net_id,
+    dataset,
+    root,
+    spec_dir,
+    method,
+    k,
+    random_images,
+    cache_dir,
+    rng,
+    out_dir,
+    device,
+    quiet,
+    force,
 ):
     """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
     from . import load_spec
@@ -459,18 +521,20 @@ def cluster(
             f"from a trunk: an ImageNet model with --layer"
         )
     db = open_dataset(dataset, root, spec_dir)
-    spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images, rng=rng)
+    spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images, rng=rng,
+                      device=device, progress=not quiet)  # fmt: skip
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True)
+@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
+              help="The trained network (.mat or converted folder).")  # fmt: skip
 @_dataset_options
-@click.option("--pca-dim", type=int, default=4096, show_default=True)
+@click.option("--pca-dim", type=int, default=4096, show_default=True, help="pcaDim: output dimension.")
 @click.option("--no-white", is_flag=True, help="PCA without whitening.")
-@click.option("--n-train-cap", type=int, default=10000, show_default=True)
-@click.option("--device", default="auto", show_default=True)
+@click.option("--n-train-cap", type=int, default=10000, show_default=True, help="nTrainCap: at most this many images.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--rng",
     type=click.Choice(["matlab", "numpy"]),
@@ -478,10 +542,13 @@ def cluster(
     show_default=True,
     help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
 )
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
-@click.option("--force", is_flag=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
+@click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
-def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, force):
+def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, workers, quiet,
+        force):  # fmt: skip
     """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
     from . import load_spec
     from .converted import save_converted
@@ -499,6 +566,8 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
         n_train_cap=n_train_cap,
         device=device,
         rng=rng,
+        num_workers=workers,
+        progress=not quiet,
     )
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
@@ -586,7 +655,8 @@ def _train_options(fn):
 @click.option("--loss", type=RegistryChoice(_losses), default=None, help="A registered loss [sare-ind].")
 @click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
               help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.")  # fmt: skip
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="The run's folder.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--lr", "--learning-rate", "learning_rate", type=float, default=None,
               help="learningRate. Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001).")  # fmt: skip
 @click.option("--epochs", "--n-epoch", "n_epoch", type=int, default=None, help="nEpoch [30].")
@@ -595,7 +665,19 @@ def _train_options(fn):
 @click.option("--force", is_flag=True, help="Start again in an OUT that holds a run.")
 @_friendly
 def train(
-    dataset, train_spec, val_spec, root, spec_dir, model_path, loss, loss_params, out_dir, resume, force, **options
+    dataset,
+    train_spec,
+    val_spec,
+    root,
+    spec_dir,
+    model_path,
+    loss,
+    loss_params,
+    out_dir,
+    quiet,
+    resume,
+    force,
+    **options,
 ):
     """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun. Every option
     is the MATLAB option of the same name (see docs/matlab.md#training-options)."""
@@ -633,7 +715,7 @@ def train(
             raise NetVladPortError("--model is required (the start network, e.g. from `netvlad-port cluster`)")
         options.setdefault("learning_rate", recipe_lr or TrainOptions.learning_rate)
         options.setdefault("back_prop_to_layer", "conv5_1")  # the README scripts' choice
-    final = run_training(db_train, db_val, model_path, out_dir, resume=resume, force=force, progress=True,
+    final = run_training(db_train, db_val, model_path, out_dir, resume=resume, force=force, progress=not quiet,
                          log=click.echo, **options)  # fmt: skip
     click.echo(f"final model: {final}")
 
@@ -652,7 +734,8 @@ def _loss_params(pairs) -> dict:
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
+              help="Where everything goes.")  # fmt: skip
 @click.option("--epochs", type=int, default=8, show_default=True, help="SARE training epochs (0: no training).")
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")
 def demo(out_dir: Path, epochs: int, force: bool):

@@ -24,6 +24,7 @@ def dataset_features(
     resize_queries: int | None = None,
     progress: bool = True,
     num_workers: int | None = None,
+    precision: str = "fp32",
 ):
     """Database and query descriptors of ``db``, extracted to ``out_dir/{db,q}.h5`` or reused from
     there (files made by another model or with other options are refused)."""
@@ -34,7 +35,7 @@ def dataset_features(
                                       ("q", db.q_path, db.q_image_fns, resize_queries)):  # fmt: skip
         path = out_dir / f"{kind}.h5"
         serial_all_feats(model, names, path, root=root, batch_size=batch_size, device=device, progress=progress,
-                         resize_shorter=resize, num_workers=num_workers)  # fmt: skip
+                         resize_shorter=resize, num_workers=num_workers, precision=precision)  # fmt: skip
         feats.append(read_h5_descriptors(path, names))
     return feats[0], feats[1]
 
@@ -55,13 +56,23 @@ def run_evaluation(
     device: str = "auto",
     resize_queries: int | None = None,
     quiet: bool = False,
+    precision: str = "fp32",
+    num_workers: int | None = None,
 ) -> Results:
     """Recall@N of ``model`` on ``db``; features, ``results.json``, ``recall.png`` and ``mosaic.png``
     go to ``out_dir``."""
     out_dir = Path(out_dir)
     db.check_images()
     db_feats, q_feats = dataset_features(
-        model, db, out_dir, batch_size=batch_size, device=device, resize_queries=resize_queries, progress=not quiet
+        model,
+        db,
+        out_dir,
+        batch_size=batch_size,
+        device=device,
+        resize_queries=resize_queries,
+        progress=not quiet,
+        precision=precision,
+        num_workers=num_workers,
     )
     res, retrieved = test_from_fn(db, db_feats, q_feats, dim=dim, return_ranks=True)
     save_results(res, out_dir)

@@ -55,6 +55,7 @@ def pca_features(
     seed: int = SEED,
     rng: str = "matlab",
     progress: bool = True,
+    num_workers: int | None = None,
 ) -> np.ndarray:
     """N x D output of the network for the training database (at most ``n_train_cap`` images)."""
     from .extract import iter_descriptors, plan_batches
@@ -71,7 +72,9 @@ def pca_features(
         raise NetVladPortError(msg)
 
     batches, _ = plan_batches(db_train.db_path, names, range(len(names)), batch_size, None, fail)
-    for rows, desc in iter_descriptors(model, db_train.db_path, names, batches, fail, device=device, progress=progress):
+    for rows, desc in iter_descriptors(
+        model, db_train.db_path, names, batches, fail, device=device, progress=progress, num_workers=num_workers
+    ):
         feats[rows] = desc
     return feats
 

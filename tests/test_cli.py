@@ -80,3 +80,22 @@ def test_model_api(small_spec, small_images):
     for a, b in zip(spec.layers, small_spec.layers):
         for wa, wb in zip(a.weights, b.weights):
             assert np.array_equal(wa, wb)
+
+
+def test_every_option_has_help_and_commands_come_in_workflow_order():
+    from netvlad_port.cli import COMMANDS
+
+    ctx = main.make_context("netvlad-port", [], resilient_parsing=True)
+    assert main.list_commands(ctx)[: len(COMMANDS)] == list(COMMANDS)
+    missing = []
+    for name in main.list_commands(ctx):
+        command = main.get_command(ctx, name)
+        sub = command.make_context(name, [], resilient_parsing=True)
+        for param in command.get_params(sub):
+            if getattr(param, "param_type_name", "") == "option" and param.name != "help":
+                record = param.get_help_record(sub)
+                if not record or not record[1].split("[")[0].strip():
+                    missing.append(f"{name} {'/'.join(param.opts)}")
+    assert not missing
+    out = CliRunner().invoke(main, ["--help"]).output
+    assert all(line in out for line in COMMANDS.values())

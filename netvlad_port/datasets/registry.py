@@ -43,9 +43,13 @@ def register_dataset(
     return DATASETS.register(name, DatasetFamily(name, open, tuple(splits), recipe_lr), replace=replace)
 
 
-def dataset_names() -> str:
-    """The accepted dataset names, for help texts and errors."""
-    return ", ".join(f.names() for _, f in DATASETS.items()) + ", a spec .mat, or a VG-format folder"
+def dataset_names(split: str | None = None) -> str:
+    """The accepted dataset names (only ``split``'s, when given), for help texts and errors."""
+    if split:
+        names = [f"{f.name}-{split}" for _, f in DATASETS.items() if split in f.splits]
+    else:
+        names = [f.names() for _, f in DATASETS.items()]
+    return ", ".join(names) + ", a spec .mat, or a VG-format folder"
 
 
 def family_of(name: str) -> tuple[DatasetFamily, str | None]:
