@@ -717,7 +717,7 @@ def train(
         options.setdefault("back_prop_to_layer", "conv5_1")  # the README scripts' choice
     final = run_training(db_train, db_val, model_path, out_dir, resume=resume, force=force, progress=not quiet,
                          log=click.echo, **options)  # fmt: skip
-    click.echo(f"final model: {final}")
+    return final
 
 
 def _loss_params(pairs) -> dict:

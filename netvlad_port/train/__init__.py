@@ -67,7 +67,11 @@ def train(
         )
     save_converted(spec, out_dir / "final", force=True)
     write_summary(trainer, best, out_dir / "summary.json")
+    outputs = [out_dir / "log.jsonl", out_dir / "summary.json", out_dir / "recall_per_epoch.png"]
+    if (out_dir / "tensorboard").is_dir():
+        outputs.append(out_dir / "tensorboard")
     log(f"best epoch {best}; final model: {out_dir / 'final'}")
+    log("run outputs: " + ", ".join(str(p) for p in outputs if p.exists()))
     return out_dir / "final"
 
 

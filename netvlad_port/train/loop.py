@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from tqdm import tqdm
 
 from ..devices import resolve_device
 from ..errors import NetVladPortError
@@ -399,19 +400,32 @@ class Trainer:
                 self.rng.randperm(self.db_train.num_queries)  # the stream continues after randperm
                 self.lr_drop(e)
                 self.set_lr()
-            while self.batch <= n_batches:
-                b = self.batch
-                if b % o.save_batch_frequency == 0 and ran:
-                    self.save()
-                if stop_after is not None and ran >= stop_after:
-                    return self
-                if b % self.comp_freq == 0 and b != 1 and b != n_batches:
-                    self.refresh_train_cache()
-                loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
-                self.history.batch_loss.append(loss)
-                self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss})
-                self.batch += 1
-                ran += 1
+            bar = tqdm(total=n_batches * o.batch_size, initial=(self.batch - 1) * o.batch_size, unit="query",
+                       desc=f"epoch {e}/{o.n_epoch}", disable=not self.progress, leave=False)  # fmt: skip
+            try:
+                while self.batch <= n_batches:
+                    b = self.batch
+                    if b % o.save_batch_frequency == 0 and ran:
+                        self.save()
+                    if stop_after is not None and ran >= stop_after:
+                        return self
+                    if b % self.comp_freq == 0 and b != 1 and b != n_batches:
+                        t = time.perf_counter()
+                        self.refresh_train_cache()
+                        msg = f"epoch {e} batch {b}: train cache refreshed ({time.perf_counter() - t:.1f} s)"
+                        if self.progress:
+                            bar.write(msg)
+                        else:
+                            self.log(msg)
+                    loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
+                    self.history.batch_loss.append(loss)
+                    self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss})
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:g}", refresh=False)
+                    bar.update(o.batch_size)
+                    self.batch += 1
+                    ran += 1
+            finally:
+                bar.close()
             self.end_epoch()
         return self
 
