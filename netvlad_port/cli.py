@@ -812,11 +812,26 @@ def demo(out_dir: Path, epochs: int, force: bool):
     for i, n in enumerate(before.recall_ns):
         if n in (1, 2, 3, 4, 5, 10, 20, 50, 100):
             say(f"{n:>4}  " + "  ".join(f"{r.recalls[i] * 100:>14.1f}%" for _, r in rows))
-    last = out_dir / ("eval_trained" if epochs else "eval_offtheshelf")
-    say(
-        f"plots: {last / 'recall.png'}, {last / 'mosaic.png'}; results: {last / 'results.json'}; "
-        f"{time.perf_counter() - t0:.0f} s"
-    )
+    from .plots import plot_recall
+
+    plot_recall([r for _, r in rows], out_dir / "recall.png", labels=[name for name, _ in rows])
+    say(f"\n{time.perf_counter() - t0:.0f} s. Outputs in {out_dir}/:")
+    outputs = [
+        ("data/", "the synthetic dataset: synthetic_{train,val,test}.mat, images/, queries/"),
+        (imagenet.name, "the MatConvNet ImageNet-format VGG16 (random weights)"),
+        (net_path.name, "the off-the-shelf network as MATLAB saves it (layerVLAD a classdef object)"),
+        ("offtheshelf/", "the same, converted (model.safetensors + config.json)"),
+        ("eval_offtheshelf/", "its db.h5 / q.h5 features, results.json, recall.png, mosaic.png"),
+    ]
+    if epochs:
+        outputs += [
+            ("train/", "the run: log.jsonl, summary.json, recall_per_epoch.png, epoch_*/, final/ (best epoch + WPCA)"),
+            ("eval_trained/", "the trained network's features, results.json, recall.png, mosaic.png"),
+        ]
+    outputs.append(("recall.png", "recall@N of " + " and ".join(name for name, _ in rows)))
+    width = max(len(name) for name, _ in outputs)
+    for name, what in outputs:
+        say(f"  {name:<{width}}  {what}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,9 @@ def dataset_features(
 def save_results(res: Results, out_dir: str | os.PathLike) -> Path:
     path = Path(out_dir) / "results.json"
     with atomic_file(path) as tmp:
-        tmp.write_text(json.dumps(asdict(res), indent=1) + "\n")
+        record = asdict(res)
+        record["recall_at_n"] = {str(n): r for n, r in zip(res.recall_ns, res.recalls)}  # keyed by N
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
     return path
 
 

@@ -57,17 +57,22 @@ def plot_mosaic(
     seed: int = 0,
     thumb: tuple[int, int] = (96, 128),
 ) -> Path:
-    """Query and its top-5 results per row; green frame: a ground-truth positive, red: not."""
+    """Query and its top-5 results per row, under a legend: green frame, a ground-truth positive
+    (within posDistThr of the query); red, not."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     qs = sorted(rng.choice(db.num_queries, size=min(n_queries, db.num_queries), replace=False).tolist())
     th, tw = thumb
-    pad = 4
-    canvas = Image.new("RGB", ((top + 1) * (tw + 2 * pad) + pad, len(qs) * (th + 2 * pad)), "white")
+    pad, legend = 4, 22
+    canvas = Image.new("RGB", ((top + 1) * (tw + 2 * pad) + pad, legend + len(qs) * (th + 2 * pad)), "white")
     draw = ImageDraw.Draw(canvas)
+    draw.text((pad, 5), "query", fill="black")
+    draw.text((tw + 3 * pad, 5), f"top {top}:", fill="black")
+    draw.text((tw + 3 * pad + 60, 5), f"green = correct (within {db.pos_dist_thr:g} m)", fill="green")
+    draw.text((tw + 3 * pad + 60 + 230, 5), "red = wrong", fill="red")
     for row, iq in enumerate(qs):
-        y = row * (th + 2 * pad) + pad
+        y = legend + row * (th + 2 * pad) + pad
         items = [(db.q_image(iq), None)] + [
             (db.db_image(int(i)), bool(db.is_pos_q(iq, [int(i)])[0])) for i in retrieved[iq][:top]
         ]

@@ -97,6 +97,10 @@ def test_demo(tmp_path):
     results = json.loads((tmp_path / "demo" / "eval_offtheshelf" / "results.json").read_text())
     assert results["num_queries"] == 200 and results["recall_ns"][:5] == [1, 2, 3, 4, 5]
     assert results["recalls"][0] > 0.2  # well above chance (~10 positives among 300)
+    assert results["recall_at_n"]["1"] == results["recalls"][0] and results["recall_at_n"]["100"] > 0.9
+    with Image.open(tmp_path / "demo" / "recall.png") as im:  # both curves
+        im.verify()
+    assert "Outputs in" in res.output and "eval_trained/" in res.output and "train/" in res.output
 
 
 def test_test_and_search_commands(tiny_world, tmp_path):
