@@ -151,7 +151,9 @@ def plan_batches(
             size = resized_hw(h, w, resize_shorter) if resize_shorter and h and w else (h, w)
             why = model.input_error(*size) if model is not None and h and w else None
             if why:
-                raise ImageError(f"{base / names[i]}: a {size[0]}x{size[1]} image is too small for the network ({why})")
+                raise ImageError(
+                    f"{base / names[i]}: a {size[0]}x{size[1]} image cannot go through the network ({why})"
+                )
             sizes.append(size)
         except ImageError as exc:
             sizes.append(None)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .devices import available_memory, human_bytes
 from .errors import NetFormatError
 from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
 from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate
@@ -76,13 +77,18 @@ class SimpleNN(nn.Module):
         return x.to(self._dtype())
 
     def input_error(self, h: int, w: int) -> str | None:
-        """Why an h x w image cannot go through the network (a window larger than its input), or None."""
+        """Why an h x w image cannot go through the network -- a window larger than its input, or more
+        memory than is free for one image (the largest layer input plus output, float32) -- or None."""
         if (h, w) not in self._input_errors:
             try:
-                infer_shapes(self._shapes, (h, w))
-                self._input_errors[(h, w)] = None
+                shapes = [(h, w, 3)] + infer_shapes(self._shapes, (h, w))
+                sizes = [a * b * c for a, b, c in shapes]
+                need = 4 * max(x + y for x, y in zip(sizes, sizes[1:]))
+                free = available_memory()
+                error = None if need <= free else f"it needs {human_bytes(need)} of memory, {human_bytes(free)} free"
             except NetFormatError as exc:
-                self._input_errors[(h, w)] = str(exc)
+                error = str(exc)
+            self._input_errors[(h, w)] = error
         return self._input_errors[(h, w)]
 
     def run(self, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:

@@ -292,7 +292,7 @@ def test_image_edges_are_reported_per_file(two_models, tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     skipped = dict(line.split("\t") for line in out.with_name("d.npy.skipped.txt").read_text().splitlines())
     assert set(skipped) == {"tiny.png", "deep.ppm", "broken.jpg"}
-    assert "too small for the network" in skipped["tiny.png"] and "16-bit" in skipped["deep.ppm"]
+    assert "cannot go through the network (layer" in skipped["tiny.png"] and "16-bit" in skipped["deep.ppm"]
     assert "broken link" in skipped["broken.jpg"]
     assert np.load(out).shape[0] == 1
     stop = run(*args, "--force")
@@ -318,3 +318,22 @@ def test_list_files_are_taken_as_written(two_models, tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok.jpg\n\xff\xfe.jpg\n")
     res = run("extract", "--model", two_models / "a.mat", "--images", tmp_path / "bad.txt", "--out", tmp_path / "x.h5")
     assert res.exit_code == 1 and "bad.txt: not UTF-8" in res.output
+
+
+def test_a_forward_pass_that_does_not_fit_in_memory_is_refused_per_file(two_models, tmp_path, monkeypatch):
+    from netvlad_port import model as model_module
+
+    monkeypatch.setattr(model_module, "available_memory", lambda: 50_000)
+    out = tmp_path / "m.npy"
+    res = run("extract", "--model", two_models / "a.mat", "--images", two_models / "images", "--out", out, "--quiet")
+    assert res.exit_code == 1 and "cannot go through the network (it needs" in res.output
+    assert "kB free" in res.output and not out.exists()
+
+
+def test_an_empty_npz_is_one_error(tmp_path):
+    from netvlad_port.datasets import DatasetError, from_npz
+
+    (tmp_path / "e.npz").write_bytes(b"")
+    (tmp_path / "l.txt").write_text("a.jpg\n")
+    with pytest.raises(DatasetError, match="e.npz: not a ground-truth .npz"):
+        from_npz(tmp_path / "e.npz", tmp_path / "l.txt", tmp_path / "l.txt", tmp_path)

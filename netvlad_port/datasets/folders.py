@@ -59,7 +59,7 @@ def from_npz(
     try:
         gt = np.load(npz)
         utm_q, utm_db, thr = gt["utmQ"], gt["utmDb"], float(np.asarray(gt["posDistThr"]).ravel()[0])
-    except (OSError, KeyError, ValueError) as exc:
+    except (OSError, KeyError, ValueError, EOFError, IndexError) as exc:
         raise DatasetError(f"{npz}: not a ground-truth .npz with utmQ, utmDb, posDistThr ({exc})") from None
     db_names = [l.strip() for l in Path(db_list).read_text().splitlines() if l.strip()]
     q_names = [l.strip() for l in Path(q_list).read_text().splitlines() if l.strip()]

@@ -17,26 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..devices import available_memory as _available_bytes
+from ..devices import human_bytes as _human
 from ..devices import resolve_device
 from ..errors import NetVladPortError
 from ..extract import iter_descriptors, plan_batches
 from ..images import image_size, read_image
 
 MEMORY_FRACTION = 0.4  # of available RAM; above it 'auto' goes to disk
-
-
-def _available_bytes() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 8 << 30
-
-
-def _human(n: int) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} bytes"
 
 
 class TrunkCache:
