@@ -28,6 +28,26 @@ def _friendly(fn):
     return wrapper
 
 
+def _model_input(dest: str = "model_path", required: bool = True, text: str = "The network: a MatConvNet .mat (any "
+                 "encoding) or a converted folder."):  # fmt: skip
+    """The network, the same way in every command: as the argument MODEL or as --model."""
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, model_arg=None, model_opt=None, **kwargs):
+            if model_arg is not None and model_opt is not None and model_arg != model_opt:
+                raise click.UsageError(f"two networks given ({model_arg} and --model {model_opt}); give one")
+            model = model_opt if model_opt is not None else model_arg
+            if model is None and required:
+                raise click.UsageError("no network given: pass MODEL (a .mat or a converted folder) or --model")
+            return fn(*args, **{dest: model}, **kwargs)
+
+        wrapper = click.option("--model", "model_opt", type=click.Path(path_type=Path), help=text)(wrapper)
+        return click.argument("model_arg", metavar="[MODEL]", required=False, type=click.Path(path_type=Path))(wrapper)
+
+    return decorate
+
+
 def _image_size(value: str) -> tuple[int, int]:
     try:
         h, w = (int(v) for v in value.lower().split("x"))
@@ -72,7 +92,7 @@ def main():
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@_model_input(dest="model")
 @click.option(
     "-o",
     "--out",
@@ -112,7 +132,7 @@ def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
+@_model_input(dest="model")
 @click.option("--image-size", default="480x640", show_default=True, help="HxW input used for output sizes.")
 @_friendly
 def info(model: Path, image_size: str):
@@ -137,7 +157,7 @@ def info(model: Path, image_size: str):
 
 
 @main.command("export-mat")
-@click.argument("model", type=click.Path(path_type=Path))
+@_model_input(dest="model")
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="The .mat to write.")
 @click.option(
     "--mat-version",
@@ -170,13 +190,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 
 
 @main.command()
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A MatConvNet .mat (any encoding) or a converted folder.",
-)
+@_model_input()
 @click.option(
     "--images",
     "images",
@@ -268,8 +282,8 @@ def extract(
 
 
 @main.command()
-@click.argument("model", type=click.Path(path_type=Path))
-@click.argument("dump", type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, metavar="[MODEL] DUMP", type=click.Path(path_type=Path))
+@click.option("--model", "model_opt", type=click.Path(path_type=Path), help="The network (or as MODEL).")
 @click.option("--images", type=click.Path(path_type=Path), help="images.mat, when the dump has no 'images'.")
 @click.option(
     "--normalize",
@@ -290,10 +304,13 @@ def extract(
 @click.option("--loss-rtol", type=float, default=1e-5, show_default=True, help="SARE losses and dL/dfeats.")
 @click.option("--no-gradients", is_flag=True, help="Forward and losses only.")
 @_friendly
-def parity(model: Path, dump: Path, images, normalize, double, rtol, atol, loss_rtol, no_gradients):
+def parity(files, model_opt, images, normalize, double, rtol, atol, loss_rtol, no_gradients):
     """Compare MODEL with a MATLAB reference DUMP (matlab_ref/make_dump.m), layer by layer."""
     import torch
 
+    if len(files) != (1 if model_opt else 2):
+        raise click.UsageError("give the network and the dump: MODEL DUMP, or --model MODEL DUMP")
+    model, dump = (model_opt, files[0]) if model_opt else files
     from . import load
     from .parity import format_report, load_dump, run_parity
 
@@ -342,8 +359,7 @@ class DatasetOption(click.Option):
 
 
 @main.command("test")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="A MatConvNet .mat (any encoding) or a converted folder.")  # fmt: skip
+@_model_input()
 @click.option("--dataset", required=True, cls=DatasetOption)
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root (images/, queries/ ...).")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
@@ -451,13 +467,7 @@ def _dataset_options(fn):
 
 
 @main.command()
-@click.option(
-    "--model",
-    "model_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="A network (.mat or converted folder), or with --layer a MatConvNet ImageNet model file.",
-)
+@_model_input(text="A network (.mat or converted folder), or with --layer a MatConvNet ImageNet model file.")
 @click.option("--layer", default=None, help="loadNet: crop the ImageNet model at this layer (e.g. conv5_3).")
 @click.option("--net-id", type=click.Choice(["vd16", "vd19", "caffe", "places"]), default="vd16", show_default=True,
               help="loadNet's netID: which ImageNet architecture the model file holds.")  # fmt: skip
@@ -528,8 +538,7 @@ def cluster(
 
 
 @main.command()
-@click.option("--model", "model_path", type=click.Path(path_type=Path), required=True,
-              help="The trained network (.mat or converted folder).")  # fmt: skip
+@_model_input()
 @_dataset_options
 @click.option("--pca-dim", type=int, default=4096, show_default=True, help="pcaDim: output dimension.")
 @click.option("--no-white", is_flag=True, help="PCA without whitening.")
@@ -650,8 +659,7 @@ def _train_options(fn):
 @click.option("--val-spec", type=click.Path(path_type=Path), help="Validate on this dbStruct .mat.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
-@click.option("--model", "model_path", type=click.Path(path_type=Path),
-              help="The start network (netvlad-port cluster's output); not needed with --resume.")  # fmt: skip
+@_model_input(required=False, text="The start network (netvlad-port cluster's output); not needed with --resume.")
 @click.option("--loss", type=RegistryChoice(_losses), default=None, help="A registered loss [sare-ind].")
 @click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
               help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.")  # fmt: skip

@@ -99,3 +99,17 @@ def test_every_option_has_help_and_commands_come_in_workflow_order():
     assert not missing
     out = CliRunner().invoke(main, ["--help"]).output
     assert all(line in out for line in COMMANDS.values())
+
+
+def test_the_network_is_given_the_same_way_everywhere(tmp_path):
+    s = suite("tiny_max")
+    for args in (["info", str(s.net_path)], ["info", "--model", str(s.net_path)]):
+        res = CliRunner().invoke(main, args)
+        assert res.exit_code == 0 and "layerTotalMaxPool" in res.output, res.output
+    for command in ("info", "convert", "extract", "test", "cluster", "pca", "export-mat"):
+        res = CliRunner().invoke(main, [command, "--help"])
+        assert "[MODEL]" in res.output and "--model" in res.output, command
+    missing = CliRunner().invoke(main, ["info"])
+    assert missing.exit_code == 2 and "no network given" in missing.output
+    both = CliRunner().invoke(main, ["parity", "--model", str(s.net_path), str(s.dir / "ref.mat")])
+    assert both.exit_code == 0, both.output
