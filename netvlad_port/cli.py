@@ -418,12 +418,15 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
 @click.option("--query-prefix", help="Only query names starting with this.")
 @click.option("--db-list", type=click.Path(path_type=Path, exists=True), help="Only the database names listed.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="hloc pairs file: 'query db' lines.")
+@click.option("--force", is_flag=True, help="Replace the pairs file if it exists.")
 @_friendly
-def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out):
+def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
     from .io_utils import atomic_file
     from .retrieval import retrieval_pairs
 
+    if out.exists() and not force:
+        raise NetVladPortError(f"{out}: output file exists (use --force to overwrite)")
     pairs, where = retrieval_pairs(db_h5, q_h5, k, db_prefix, query_prefix, db_list)
     with atomic_file(out) as tmp:
         tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))

@@ -113,3 +113,11 @@ def test_no_pickle_anywhere_in_the_package():
     hits = [f"{p.relative_to(ROOT)}:{i}" for p in PACKAGE.rglob("*.py")
             for i, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]  # fmt: skip
     assert not hits
+
+
+def test_readme_command_reference_matches_the_cli():
+    from netvlad_port.cli import COMMANDS, main
+
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w-]+)` \| (.+?) \|$", readme, re.M)
+    assert rows == list(COMMANDS.items()) and sorted(COMMANDS) == sorted(main.commands)

@@ -18,10 +18,14 @@ from .registry import register_dataset
 
 
 def _spec(spec_dir, root, name: str) -> Path:
-    for folder in (spec_dir, root, Path(root) / "datasets" if root else None):
-        if folder is not None and (Path(folder) / f"{name}.mat").is_file():
-            return Path(folder) / f"{name}.mat"
-    raise DatasetError(f"{name}.mat: dataset specification not found in {spec_dir or root} (use --spec-dir)")
+    folders = [Path(f) for f in (spec_dir, root, Path(root) / "datasets" if root else None) if f is not None]
+    for folder in folders:
+        if (folder / f"{name}.mat").is_file():
+            return folder / f"{name}.mat"
+    raise DatasetError(
+        f"{name}.mat: dataset specification not found (looked in {', '.join(map(str, folders)) or 'nothing'}); pass "
+        f"--spec-dir, the folder of the dbStruct .mat files, and --root, the dataset's folder (images/, queries/)"
+    )
 
 
 class DbPitts(DbBase):
