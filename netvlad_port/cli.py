@@ -365,6 +365,7 @@ class DatasetOption(click.Option):
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
 @click.option("--dim", type=int, default=None, help="cropToDim: evaluate the first K dimensions.")
 @click.option(
+    "-o",
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),

@@ -99,6 +99,10 @@ def test_every_option_has_help_and_commands_come_in_workflow_order():
     assert not missing
     out = CliRunner().invoke(main, ["--help"]).output
     assert all(line in out for line in COMMANDS.values())
+    for name in ("convert", "export-mat", "extract", "test", "search", "cluster", "pca", "train", "demo"):
+        opts = {o for p in main.get_command(ctx, name).params for o in p.opts}
+        assert {"-o", "--out"} <= opts, name  # one convention for outputs
+    assert {"--resize-shorter", "--resize-queries"} <= {o for p in main.get_command(ctx, "test").params for o in p.opts}
 
 
 def test_the_network_is_given_the_same_way_everywhere(tmp_path):

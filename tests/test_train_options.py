@@ -153,6 +153,7 @@ def test_resume_refuses_changed_options_and_extends_with_more_epochs(world, tmp_
     common = ["--dataset", "synthetic", "--root", world.data, "--out", out]
     first = run_cli("train", *common, "--model", world.net, "--epochs", "1", "--pca-dim", "0", "--n-neg-choice", "20")
     assert first.exit_code == 0, first.output
+    assert first.output.count("final model") == 1 and "run outputs:" in first.output and "log.jsonl" in first.output
     again = run_cli("train", *common, "--model", world.net, "--epochs", "1")
     assert again.exit_code == 1 and "--resume" in again.output and "--force" in again.output
     changed = run_cli("train", *common, "--resume", "--lr", "0.5", "--momentum", "0")
