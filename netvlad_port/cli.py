@@ -28,6 +28,19 @@ def _friendly(fn):
     return wrapper
 
 
+# options that mean the same in every command
+_device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+_quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
+_workers_option = click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
+_rng_option = click.option(
+    "--rng",
+    type=click.Choice(["matlab", "numpy"]),
+    default="matlab",
+    show_default=True,
+    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
+)
+
+
 def _model_input(dest: str = "model_path", required: bool = True, text: str = "The network: a MatConvNet .mat (any "
                  "encoding) or a converted folder."):  # fmt: skip
     """The network, the same way in every command: as the argument MODEL or as --model."""
@@ -202,8 +215,8 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 @click.option("--format", "fmt", type=click.Choice(["h5", "bin", "npy"]), help="Default: from the suffix of --out.")
 @click.option("--root", type=click.Path(path_type=Path), help="Root the names in a list file are relative to.")
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@_workers_option
+@_device_option
 @click.option(
     "--precision",
     type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
@@ -228,7 +241,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     show_default=True,
     help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_quiet_option
 @click.option("--force", is_flag=True, help="Replace an output made by another model or with other options.")
 @_friendly
 def extract(
@@ -372,8 +385,8 @@ class DatasetOption(click.Option):
     help="Default: results/<dataset>/<model tag>, one folder per model.",
 )
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@_workers_option
+@_device_option
 @click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="fp32 is exact; the others are opt-in GPU speed-ups.")  # fmt: skip
 @click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
@@ -386,7 +399,7 @@ class DatasetOption(click.Option):
     default=None,
     help="Queries' shorter side to S, as deepIBL's Tokyo 24/7 protocol (640); the database is not resized.",
 )
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_quiet_option
 @_friendly
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
              resize_queries, quiet):  # fmt: skip
@@ -484,16 +497,10 @@ def _dataset_options(fn):
     help="Sample descriptors from 500 random images (the original code uses the first 500).",
 )
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where to keep *_traindescs.mat / *_clst.mat.")
-@click.option(
-    "--rng",
-    type=click.Choice(["matlab", "numpy"]),
-    default="matlab",
-    show_default=True,
-    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
-)
+@_rng_option
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_device_option
+@_quiet_option
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
 def cluster(
@@ -547,17 +554,11 @@ def cluster(
 @click.option("--pca-dim", type=int, default=4096, show_default=True, help="pcaDim: output dimension.")
 @click.option("--no-white", is_flag=True, help="PCA without whitening.")
 @click.option("--n-train-cap", type=int, default=10000, show_default=True, help="nTrainCap: at most this many images.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option(
-    "--rng",
-    type=click.Choice(["matlab", "numpy"]),
-    default="matlab",
-    show_default=True,
-    help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
-)
+@_device_option
+@_rng_option
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
-@click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_workers_option
+@_quiet_option
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
 def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, workers, quiet,
