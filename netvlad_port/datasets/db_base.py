@@ -133,6 +133,8 @@ def write_db_struct(path: str | os.PathLike, fields: dict[str, Any], version: st
         elif isinstance(v, str):
             v = np.array([v])
         else:
+            if np.iscomplexobj(v):
+                raise DatasetError(f"{path}: {k} holds complex numbers")
             v = np.atleast_2d(np.asarray(v, np.float64))
         values[k] = v
     s = _struct(values)
