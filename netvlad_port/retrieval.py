@@ -141,3 +141,23 @@ def retrieval_pairs(
         hits = [db_names[j] for j in row if j >= 0 and db_names[j] != qn]
         pairs += [(qn, d) for d in hits[:k]]
     return pairs, where
+
+
+def average_precision_at_k(ranked, positives, k: int) -> float:
+    """``apk`` of mapillary_sls (``mapillary_sls/utils/eval.py``): over the first k results, the mean
+    of precision at each new hit, divided by min(#positives, k)."""
+    positives = set(np.asarray(positives).ravel().tolist())
+    if not positives:
+        raise ValueError("average precision needs at least one positive")
+    hits, score, seen = 0, 0.0, set()
+    for i, r in enumerate(list(np.asarray(ranked).ravel())[:k]):
+        if r in positives and r not in seen:
+            hits += 1
+            score += hits / (i + 1)
+        seen.add(r)
+    return score / min(len(positives), k)
+
+
+def map_at_k(ranked: list, positives: list, k: int) -> float:
+    """``mapk`` of mapillary_sls: the mean average precision at k over the queries given."""
+    return float(np.mean([average_precision_at_k(r, p, k) for r, p in zip(ranked, positives)]))

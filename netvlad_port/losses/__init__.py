@@ -9,11 +9,13 @@
 | trainExpKernalInd.m | exp_kernal_ind | exp-ind |
 | trainExpKernalJoint.m | exp_kernal_joint | exp-joint |
 | trainWeakly.m | triplet_weakly | triplet |
+| (GCL, src/criteria.py) | gcl, contrastive | gcl, contrastive |
 
 :data:`LOSSES` is the single list of choices (CLI, docs, trainer); add one with :func:`register_loss`.
 """
 
 from .base import LOSSES, LossEntry, LossOutput, by_matlab_name, register_loss, tuple_loss
+from .gcl import contrastive, gcl, gcl_loss
 from .sare import (
     cauchy_kernel_ind,
     cauchy_kernel_joint,
@@ -38,4 +40,7 @@ __all__ = [
     "exp_kernal_ind",
     "exp_kernal_joint",
     "triplet_weakly",
+    "gcl",
+    "contrastive",
+    "gcl_loss",
 ]
