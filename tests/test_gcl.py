@@ -75,3 +75,45 @@ def test_gcl_trains_through_the_cli(tiny_world, tmp_path):
     assert res.exit_code == 0, res.output
     losses = [r["loss"] for r in map(json.loads, (tmp_path / "log.jsonl").open()) if "loss" in r]
     assert len(losses) == 6 and all(np.isfinite(losses)) and all(v >= 0 for v in losses)
+
+
+@pytest.mark.parametrize("trainable", [True, False])
+def test_gem_layer_formula_storage_and_export_refusal(tmp_path, trainable):
+    from click.testing import CliRunner
+
+    import netvlad_port
+    from netvlad_port.cli import main
+    from netvlad_port.converted import save_converted
+    from netvlad_port.fixtures import make_net
+    from netvlad_port.layers.pooling import gem_layer
+    from netvlad_port.model import SimpleNN
+
+    spec = make_net("vd16", "preL2_gem", width=1 / 16, pca_dim=None, seed=4)
+    spec.layers[-2] = gem_layer(32, trainable=trainable)
+    if not trainable:
+        spec.layers[-2].params["p"] = 2.5
+    model = SimpleNN(spec).double()
+    x = torch.rand(2, 3, 48, 64, dtype=torch.float64) * 255
+    acts = model.trace(x)
+    p = 3.0 if trainable else 2.5
+    expected = acts[-3].clamp_min(1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)
+    assert torch.allclose(acts[-2].flatten(1), expected, rtol=1e-10)
+    assert (len(model.layers[-2].weight_params()) == 1) == trainable
+    save_converted(spec, tmp_path / "gem")
+    back = SimpleNN(netvlad_port.load_spec(tmp_path / "gem")).double()
+    assert torch.allclose(back(x), model(x), rtol=1e-6)
+    res = CliRunner().invoke(main, ["export-mat", str(tmp_path / "gem"), "-o", str(tmp_path / "g.mat")])
+    assert res.exit_code == 1 and "no MATLAB counterpart" in res.output and not (tmp_path / "g.mat").exists()
+
+
+def test_gem_p_is_trained(tiny_world, tmp_path):
+    from netvlad_port.datasets import load_synthetic
+    from netvlad_port.fixtures import make_net
+    from netvlad_port.train import Trainer, TrainOptions
+
+    spec = make_net("vd16", "preL2_gem", width=1 / 16, pca_dim=None, seed=4)
+    opts = TrainOptions(learning_rate=0.5, back_prop_to_layer="conv5_1", n_neg_choice=20, test0=False, n_epoch=1)
+    t = Trainer(spec, load_synthetic(tiny_world.data, "train"), None, opts, tmp_path, log=lambda *a: None)
+    p0 = t.model.layers[-2].p.item()
+    t.run(stop_after=2)
+    assert t.model.layers[-2].p.item() != p0

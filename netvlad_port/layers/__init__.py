@@ -7,6 +7,7 @@ Importing this package registers the built-in types (``simplenn``: conv, relu, p
 from ..matconvnet.spec import LayerSpec, layer_type
 from .base import MatLayer, matlab_flatten
 from .netvlad import WHOLE_L2_EPS, TotalAvgPool, TotalMaxPool, VLADCore, WholeL2Normalize
+from .pooling import GeM
 from .simplenn import NORMALIZE_MODES, Conv, Normalize, Pool, ReLU
 
 
@@ -29,4 +30,5 @@ __all__ = [
     "WholeL2Normalize",
     "TotalMaxPool",
     "TotalAvgPool",
+    "GeM",
 ]

@@ -83,6 +83,7 @@ class LayerType:
     ``recognise(fields)`` identifies a struct-ified custom layer that lost its class name. ``token``
     is the ``addLayers`` method token of an aggregation layer, built by ``aggregate(d, clusters,
     alpha)``; ``alpha(clusters, train_descs)`` is its initialisation rule when it needs k-means centres.
+    A type without ``fields`` has no MATLAB counterpart: ``export-mat`` refuses it.
     """
 
     name: str

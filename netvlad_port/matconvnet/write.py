@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import NetFormatError
 from ..io_utils import atomic_file
 from .mat import cell, num, string, struct
 from .spec import LayerSpec, NetSpec, layer_type
@@ -32,6 +33,10 @@ VERSIONS = ("v7", "v7.3")
 def layer_fields(layer: LayerSpec) -> tuple[dict[str, Any], str | None]:
     """MATLAB fields of one layer, and its class name for custom layers (else None)."""
     entry = layer_type(layer.type)
+    if entry.fields is None:
+        raise NetFormatError(
+            f"layer '{layer.name}' ({layer.type}) has no MATLAB counterpart: a MatConvNet .mat cannot hold it"
+        )
     fields = entry.fields(layer)
     fields.update({k: num([v]) for k, v in layer.multipliers.items()})  # 1 x J, as netPrepareForTrain sets them
     return fields, (layer.type if entry.custom else None)
