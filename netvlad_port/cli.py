@@ -399,11 +399,18 @@ class DatasetOption(click.Option):
     default=None,
     help="Queries' shorter side to S, as deepIBL's Tokyo 24/7 protocol (640); the database is not resized.",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["matlab", "gcl"]),
+    default="matlab",
+    show_default=True,
+    help="matlab: recall@N over all queries (testFromFn); gcl: over queries with a positive, plus mAP@N.",
+)
 @_quiet_option
 @_friendly
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
-             resize_queries, quiet):  # fmt: skip
-    """Recall@N on a dataset, as MATLAB's testFromFn (all queries count)."""
+             resize_queries, protocol, quiet):  # fmt: skip
+    """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
     from . import load
     from .datasets import open_dataset
     from .evaluate import run_evaluation
@@ -413,11 +420,10 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
     model = load(model_path, normalize=normalize)
     out_dir = out_dir or Path("results") / db.name / model_fingerprint(model)[:12]  # one folder per model
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
-                         num_workers=workers)  # fmt: skip
-    click.echo(
-        f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, counted "
-        f"as failures), {res.dim}-D, {res.search}"
-    )
+                         num_workers=workers, protocol=protocol)  # fmt: skip
+    left = "left out" if protocol == "gcl" else "counted as failures"
+    click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, {left}), "
+               f"{res.dim}-D, {res.search}, protocol {protocol}")  # fmt: skip
     click.echo(res.table())
     click.echo(f"results: {out_dir / 'results.json'}, {out_dir / 'recall.png'}, {out_dir / 'mosaic.png'}")
 

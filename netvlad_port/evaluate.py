@@ -12,7 +12,7 @@ from .extract import serial_all_feats
 from .feature_store import read_h5_descriptors
 from .io_utils import atomic_file
 from .plots import plot_mosaic, plot_recall
-from .retrieval import Results, test_from_fn
+from .retrieval import GCL_RECALL_NS, RECALL_NS, Results, test_from_fn
 
 
 def dataset_features(
@@ -45,6 +45,8 @@ def save_results(res: Results, out_dir: str | os.PathLike) -> Path:
     with atomic_file(path) as tmp:
         record = asdict(res)
         record["recall_at_n"] = {str(n): r for n, r in zip(res.recall_ns, res.recalls)}  # keyed by N
+        if res.maps is not None:
+            record["map_at_n"] = {str(n): m for n, m in zip(res.recall_ns, res.maps)}
         tmp.write_text(json.dumps(record, indent=1) + "\n")
     return path
 
@@ -60,6 +62,7 @@ def run_evaluation(
     quiet: bool = False,
     precision: str = "fp32",
     num_workers: int | None = None,
+    protocol: str = "matlab",
 ) -> Results:
     """Recall@N of ``model`` on ``db``; features, ``results.json``, ``recall.png`` and ``mosaic.png``
     go to ``out_dir``."""
@@ -76,7 +79,8 @@ def run_evaluation(
         precision=precision,
         num_workers=num_workers,
     )
-    res, retrieved = test_from_fn(db, db_feats, q_feats, dim=dim, return_ranks=True)
+    recall_ns = GCL_RECALL_NS if protocol == "gcl" else RECALL_NS
+    res, retrieved = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, return_ranks=True, protocol=protocol)
     save_results(res, out_dir)
     plot_recall([res], out_dir / "recall.png")
     plot_mosaic(db, retrieved, out_dir / "mosaic.png")

@@ -16,6 +16,8 @@ import numpy as np
 from .extract import crop_to_dim
 
 RECALL_NS = (1, 2, 3, 4, 5) + tuple(range(10, 101, 5))  # testFromFn's [1:5, 10:5:100]
+GCL_RECALL_NS = (1, 2, 3, 4, 5, 10, 15, 20, 25)  # GCL's K for Pitts and Tokyo
+PROTOCOLS = ("matlab", "gcl")
 N_TOP = 100
 
 
@@ -28,13 +30,17 @@ class Results:
     queries_without_positives: int
     dim: int
     search: str
+    protocol: str = "matlab"  # matlab: all queries count; gcl: queries with a positive, plus mAP@K
+    maps: list[float] | None = None  # mAP@N for each of recall_ns (protocol gcl)
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]
 
     def table(self) -> str:
-        """Printed as MATLAB's testFromFn does: one line per N."""
-        return "\n".join(f"{n:>4}: {r * 100:6.2f}" for n, r in zip(self.recall_ns, self.recalls))
+        """Printed as MATLAB's testFromFn does: one line per N (and mAP@N under the GCL protocol)."""
+        maps = self.maps or [None] * len(self.recalls)
+        return "\n".join(f"{n:>4}: {r * 100:6.2f}" + (f"   mAP {m * 100:6.2f}" if m is not None else "")
+                         for n, r, m in zip(self.recall_ns, self.recalls, maps))  # fmt: skip
 
 
 def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: bool | None = None):
@@ -68,10 +74,14 @@ def test_from_fn(
     use_gpu: bool | None = None,
     return_ranks: bool = False,
     query_ids=None,
+    protocol: str = "matlab",
 ):
     """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
     ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
-    then holds their features, in that order."""
+    then holds their features, in that order. ``protocol="gcl"``: GCL's evaluation instead -- the
+    queries without a ground-truth positive are left out, and mAP@N is reported (docs/gcl.md)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
     import torch
 
     db_feats, q_feats = np.asarray(db_feats, np.float32), np.asarray(q_feats, np.float32)
@@ -96,7 +106,15 @@ def test_from_fn(
         if len(found):
             hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
         retrieved.append(r_ids)
-    res = Results(db.name, recall_ns, hits.mean(0).tolist(), len(qids), int(no_pos), int(db_feats.shape[1]), where)
+    if protocol == "matlab":
+        res = Results(db.name, recall_ns, hits.mean(0).tolist(), len(qids), int(no_pos), int(db_feats.shape[1]), where)
+        return (res, retrieved) if return_ranks else res
+    keep = [row for row, iq in enumerate(qids) if len(db.pos_q(iq))]
+    if not keep:
+        raise ValueError(f"{db.name}: no query has a ground-truth positive")
+    maps = [map_at_k([retrieved[r] for r in keep], [db.pos_q(qids[r]) for r in keep], n) for n in recall_ns]
+    res = Results(db.name, recall_ns, hits[keep].mean(0).tolist(), len(keep), int(no_pos), int(db_feats.shape[1]),
+                  where, "gcl", maps)  # fmt: skip
     return (res, retrieved) if return_ranks else res
 
 

@@ -117,3 +117,30 @@ def test_gem_p_is_trained(tiny_world, tmp_path):
     p0 = t.model.layers[-2].p.item()
     t.run(stop_after=2)
     assert t.model.layers[-2].p.item() != p0
+
+
+def test_gcl_protocol(tiny_world, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from netvlad_port.cli import main
+    from netvlad_port.datasets import load_synthetic
+    from netvlad_port.feature_store import read_h5_descriptors
+    from netvlad_port.retrieval import test_from_fn
+
+    out = tmp_path / "eval"
+    args = ["test", str(tiny_world.net), "--dataset", "synthetic-test", "--root", str(tiny_world.data), "--out",
+            str(out), "--protocol", "gcl", "--quiet"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    record = json.loads((out / "results.json").read_text())
+    assert record["protocol"] == "gcl" and record["recall_ns"] == [1, 2, 3, 4, 5, 10, 15, 20, 25]
+    db = load_synthetic(tiny_world.data, "test")
+    f_db, f_q = (read_h5_descriptors(out / f"{k}.h5", n) for k, n in (("db", db.db_image_fns), ("q", db.q_image_fns)))
+    res, ranks = test_from_fn(db, f_db, f_q, [5], return_ranks=True)
+    with_pos = [i for i in range(db.num_queries) if len(db.pos_q(i))]
+    hits = [bool(np.isin(ranks[i][:5], db.pos_q(i)).any()) for i in with_pos]
+    assert record["recall_at_n"]["5"] == pytest.approx(np.mean(hits)) and record["num_queries"] == len(with_pos)
+    assert record["map_at_n"]["5"] == pytest.approx(map_at_k([ranks[i] for i in with_pos],
+                                                             [db.pos_q(i) for i in with_pos], 5))  # fmt: skip
