@@ -39,7 +39,7 @@ def graded_contrastive(q, p, negs, *, labels=None, margin=0.5):
 
 @pytest.fixture
 def contrastive():
-    register_loss("test-contrastive", graded_contrastive, graded=True)
+    register_loss("test-contrastive", graded_contrastive, labels="binary")
     yield
     LOSSES.unregister("test-contrastive")
 

@@ -38,7 +38,7 @@ def test_gcl_pairs_and_the_binary_baseline():
     psi = np.array([1.0, 0.4, 0.0])
     expected = psi * 0.5 * d**2 + (1 - psi) * 0.5 * np.maximum(0.5 - d, 0) ** 2
     assert out.n_pairs == 3 and out.loss.item() == pytest.approx(expected.sum(), rel=1e-12)
-    binary = LOSSES["contrastive"](q, p, negs, labels=[1.0, 0.4, 0.0])
+    binary = LOSSES["contrastive"](q, p, negs, labels=[1.0, 0.0, 0.0])  # the dataset's binary labels
     expected_b = np.array([1, 0, 0]) * 0.5 * d**2 + (1 - np.array([1, 0, 0])) * 0.5 * np.maximum(0.5 - d, 0) ** 2
     assert binary.loss.item() == pytest.approx(expected_b.sum(), rel=1e-12)
     with pytest.raises(ValueError, match="graded similarity"):
@@ -144,3 +144,30 @@ def test_gcl_protocol(tiny_world, tmp_path):
     assert record["recall_at_n"]["5"] == pytest.approx(np.mean(hits)) and record["num_queries"] == len(with_pos)
     assert record["map_at_n"]["5"] == pytest.approx(map_at_k([ranks[i] for i in with_pos],
                                                              [db.pos_q(i) for i in with_pos], 5))  # fmt: skip
+
+
+def test_field_of_view_overlap_against_closed_forms_and_reference_values():
+    from netvlad_port.datasets.fov import distance_similarity, fov_overlap
+
+    deg = np.pi / 180
+    for delta, expected in ((0, 1.0), (30, 2 / 3), (45, 0.5), (60, 1 / 3), (90, 0.0)):  # same position: 1 - |Δ|/θ
+        assert fov_overlap((0, 0), 0.3, (0, 0), 0.3 + delta * deg) == pytest.approx(expected, abs=0.01)
+    assert fov_overlap((0, 0), 0.0, (0, 10), 0.0) == pytest.approx(0.667, abs=0.01)  # 10 m ahead
+    assert fov_overlap((0, 0), 0.0, (10, 0), 0.0) == pytest.approx(0.759, abs=0.01)  # 10 m sideways
+    assert fov_overlap((0, 0), 0.0, (0, 101), 0.0) == 0.0
+    reference = {0: 1, 5: 0.858, 10: 0.724, 15: 0.597, 20: 0.478, 25: 0.369, 30: 0.270, 40: 0.110, 50: 0.019}
+    got = distance_similarity(list(reference))
+    assert np.allclose(got, list(reference.values()), atol=0.01)
+    assert distance_similarity([70.8, 200]).tolist() == [0.0, 0.0] and np.all(np.diff(distance_similarity(
+        np.arange(0, 80, 5))) <= 1e-9)  # fmt: skip
+
+
+def test_dataset_similarity_graded_and_binary():
+    from netvlad_port.datasets import DbBase
+    from netvlad_port.datasets.fov import distance_similarity
+
+    from helpers import line, spec_fields
+
+    db = DbBase("t", ".", ".", spec_fields(line(0, 10, 24, 40), line(0)))
+    assert db.similarity(0, [0, 1, 2, 3], "binary").tolist() == [1, 1, 1, 0]
+    assert np.allclose(db.similarity(0, [0, 1, 2, 3]), distance_similarity([0, 10, 24, 40]), atol=1e-6)

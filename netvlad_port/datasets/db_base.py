@@ -231,11 +231,17 @@ class DbBase:
         """MATLAB ``isPosQ``: which of ``ids`` are ground-truth positives of query ``iq``."""
         return np.isin(np.asarray(ids), self.pos_q(iq))
 
-    def similarity(self, iq: int, ids) -> np.ndarray:
-        """Graded similarity in [0, 1] of db images ``ids`` to query ``iq``, for losses with graded
-        labels. The dbStruct has positions only, so it is binary here (ground-truth positive or not);
-        datasets with graded ground truth override it."""
-        return self.is_pos_q(iq, ids).astype(np.float32)
+    def similarity(self, iq: int, ids, kind: str = "graded") -> np.ndarray:
+        """Similarity in [0, 1] of db images ``ids`` to query ``iq`` for losses with labels. ``binary``:
+        ground-truth positive or not (``isPosQ``). ``graded``: the dbStruct has positions only, so the
+        field-of-view overlap expected at their distance (``fov.distance_similarity``); datasets with
+        headings or graded ground truth override it."""
+        if kind == "binary":
+            return self.is_pos_q(iq, ids).astype(np.float32)
+        from .fov import distance_similarity
+
+        d = np.linalg.norm(self.utm_db[:, np.asarray(ids, np.int64)] - self.utm_q[:, iq : iq + 1], axis=0)
+        return distance_similarity(d).astype(np.float32)
 
     def nontrivial_pos_q(self, iq: int) -> np.ndarray:
         """MATLAB ``nontrivialPosQ``: training positives, 1 < d^2 <= nonTrivPosDistSqThr."""

@@ -38,14 +38,15 @@ class LossOutput:
 class LossEntry:
     """A registered loss. ``params``: training-option names passed to ``fn`` as keywords (e.g. the
     triplet ``margin``); ``mining``: ``"hardest"`` takes the nNegCap hardest negatives, ``"violators"``
-    only those within the margin (trainWeakly); ``graded``: tuples carry the dataset's similarity labels."""
+    only those within the margin (trainWeakly); ``labels``: tuples carry the dataset's similarity of each
+    pair, ``"graded"`` or ``"binary"`` (``graded=True`` means ``labels="graded"``)."""
 
     name: str
     fn: Callable[..., Tensor | LossOutput]
     matlab: str = ""
     params: tuple[str, ...] = ()
     mining: str = "hardest"
-    graded: bool = False
+    labels: str | None = None  # "graded" or "binary": tuples carry the dataset's similarity of each pair
     doc: str = ""
 
     def __call__(self, q: Tensor, p: Tensor, negs: Tensor, *, labels=None, **params) -> LossOutput:
@@ -65,6 +66,7 @@ def register_loss(
     matlab: str = "",
     params: tuple[str, ...] = (),
     mining: str = "hardest",
+    labels: str | None = None,
     graded: bool = False,
     replace: bool = False,
 ):
@@ -74,7 +76,8 @@ def register_loss(
 
     def add(f: Callable) -> Callable:
         doc = (inspect.getdoc(f) or "").split("\n")[0]
-        LOSSES.register(name, LossEntry(name, f, matlab, tuple(params), mining, graded, doc), replace=replace)
+        kind = labels or ("graded" if graded else None)
+        LOSSES.register(name, LossEntry(name, f, matlab, tuple(params), mining, kind, doc), replace=replace)
         return f
 
     return add(fn) if fn is not None else add

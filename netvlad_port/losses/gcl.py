@@ -39,9 +39,8 @@ def gcl(q: Tensor, p: Tensor, negs: Tensor, *, labels=None, margin: float = MARG
     return LossOutput(gcl_loss(d, psi, margin).sum(), len(others))
 
 
-@register_loss("contrastive", graded=True)
+@register_loss("contrastive", labels="binary")
 def contrastive(q: Tensor, p: Tensor, negs: Tensor, *, labels=None, margin: float = MARGIN) -> LossOutput:
-    """The classic contrastive loss: GCL with binary labels (psi >= 0.5 -> 1, else 0), as GCL's
+    """The classic contrastive loss: GCL with binary labels (a ground-truth positive or not), as GCL's
     ``binary_MSLS`` baseline."""
-    binary = None if labels is None else (torch.as_tensor(labels) >= 0.5).to(torch.float64)
-    return gcl(q, p, negs, labels=binary, margin=margin)
+    return gcl(q, p, negs, labels=labels, margin=margin)

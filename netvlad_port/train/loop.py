@@ -251,8 +251,9 @@ class Trainer:
                 exclude_very_hard=o.exclude_very_hard,
             )
             if tup is not None:
-                if self.loss.graded:
-                    tup.labels = self.db_train.similarity(tup.query, [tup.positive, *tup.negatives])
+                if self.loss.labels:
+                    ids = [tup.positive, *tup.negatives]
+                    tup.labels = self.db_train.similarity(tup.query, ids, self.loss.labels)
                 tup.jitter = self.jitter()  # drawn per tuple after its negatives, as MATLAB does
             tuples.append(tup)
         self.model.train()
