@@ -171,3 +171,23 @@ def test_dataset_similarity_graded_and_binary():
     db = DbBase("t", ".", ".", spec_fields(line(0, 10, 24, 40), line(0)))
     assert db.similarity(0, [0, 1, 2, 3], "binary").tolist() == [1, 1, 1, 0]
     assert np.allclose(db.similarity(0, [0, 1, 2, 3]), distance_similarity([0, 10, 24, 40]), atol=1e-6)
+
+
+def test_pair_sampler_fractions_hold_over_10000_draws():
+    from netvlad_port.datasets import DbBase
+    from netvlad_port.matlab_random import MatlabRandom
+    from netvlad_port.train.mining import sample_pair
+
+    from helpers import line, spec_fields
+
+    db = DbBase("t", ".", ".", spec_fields(line(*np.arange(0, 400, 4.0)), line(100)))
+    rng = MatlabRandom(7)
+    psi = np.array([sample_pair(db, 0, rng).labels[0] for _ in range(10_000)])
+    n = len(psi)
+    for frac, got in ((0.5, np.mean(psi >= 0.5)), (0.25, np.mean((psi > 0) & (psi < 0.5))), (0.25, np.mean(psi == 0))):
+        assert abs(got - frac) < 4 * np.sqrt(frac * (1 - frac) / n)  # binomial noise, 4 sigma
+    binary = np.array([sample_pair(db, 0, rng, "binary").labels[0] for _ in range(4000)])
+    assert set(binary.tolist()) == {0.0, 1.0} and abs(binary.mean() - 0.5) < 4 * np.sqrt(0.25 / 4000)
+    near = DbBase("n", ".", ".", spec_fields(line(0, 2), line(1)))  # no psi = 0 and no 0 < psi < 0.5 partner
+    drops = sum(sample_pair(near, 0, MatlabRandom(s)) is None for s in range(200))
+    assert 60 < drops < 140  # the empty buckets (half the draws) drop the query, no redraw

@@ -20,7 +20,7 @@ from ..registry import Registry
 if TYPE_CHECKING:
     from torch import Tensor
 
-MINING = ("hardest", "violators")
+MINING = ("hardest", "violators", "pairs")  # pairs: GCL's sampler, no mining (train/mining.py)
 
 
 @dataclass

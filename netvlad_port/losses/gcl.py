@@ -26,11 +26,12 @@ def pair_distance(a: Tensor, b: Tensor) -> Tensor:
     return F.pairwise_distance(a, b, p=2, eps=EPS)
 
 
-@register_loss("gcl", graded=True)
+@register_loss("gcl", labels="graded", mining="pairs")
 def gcl(q: Tensor, p: Tensor, negs: Tensor, *, labels=None, margin: float = MARGIN) -> LossOutput:
-    """GCL on a tuple's pairs (query, positive) and (query, negative k) with the dataset's graded
-    similarities as psi; every pair counts, so the batch objective is the mean over pairs, as the
-    original's mean over its mini-batches."""
+    """GCL on pairs sampled as the original samples them (no mining): (query, partner) with the
+    partner's graded similarity as psi -- or on every pair (query, positive), (query, negative k) of a
+    tuple. Every pair counts, so the batch objective is the mean over pairs, as the original's mean over
+    its mini-batches."""
     others = torch.cat([p[None], negs])
     if labels is None:
         raise ValueError("gcl needs the graded similarity of each pair (the dataset's similarity)")
@@ -39,7 +40,7 @@ def gcl(q: Tensor, p: Tensor, negs: Tensor, *, labels=None, margin: float = MARG
     return LossOutput(gcl_loss(d, psi, margin).sum(), len(others))
 
 
-@register_loss("contrastive", labels="binary")
+@register_loss("contrastive", labels="binary", mining="pairs")
 def contrastive(q: Tensor, p: Tensor, negs: Tensor, *, labels=None, margin: float = MARGIN) -> LossOutput:
     """The classic contrastive loss: GCL with binary labels (a ground-truth positive or not), as GCL's
     ``binary_MSLS`` baseline."""

@@ -36,7 +36,7 @@ from ..model import SimpleNN
 from ..precision import exact_math
 from ..retrieval import test_from_fn
 from .checkpoint import load_checkpoint, save_checkpoint
-from .mining import mine_tuple, sq_dists
+from .mining import mine_tuple, sample_pair, sq_dists
 from .options import TrainOptions
 from .trunk import TrunkCache
 from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups
@@ -237,6 +237,12 @@ class Trainer:
         tuples = []
         violators = self.loss.mining == "violators"
         for iq in query_ids:  # every rank mines every tuple: identical RNG stream and negative cache
+            if self.loss.mining == "pairs":
+                tup = sample_pair(self.db_train, int(iq), self.rng, self.loss.labels or "graded")
+                if tup is not None:
+                    tup.jitter = self.jitter()
+                tuples.append(tup)
+                continue
             tup = mine_tuple(
                 self.db_train,
                 int(iq),
@@ -410,7 +416,7 @@ class Trainer:
                         self.save()
                     if stop_after is not None and ran >= stop_after:
                         return self
-                    if b % self.comp_freq == 0 and b != 1 and b != n_batches:
+                    if b % self.comp_freq == 0 and b != 1 and b != n_batches and self.loss.mining != "pairs":
                         t = time.perf_counter()
                         self.refresh_train_cache()
                         msg = f"epoch {e} batch {b}: train cache refreshed ({time.perf_counter() - t:.1f} s)"
