@@ -32,6 +32,14 @@ def _friendly(fn):
 _device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 _quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 _workers_option = click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
+_normalize_option = click.option(
+    "--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
+    help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.",
+)  # fmt: skip
+_precision_option = click.option(
+    "--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
+    help="fp32 is exact; the others are opt-in GPU speed-ups.",
+)  # fmt: skip
 _rng_option = click.option(
     "--rng",
     type=click.Choice(["matlab", "numpy"]),
@@ -217,13 +225,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
 @_workers_option
 @_device_option
-@click.option(
-    "--precision",
-    type=click.Choice(["fp32", "tf32", "bf16", "fp16"]),
-    default="fp32",
-    show_default=True,
-    help="fp32 is exact; the others are opt-in GPU speed-ups.",
-)
+@_precision_option
 @click.option(
     "--resize-shorter",
     type=int,
@@ -232,8 +234,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
 )
 @click.option("--dim", type=int, default=None, help="cropToDim: keep the first K components and L2 again.")
 @click.option("--half", is_flag=True, help="Store float16 (h5 / npy).")
-@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
-              help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.")  # fmt: skip
+@_normalize_option
 @click.option(
     "--on-error",
     type=click.Choice(["stop", "skip"]),
@@ -387,10 +388,8 @@ class DatasetOption(click.Option):
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
 @_workers_option
 @_device_option
-@click.option("--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="fp32 is exact; the others are opt-in GPU speed-ups.")  # fmt: skip
-@click.option("--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
-              help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.")  # fmt: skip
+@_precision_option
+@_normalize_option
 @click.option(
     "--resize-shorter",
     "--resize-queries",
