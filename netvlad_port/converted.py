@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import NetFormatError
 from .io_utils import atomic_dir
-from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate
+from .matconvnet.spec import LayerSpec, NetSpec, infer_method, output_dim, validate
 from .version import __version__
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -44,14 +44,13 @@ def _jsonable(v):
 
 
 def config_of(spec: NetSpec, source: dict | None = None) -> dict:
-    h, w, c = infer_shapes(spec, image_hw=None)[-1]
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "netvlad_port_version": __version__,
         "method": infer_method(spec),
         "whitened": any(l.name == "WPCA" for l in spec.layers),
-        "output_dim": h * w * c if h is not None else None,
+        "output_dim": output_dim(spec),
         "meta": {k: _jsonable(v) for k, v in spec.meta.items() if k != "averageImage"},
         "source": source or {},
         "layers": [

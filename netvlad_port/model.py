@@ -17,7 +17,7 @@ from torch import nn
 from .devices import available_memory, human_bytes
 from .errors import NetFormatError
 from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
-from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, validate
+from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, output_dim, validate
 
 
 class SimpleNN(nn.Module):
@@ -120,7 +120,7 @@ class SimpleNN(nn.Module):
 
     @property
     def output_dim(self) -> int:
-        h, w, c = infer_shapes(self.to_spec(), image_hw=None)[-1]
-        if h is None:
+        dim = output_dim(self._shapes)  # the layer structure only: no copy of the weights
+        if dim is None:
             raise ValueError("the output size depends on the image size")
-        return h * w * c
+        return dim

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NetVladPortError
-from .matconvnet.spec import CONV, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
+from .matconvnet.spec import CONV, WHOLE_L2, LayerSpec, NetSpec, output_dim, validate
 from .matlab_random import make_rng
 
 WHITEN_EPS = 1e-9
@@ -66,7 +66,7 @@ def pca_features(
     if len(ids) > n_train_cap:
         ids = make_rng(rng, seed).randsample(len(ids), n_train_cap) - 1  # rng(43); randsample, in its order
     names = [db_train.db_image_fns[i] for i in ids]
-    feats = np.empty((len(names), output_dim(spec)), np.float32)
+    feats = np.empty((len(names), _output_dim(spec)), np.float32)
 
     def fail(i, msg):
         raise NetVladPortError(msg)
@@ -79,12 +79,12 @@ def pca_features(
     return feats
 
 
-def output_dim(spec: NetSpec) -> int:
+def _output_dim(spec: NetSpec) -> int:
     """The descriptor dimension, which addPCA needs independent of the image size."""
-    h, w, c = infer_shapes(spec, image_hw=None)[-1]
-    if h is None:
+    dim = output_dim(spec)
+    if dim is None:
         raise NetVladPortError("addPCA needs a network whose output size does not depend on the image size")
-    return h * w * c
+    return dim
 
 
 def add_pca(
@@ -101,7 +101,7 @@ def add_pca(
     if features is None:
         if db_train is None:
             raise NetVladPortError("add_pca needs db_train or features")
-        d = output_dim(spec)
+        d = _output_dim(spec)
         if pca_dim >= d:  # before extracting up to nTrainCap images
             raise NetVladPortError(f"pcaDim {pca_dim} must be smaller than the descriptor dimension {d}")
         features = pca_features(spec, db_train, n_train_cap=n_train_cap, **feature_kwargs)

@@ -175,6 +175,12 @@ def infer_shapes(spec: NetSpec, image_hw: tuple[int, int] | None = (480, 640), i
     return out
 
 
+def output_dim(spec: NetSpec) -> int | None:
+    """The descriptor dimension, or None when it depends on the image size."""
+    h, w, c = infer_shapes(spec, image_hw=None)[-1]
+    return None if h is None else h * w * c
+
+
 def infer_method(spec: NetSpec) -> str:
     """The ``addLayers`` method string (e.g. ``vlad_preL2_intra``) the layers correspond to."""
     entries = [layer_type(l.type) for l in spec.layers]
