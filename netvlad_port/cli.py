@@ -80,7 +80,7 @@ def _image_size(value: str) -> tuple[int, int]:
 # the commands in workflow order, each with one plain line (the MATLAB functions in parentheses)
 COMMANDS = {
     "demo": "Run the whole job on built-in synthetic data.",
-    "make-synthetic": "Write the synthetic street dataset (dbStruct + JPEGs).",
+    "make-synthetic": "Write the synthetic street dataset (dbStruct or MSLS layout + JPEGs).",
     "convert": "Convert a network .mat into safetensors + JSON (load).",
     "info": "Show a network's layers and sizes (vl_simplenn_display).",
     "cluster": "Build the start network (loadNet, getClusters, addLayers).",
@@ -467,9 +467,12 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
     show_default=True,
     help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
 )
+@click.option("--layout", type=click.Choice(["dbstruct", "msls"]), default="dbstruct", show_default=True,
+              help="dbstruct: synthetic_<split>.mat + images/, queries/; msls: MSLS's train_val/<city>/ folders "
+                   "(train and val; dataset names msls-train, msls-val).")  # fmt: skip
 @_friendly
-def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, mat_version):
-    """Write the embedded synthetic place-recognition dataset (train/val/test)."""
+def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, mat_version, layout):
+    """Write the embedded synthetic place-recognition dataset (train/val/test, or MSLS's train/val)."""
     from .datasets.synthetic import SyntheticConfig, make_synthetic
 
     if out.exists() and any(out.iterdir()) and not force:
@@ -477,8 +480,9 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, 
     cfg = SyntheticConfig(
         db_per_split=db_per_split, queries_per_split=queries_per_split, image_hw=_image_size(size), seed=seed
     )
-    make_synthetic(out, cfg, version=mat_version)
-    click.echo(f"{out}: synthetic_{{train,val,test}}.mat, {db_per_split} db + {queries_per_split} queries per split")
+    make_synthetic(out, cfg, version=mat_version, layout=layout)
+    what = "synthetic_{train,val,test}.mat" if layout == "dbstruct" else "train_val/<city>/ (msls-train, msls-val)"
+    click.echo(f"{out}: {what}, {db_per_split} db + {queries_per_split} queries per split")
 
 
 def _dataset_options(fn):
@@ -754,102 +758,17 @@ def _loss_params(pairs) -> dict:
 @main.command()
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
               help="Where everything goes.")  # fmt: skip
-@click.option("--epochs", type=int, default=8, show_default=True, help="SARE training epochs (0: no training).")
+@click.option("--loss", "recipe", type=click.Choice(["sare-ind", "gcl"]), default="sare-ind", show_default=True,
+              help="The recipe: deepIBL's SARE on the dbStruct layout, or GCL's VGG-GeM on the MSLS layout.")  # fmt: skip
+@click.option("--epochs", type=int, default=None, help="Training epochs (0: no training) [default: 8 SARE, 20 GCL].")
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")
-def demo(out_dir: Path, epochs: int, force: bool):
+def demo(out_dir: Path, recipe: str, epochs: int | None, force: bool):
     """The whole job on embedded synthetic data: dataset, MatConvNet networks, clusters, convert,
-    extract, evaluate, SARE training, PCA whitening, evaluate again."""
-    import shutil
-    import time
+    extract, evaluate, train, (PCA whitening,) evaluate again; prints recall@N (and mAP@K) before
+    and after."""
+    from .demo import run_demo
 
-    from . import load
-    from .converted import save_converted
-    from .datasets.synthetic import SyntheticConfig, load_synthetic, make_synthetic
-    from .evaluate import run_evaluation
-    from .fixtures import write_imagenet_model
-    from .matconvnet import read_net, write_net
-    from .networks import add_layers, load_net
-    from .train import train as run_training
-
-    if out_dir.exists():
-        if not force:
-            raise click.ClickException(f"{out_dir}: exists (use --force to start again)")
-        shutil.rmtree(out_dir)
-    t0 = time.perf_counter()
-    say = click.echo
-    say(f"1/6 synthetic street dataset (train/val/test, 300 db + 200 queries each, 120x160) -> {out_dir / 'data'}")
-    make_synthetic(out_dir / "data", SyntheticConfig(db_per_split=300, queries_per_split=200))
-    db_train, db_val, db_test = (load_synthetic(out_dir / "data", s) for s in ("train", "val", "test"))
-    imagenet = out_dir / "imagenet-vgg-verydeep-16.mat"
-    say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")
-    write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
-    net_path = out_dir / "vd16_offtheshelf_conv5_3_synthetic_vlad_preL2_intra.mat"
-    say(f"3/6 loadNet + getClusters + addLayers (K=16), saved with layerVLAD as a classdef object -> {net_path}")
-    spec = add_layers(
-        load_net("vd16", "conv5_3", imagenet),
-        "vlad_preL2_intra",
-        db_train=db_train,
-        k=16,
-        cache_dir=out_dir / "init",
-        progress=False,
-    )
-    write_net(spec, net_path, encoding="saveobj")
-    save_converted(read_net(net_path), out_dir / "offtheshelf", source=net_path)
-    say("4/6 convert, extract and evaluate the off-the-shelf network on synthetic-test")
-    before = run_evaluation(
-        load(out_dir / "offtheshelf"), db_test, out_dir / "eval_offtheshelf", None, 10, "auto", None, quiet=True
-    )
-    rows = [("off-the-shelf", before)]
-    if epochs:
-        say(
-            f"5/6 train SARE Gauss-Ind (lr 0.001, conv5_1 up, {epochs} epochs), pick the best epoch on val, "
-            f"addPCA (whitening to 64-D)"
-        )
-        final = run_training(
-            db_train,
-            db_val,
-            out_dir / "offtheshelf",
-            out_dir / "train",
-            loss="sare-ind",
-            log=lambda *a: None,
-            n_epoch=epochs,
-            learning_rate=1e-3,
-            back_prop_to_layer="conv5_1",
-            n_neg_choice=200,
-            pca_dim=64,
-        )
-        say("6/6 evaluate the trained network on synthetic-test")
-        rows.append(
-            (
-                "trained + WPCA",
-                run_evaluation(load(final), db_test, out_dir / "eval_trained", None, 10, "auto", None, quiet=True),
-            )
-        )
-    say(f"\n{db_test.name}: {before.num_queries} queries ({before.search})")
-    say("   N  " + "  ".join(f"{name:>15}" for name, _ in rows))
-    for i, n in enumerate(before.recall_ns):
-        if n in (1, 2, 3, 4, 5, 10, 20, 50, 100):
-            say(f"{n:>4}  " + "  ".join(f"{r.recalls[i] * 100:>14.1f}%" for _, r in rows))
-    from .plots import plot_recall
-
-    plot_recall([r for _, r in rows], out_dir / "recall.png", labels=[name for name, _ in rows])
-    say(f"\n{time.perf_counter() - t0:.0f} s. Outputs in {out_dir}/:")
-    outputs = [
-        ("data/", "the synthetic dataset: synthetic_{train,val,test}.mat, images/, queries/"),
-        (imagenet.name, "the MatConvNet ImageNet-format VGG16 (random weights)"),
-        (net_path.name, "the off-the-shelf network as MATLAB saves it (layerVLAD a classdef object)"),
-        ("offtheshelf/", "the same, converted (model.safetensors + config.json)"),
-        ("eval_offtheshelf/", "its db.h5 / q.h5 features, results.json, recall.png, mosaic.png"),
-    ]
-    if epochs:
-        outputs += [
-            ("train/", "the run: log.jsonl, summary.json, recall_per_epoch.png, epoch_*/, final/ (best epoch + WPCA)"),
-            ("eval_trained/", "the trained network's features, results.json, recall.png, mosaic.png"),
-        ]
-    outputs.append(("recall.png", "recall@N of " + " and ".join(name for name, _ in rows)))
-    width = max(len(name) for name, _ in outputs)
-    for name, what in outputs:
-        say(f"  {name:<{width}}  {what}")
+    run_demo(out_dir, recipe, epochs, force, say=click.echo)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def run_evaluation(
         precision=precision,
         num_workers=num_workers,
     )
-    recall_ns = GCL_RECALL_NS if protocol == "gcl" else RECALL_NS
+    recall_ns = (db.gcl_recall_ns or GCL_RECALL_NS) if protocol == "gcl" else RECALL_NS
     res, retrieved = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, return_ranks=True, protocol=protocol)
     save_results(res, out_dir)
     plot_recall([res], out_dir / "recall.png")

@@ -64,6 +64,24 @@ def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: boo
     return np.take_along_axis(ids, order, 1), np.take_along_axis(ds, order, 1), where
 
 
+def grouped_search(db, db_feats: np.ndarray, q_feats: np.ndarray, qids: np.ndarray, k: int, use_gpu=None):
+    """:func:`faiss_search`, inside each query's group of the database when the dataset has groups
+    (``db_group`` / ``q_group``: MSLS's cities, searched one at a time as GCL's ``validate.py``).
+    Rows a group cannot fill are padded with id -1 and infinite distance."""
+    if getattr(db, "db_group", None) is None:
+        return faiss_search(db_feats, q_feats, k, use_gpu)
+    ids, ds = np.full((len(qids), k), -1, np.int64), np.full((len(qids), k), np.inf, np.float32)
+    q_group = np.asarray(db.q_group)[qids]
+    where = ""
+    for g in np.unique(q_group):
+        rows, members = np.flatnonzero(q_group == g), np.flatnonzero(db.db_group == g)
+        if len(members) == 0:
+            continue
+        g_ids, g_ds, where = faiss_search(db_feats[members], q_feats[rows], k, use_gpu)
+        ids[rows, : g_ids.shape[1]], ds[rows, : g_ids.shape[1]] = members[g_ids], g_ds
+    return ids, ds, where + " per city"
+
+
 def test_from_fn(
     db,
     db_feats: np.ndarray,
@@ -94,12 +112,13 @@ def test_from_fn(
     if dim:
         db_feats = crop_to_dim(torch.from_numpy(db_feats), dim).numpy()
         q_feats = crop_to_dim(torch.from_numpy(q_feats), dim).numpy()
-    ids, ds, where = faiss_search(db_feats, q_feats, n_top * db.retrieve_factor(), use_gpu)
+    ids, ds, where = grouped_search(db, db_feats, q_feats, qids, n_top * db.retrieve_factor(), use_gpu)
     recall_ns = list(recall_ns)
     hits = np.zeros((len(qids), len(recall_ns)), bool)
     retrieved, no_pos = [], 0
     for row, iq in enumerate(qids):
-        r_ids, _ = db.nn_search_postprocess(iq, ids[row], ds[row], n_top)
+        found_row = ids[row] >= 0  # a city's search may return fewer than asked
+        r_ids, _ = db.nn_search_postprocess(iq, ids[row][found_row], ds[row][found_row], n_top)
         is_pos = db.is_pos_q(iq, r_ids)
         no_pos += len(db.pos_q(iq)) == 0
         found = np.cumsum(is_pos) > 0

@@ -3,6 +3,7 @@ and the registry of dataset families by name (``pitts30k-test``, ``tokyo247``, .
 
 from .db_base import DB_STRUCT_FIELDS, DatasetError, DbBase, load_db_struct, write_db_struct
 from .folders import from_npz, from_vg_folder
+from .msls import MSLS_CITIES, DbMsls
 from .registry import DATASETS, DatasetFamily, dataset_names, open_dataset, register_dataset, training_splits
 from .standard import DbPitts, DbTokyo247, DbTokyoTimeMachine
 from .synthetic import load_synthetic, make_synthetic
@@ -15,6 +16,8 @@ __all__ = [
     "write_db_struct",
     "from_npz",
     "from_vg_folder",
+    "MSLS_CITIES",
+    "DbMsls",
     "DATASETS",
     "DatasetFamily",
     "dataset_names",

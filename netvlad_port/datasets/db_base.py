@@ -155,6 +155,9 @@ class DbBase:
     """MATLAB ``dbBase``: a database and queries with UTM ground truth."""
 
     nms_group: int | None = None  # Tokyo 24/7: 12 cutouts per panorama
+    gcl_recall_ns: tuple[int, ...] | None = None  # recall@K list of --protocol gcl, when not GCL's Pitts/Tokyo one
+    db_group: np.ndarray | None = None  # per image: retrieval stays inside the query's group (MSLS cities)
+    q_group: np.ndarray | None = None
 
     def __init__(
         self, name: str, db_path: str | os.PathLike, q_path: str | os.PathLike, db_struct: dict, source: str = ""

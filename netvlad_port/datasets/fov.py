@@ -29,19 +29,28 @@ def _grid(r: float, theta: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rr * np.sin(pp), rr * np.cos(pp), w / w.sum()
 
 
-def fov_overlap(ca, ha: float, cb, hb: float, r: float = RADIUS, theta: float = FOV) -> float:
-    """psi = |S(ca, ha) ∩ S(cb, hb)| / |S| for views at UTM positions ca, cb (east, north, metres)
-    with compass headings ha, hb (radians)."""
-    dx, dy = np.asarray(cb, np.float64) - np.asarray(ca, np.float64)
-    if np.hypot(dx, dy) > 2 * r:
-        return 0.0
+def fov_overlaps(ca, ha: float, cbs, hbs, r: float = RADIUS, theta: float = FOV) -> np.ndarray:
+    """psi = |S(ca, ha) ∩ S(cb, hb)| / |S| of one view at UTM position ca (east, north, metres) with
+    compass heading ha (radians) against views at ``cbs`` (N x 2) with headings ``hbs`` (N)."""
+    cbs = np.asarray(cbs, np.float64).reshape(-1, 2) - np.asarray(ca, np.float64).reshape(1, 2)
+    hbs = np.broadcast_to(np.asarray(hbs, np.float64), (len(cbs),))
+    out = np.zeros(len(cbs))
+    near = np.flatnonzero(np.hypot(cbs[:, 0], cbs[:, 1]) <= 2 * r)
+    if len(near) == 0:
+        return out
     e, n, w = _grid(r, theta)
     c, s = np.cos(ha), np.sin(ha)  # rotate the grid of S(0, 0) to heading ha
-    pe, pn = e * c + n * s, -e * s + n * c
-    qe, qn = pe - dx, pn - dy  # the points relative to cb
-    dist = np.hypot(qe, qn)
-    angle = np.abs((np.arctan2(qe, qn) - hb + np.pi) % (2 * np.pi) - np.pi)
-    return float(w[(dist <= r) & (angle <= theta / 2)].sum())
+    pe, pn = (e * c + n * s).ravel(), (-e * s + n * c).ravel()
+    for i in near:  # one partner at a time keeps memory at one grid
+        qe, qn = pe - cbs[i, 0], pn - cbs[i, 1]  # the points relative to cb
+        angle = np.abs((np.arctan2(qe, qn) - hbs[i] + np.pi) % (2 * np.pi) - np.pi)
+        out[i] = w.ravel()[(qe * qe + qn * qn <= r * r) & (angle <= theta / 2)].sum()
+    return out
+
+
+def fov_overlap(ca, ha: float, cb, hb: float, r: float = RADIUS, theta: float = FOV) -> float:
+    """:func:`fov_overlaps` of one pair of views."""
+    return float(fov_overlaps(ca, ha, [cb], [hb], r, theta)[0])
 
 
 STEP = 1.0  # metres between the tabulated distances

@@ -95,45 +95,61 @@ def _render(tex: np.ndarray, s_m: float, rng: np.random.Generator, hw: tuple[int
     return np.clip(a * 255, 0, 255).astype(np.uint8)
 
 
-def make_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = None, version: str = "v7") -> Path:
-    """Write the synthetic dataset to ``out`` (``images/``, ``queries/``, ``synthetic_<split>.mat``)."""
+def _split_views(cfg: SyntheticConfig, rng: np.random.Generator, si: int, split: str):
+    """The views of one split: (db, queries), each a list of (street, index, UTM east/north, image)."""
+    streets = cfg.streets_per_split
+    per_street = int(np.ceil(cfg.db_per_split / streets))
+    length = per_street * cfg.spacing + FOV_M
+    db, queries = [], []
+    for st in range(streets):
+        tex = _facade(rng, length)
+        north = ORIGIN[1] + 1000.0 * (si * streets + st)  # streets 1 km apart
+        n_db = min(per_street, cfg.db_per_split - len(db))
+        for i in range(n_db):
+            s = FOV_M / 2 + i * cfg.spacing
+            db.append((st, i, (ORIGIN[0] + s, north), _render(tex, s, rng, cfg.image_hw, False)))
+        n_q = cfg.queries_per_split // streets + (st < cfg.queries_per_split % streets)
+        for i in range(n_q):
+            s = rng.uniform(FOV_M / 2, FOV_M / 2 + (n_db - 1) * cfg.spacing)
+            image = _render(tex, s, rng, cfg.image_hw, True)
+            queries.append((st, i, (ORIGIN[0] + s, north + rng.normal(0, 0.5)), image))
+    return db, queries
+
+
+def make_synthetic(
+    out: str | os.PathLike, config: SyntheticConfig | None = None, version: str = "v7", layout: str = "dbstruct"
+) -> Path:
+    """Write the synthetic dataset to ``out``. ``layout="dbstruct"``: ``images/``, ``queries/`` and
+    ``synthetic_<split>.mat``; ``layout="msls"``: MSLS's ``train_val/<city>/{database,query}/`` with
+    csv files, each street a city (train: trondheim, london, ...; val: cph, sf; no test, MSLS's test
+    cities have no positions), compass angles near north (the facades face the camera), and every
+    tenth image a panorama, which readers must leave out."""
     from PIL import Image
 
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     cfg = config or SyntheticConfig()
     out = Path(out)
     rng = np.random.default_rng(cfg.seed)
     for si, split in enumerate(SPLITS):
-        streets = cfg.streets_per_split
-        per_street = int(np.ceil(cfg.db_per_split / streets))
-        length = per_street * cfg.spacing + FOV_M
-        db_fns, utm_db, q_fns, utm_q = [], [], [], []
-        for st in range(streets):
-            tex = _facade(rng, length)
-            north = ORIGIN[1] + 1000.0 * (si * streets + st)  # streets 1 km apart
-            n_db = min(per_street, cfg.db_per_split - len(db_fns))
-            for i in range(n_db):
-                s = FOV_M / 2 + i * cfg.spacing
-                name = f"{split}/s{st}/{i:05d}.jpg"
-                _save(Image, _render(tex, s, rng, cfg.image_hw, False), out / "images" / name)
-                db_fns.append(name)
-                utm_db.append((ORIGIN[0] + s, north))
-            n_q = cfg.queries_per_split // streets + (st < cfg.queries_per_split % streets)
-            for i in range(n_q):
-                s = rng.uniform(FOV_M / 2, FOV_M / 2 + (n_db - 1) * cfg.spacing)
-                name = f"{split}/s{st}/q{i:05d}.jpg"
-                _save(Image, _render(tex, s, rng, cfg.image_hw, True), out / "queries" / name)
-                q_fns.append(name)
-                utm_q.append((ORIGIN[0] + s, north + rng.normal(0, 0.5)))
+        db, queries = _split_views(cfg, rng, si, split)
+        if layout == "msls":
+            if split != "test":
+                _write_msls(out, split, db, queries, np.random.default_rng(cfg.seed + 1 + si))
+            continue
+        for sub, views, q in (("images", db, ""), ("queries", queries, "q")):
+            for st, i, _, image in views:
+                _save(Image, image, out / sub / f"{split}/s{st}/{q}{i:05d}.jpg")
         write_db_struct(
             out / f"synthetic_{split}.mat",
             {
                 "whichSet": split,
-                "dbImageFns": db_fns,
-                "utmDb": np.array(utm_db).T,
-                "qImageFns": q_fns,
-                "utmQ": np.array(utm_q).T,
-                "numImages": len(db_fns),
-                "numQueries": len(q_fns),
+                "dbImageFns": [f"{split}/s{st}/{i:05d}.jpg" for st, i, _, _ in db],
+                "utmDb": np.array([utm for _, _, utm, _ in db]).T,
+                "qImageFns": [f"{split}/s{st}/q{i:05d}.jpg" for st, i, _, _ in queries],
+                "utmQ": np.array([utm for _, _, utm, _ in queries]).T,
+                "numImages": len(db),
+                "numQueries": len(queries),
                 "posDistThr": cfg.pos_dist_thr,
                 "posDistSqThr": cfg.pos_dist_thr**2,
                 "nonTrivPosDistSqThr": cfg.non_triv_pos_dist_sq_thr,
@@ -141,6 +157,32 @@ def make_synthetic(out: str | os.PathLike, config: SyntheticConfig | None = None
             version=version,
         )
     return out
+
+
+LAYOUTS = ("dbstruct", "msls")
+PANO_EVERY = 10
+# Metres of the MSLS layout per metre of the street: a synthetic camera sees 20 m of facade (FOV_M),
+# so two views 20 m apart share nothing, while fields of view of r = 50 m (docs/gcl.md#graded-labels)
+# still overlap at 34 m sideways; at 3x, views that share half their facade have psi about 0.5.
+MSLS_SCALE = 3.0
+
+
+def _write_msls(out: Path, split: str, db, queries, rng: np.random.Generator) -> None:
+    from PIL import Image
+
+    from .msls import MSLS_CITIES, write_msls_city
+
+    for sub, views, sd in (("database", db, 2.0), ("query", queries, 8.0)):
+        for st in sorted({v[0] for v in views}):
+            city = MSLS_CITIES[split][st]
+            mine = [v for v in views if v[0] == st]
+            keys = [f"{split}{st}{sub[0]}{i:05d}" for _, i, _, _ in mine]
+            for key, (_, _, _, image) in zip(keys, mine):
+                _save(Image, image, out / "train_val" / city / sub / "images" / f"{key}.jpg")
+            ca = rng.normal(0.0, sd, len(mine)) % 360  # degrees, clockwise from north
+            pano = [i % PANO_EVERY == PANO_EVERY - 1 for _, i, _, _ in mine]
+            utm = [(ORIGIN[0] + MSLS_SCALE * (e - ORIGIN[0]), n) for _, _, (e, n), _ in mine]
+            write_msls_city(out, city, sub, keys, utm, ca, pano)
 
 
 def _save(Image, arr: np.ndarray, path: Path) -> None:

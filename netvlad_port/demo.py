@@ -1,0 +1,133 @@
+"""``netvlad-port demo``: the whole job on embedded synthetic data, for one training recipe.
+
+``sare-ind``: deepIBL's SARE recipe on the dbStruct layout -- NetVLAD (K 16) clusters, convert,
+evaluate MATLAB's way, train SARE Gauss-Ind, addPCA, evaluate again. ``gcl``: GCL's VGG-GeM recipe
+on the MSLS layout -- graded labels from positions and compass angles, pairs without mining, plain
+SGD, evaluated as GCL reports (recall@K and mAP@K on MSLS-val, the split that also picks the epoch).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import NetVladPortError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    layout: str  # make_synthetic layout
+    splits: tuple[str, str, str]  # dataset names: train, val, evaluation
+    head: str  # addLayers method
+    train: dict = field(default_factory=dict)  # TrainOptions
+    epochs: int = 8
+    protocol: str = "matlab"
+    about: str = ""
+
+
+RECIPES = {
+    "sare-ind": Recipe(
+        "dbstruct",
+        ("synthetic-train", "synthetic-val", "synthetic-test"),
+        "vlad_preL2_intra",
+        dict(loss="sare-ind", learning_rate=1e-3, back_prop_to_layer="conv5_1", n_neg_choice=200, pca_dim=64),
+        about="SARE Gauss-Ind (lr 0.001, conv5_1 up), best epoch on val, addPCA (whitening to 64-D)",
+    ),
+    "gcl": Recipe(
+        "msls",
+        ("msls-train", "msls-val", "msls-val"),
+        "preL2_gem",
+        dict(loss="gcl", learning_rate=1.0, momentum=0.0, weight_decay=0.0, batch_size=32,
+             back_prop_to_layer="conv5_1", pca_dim=0),  # fmt: skip
+        epochs=20,
+        protocol="gcl",
+        about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, conv5_1 up), best epoch on MSLS-val",
+    ),
+}
+TABLE_NS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
+
+
+def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None, force: bool = False, say=print):
+    """Write everything under ``out_dir`` and print the before/after table."""
+    from . import load
+    from .converted import save_converted
+    from .datasets import open_dataset
+    from .datasets.synthetic import SyntheticConfig, make_synthetic
+    from .evaluate import run_evaluation
+    from .fixtures import write_imagenet_model
+    from .matconvnet import read_net, write_net
+    from .networks import add_layers, load_net
+    from .plots import plot_recall
+    from .train import train as run_training
+
+    if recipe not in RECIPES:
+        raise NetVladPortError(f"unknown demo recipe {recipe!r}: expected {', '.join(RECIPES)}")
+    r = RECIPES[recipe]
+    epochs = r.epochs if epochs is None else epochs
+    if out_dir.exists():
+        if not force:
+            raise NetVladPortError(f"{out_dir}: exists (use --force to start again)")
+        shutil.rmtree(out_dir)
+    t0 = time.perf_counter()
+    say(f"1/6 synthetic street dataset ({r.layout} layout, 300 db + 200 queries a split, 120x160) -> {out_dir / 'data'}")
+    make_synthetic(out_dir / "data", SyntheticConfig(db_per_split=300, queries_per_split=200), layout=r.layout)
+    db_train, db_val, db_test = (open_dataset(name, out_dir / "data") for name in r.splits)
+    imagenet = out_dir / "imagenet-vgg-verydeep-16.mat"
+    say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")
+    write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
+    net_path = out_dir / f"vd16_offtheshelf_conv5_3_synthetic_{r.head}.mat"
+    matlab = "vlad" in r.head  # MATLAB can hold it: saved with layerVLAD as a classdef object, then converted
+    say(f"3/6 loadNet + {'getClusters + ' if 'vlad' in r.head else ''}addLayers ({r.head}) -> {net_path if matlab else out_dir / 'offtheshelf'}")
+    spec = add_layers(load_net("vd16", "conv5_3", imagenet), r.head, db_train=db_train, k=16,
+                      cache_dir=out_dir / "init", progress=False)  # fmt: skip
+    if matlab:
+        write_net(spec, net_path, encoding="saveobj")
+        spec = read_net(net_path)
+    save_converted(spec, out_dir / "offtheshelf", source=net_path if matlab else None)
+
+    def evaluate(model, sub):
+        return run_evaluation(load(model), db_test, out_dir / sub, None, 10, "auto", None, quiet=True,
+                              protocol=r.protocol)  # fmt: skip
+
+    say(f"4/6 extract and evaluate the off-the-shelf network on {db_test.name} (protocol {r.protocol})")
+    rows = [("off-the-shelf", evaluate(out_dir / "offtheshelf", "eval_offtheshelf"))]
+    if epochs:
+        say(f"5/6 train {r.about}, {epochs} epochs")
+        final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / "train", log=lambda *a: None,
+                             n_epoch=epochs, **r.train)  # fmt: skip
+        say(f"6/6 evaluate the trained network on {db_test.name}")
+        rows.append(("trained + WPCA" if r.train.get("pca_dim") else "trained", evaluate(final, "eval_trained")))
+    before = rows[0][1]
+    say(f"\n{db_test.name}: {before.num_queries} queries ({before.search})")
+    say("   N  " + "  ".join(f"{name:>15}" for name, _ in rows) + ("  " + "  ".join(
+        f"{'mAP ' + name:>20}" for name, _ in rows) if before.maps else ""))  # fmt: skip
+    for i, n in enumerate(before.recall_ns):
+        if n in TABLE_NS:
+            line = f"{n:>4}  " + "  ".join(f"{res.recalls[i] * 100:>14.1f}%" for _, res in rows)
+            if before.maps:
+                line += "  " + "  ".join(f"{res.maps[i] * 100:>19.1f}%" for _, res in rows)
+            say(line)
+    plot_recall([res for _, res in rows], out_dir / "recall.png", labels=[name for name, _ in rows])
+    say(f"\n{time.perf_counter() - t0:.0f} s. Outputs in {out_dir}/:")
+    data = ("synthetic_{train,val,test}.mat, images/, queries/" if r.layout == "dbstruct"
+            else "train_val/<city>/{database,query}/ with postprocessed.csv, raw.csv, images/")  # fmt: skip
+    outputs = [("data/", f"the synthetic dataset: {data}"),
+               (imagenet.name, "the MatConvNet ImageNet-format VGG16 (random weights)")]  # fmt: skip
+    if matlab:
+        outputs.append((net_path.name, "the off-the-shelf network as MATLAB saves it (layerVLAD a classdef object)"))
+    outputs += [
+        ("offtheshelf/", "the off-the-shelf network, converted (model.safetensors + config.json)"),
+        ("eval_offtheshelf/", "its db.h5 / q.h5 features, results.json, recall.png, mosaic.png"),
+    ]
+    if epochs:
+        outputs += [
+            ("train/", "the run: log.jsonl, summary.json, recall_per_epoch.png, epoch_*/, final/ (best epoch)"),
+            ("eval_trained/", "the trained network's features, results.json, recall.png, mosaic.png"),
+        ]
+    outputs.append(("recall.png", "recall@N of " + " and ".join(name for name, _ in rows)))
+    width = max(len(name) for name, _ in outputs)
+    for name, what in outputs:
+        say(f"  {name:<{width}}  {what}")
+    return rows
