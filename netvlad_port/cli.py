@@ -80,7 +80,7 @@ def _image_size(value: str) -> tuple[int, int]:
 # the commands in workflow order, each with one plain line (the MATLAB functions in parentheses)
 COMMANDS = {
     "demo": "Run the whole job on built-in synthetic data.",
-    "make-synthetic": "Write the synthetic street dataset (dbStruct or MSLS layout + JPEGs).",
+    "make-synthetic": "Write the synthetic streets (dbStruct or MSLS).",
     "convert": "Convert a network .mat into safetensors + JSON (load).",
     "info": "Show a network's layers and sizes (vl_simplenn_display).",
     "cluster": "Build the start network (loadNet, getClusters, addLayers).",
@@ -759,7 +759,7 @@ def _loss_params(pairs) -> dict:
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
               help="Where everything goes.")  # fmt: skip
 @click.option("--loss", "recipe", type=click.Choice(["sare-ind", "gcl"]), default="sare-ind", show_default=True,
-              help="The recipe: deepIBL's SARE on the dbStruct layout, or GCL's VGG-GeM on the MSLS layout.")  # fmt: skip
+              help="The recipe: deepIBL's SARE on the dbStruct layout, or GCL's VGG-GeM on MSLS's.")  # fmt: skip
 @click.option("--epochs", type=int, default=None, help="Training epochs (0: no training) [default: 8 SARE, 20 GCL].")
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")
 def demo(out_dir: Path, recipe: str, epochs: int | None, force: bool):

@@ -32,20 +32,21 @@ RECIPES = {
         "dbstruct",
         ("synthetic-train", "synthetic-val", "synthetic-test"),
         "vlad_preL2_intra",
-        dict(loss="sare-ind", learning_rate=1e-3, back_prop_to_layer="conv5_1", n_neg_choice=200, pca_dim=64),
+        {"loss": "sare-ind", "learning_rate": 1e-3, "back_prop_to_layer": "conv5_1", "n_neg_choice": 200,
+         "pca_dim": 64},
         about="SARE Gauss-Ind (lr 0.001, conv5_1 up), best epoch on val, addPCA (whitening to 64-D)",
     ),
     "gcl": Recipe(
         "msls",
         ("msls-train", "msls-val", "msls-val"),
         "preL2_gem",
-        dict(loss="gcl", learning_rate=1.0, momentum=0.0, weight_decay=0.0, batch_size=32,
-             back_prop_to_layer="conv5_1", pca_dim=0),  # fmt: skip
+        {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 32,
+         "back_prop_to_layer": "conv5_1", "pca_dim": 0},
         epochs=20,
         protocol="gcl",
         about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, conv5_1 up), best epoch on MSLS-val",
     ),
-}
+}  # fmt: skip
 TABLE_NS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
 
 
@@ -71,7 +72,9 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
             raise NetVladPortError(f"{out_dir}: exists (use --force to start again)")
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    say(f"1/6 synthetic street dataset ({r.layout} layout, 300 db + 200 queries a split, 120x160) -> {out_dir / 'data'}")
+    say(
+        f"1/6 synthetic street dataset ({r.layout} layout, 300 db + 200 queries a split, 120x160) -> {out_dir / 'data'}"
+    )
     make_synthetic(out_dir / "data", SyntheticConfig(db_per_split=300, queries_per_split=200), layout=r.layout)
     db_train, db_val, db_test = (open_dataset(name, out_dir / "data") for name in r.splits)
     imagenet = out_dir / "imagenet-vgg-verydeep-16.mat"
@@ -79,7 +82,8 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
     net_path = out_dir / f"vd16_offtheshelf_conv5_3_synthetic_{r.head}.mat"
     matlab = "vlad" in r.head  # MATLAB can hold it: saved with layerVLAD as a classdef object, then converted
-    say(f"3/6 loadNet + {'getClusters + ' if 'vlad' in r.head else ''}addLayers ({r.head}) -> {net_path if matlab else out_dir / 'offtheshelf'}")
+    clusters = "getClusters + " if matlab else ""
+    say(f"3/6 loadNet + {clusters}addLayers ({r.head}) -> {net_path if matlab else out_dir / 'offtheshelf'}")
     spec = add_layers(load_net("vd16", "conv5_3", imagenet), r.head, db_train=db_train, k=16,
                       cache_dir=out_dir / "init", progress=False)  # fmt: skip
     if matlab:

@@ -191,3 +191,25 @@ def test_pair_sampler_fractions_hold_over_10000_draws():
     near = DbBase("n", ".", ".", spec_fields(line(0, 2), line(1)))  # no psi = 0 and no 0 < psi < 0.5 partner
     drops = sum(sample_pair(near, 0, MatlabRandom(s)) is None for s in range(200))
     assert 60 < drops < 140  # the empty buckets (half the draws) drop the query, no redraw
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_field_of_view_overlap_equals_a_brute_force_count(seed):
+    """Crafted pairs of views against a count of 0.25 m cells of the plane inside both sectors."""
+    from netvlad_port.datasets.fov import FOV, RADIUS, fov_overlap
+
+    rng = np.random.default_rng(seed)
+    ca = rng.uniform(-20, 20, 2)
+    cb = ca + rng.uniform(-30, 30, 2)
+    ha = rng.uniform(0, 2 * np.pi)
+    hb = ha + rng.normal(0, 0.3 + 0.5 * seed)
+    x, y = np.meshgrid(*(np.arange(-100, 100, 0.25) + 0.125,) * 2)
+
+    def inside(c, h):
+        dx, dy = x - c[0], y - c[1]
+        angle = np.abs((np.arctan2(dx, dy) - h + np.pi) % (2 * np.pi) - np.pi)
+        return (dx**2 + dy**2 <= RADIUS**2) & (angle <= FOV / 2)
+
+    a = inside(ca, ha)
+    brute = (a & inside(cb, hb)).sum() / a.sum()
+    assert fov_overlap(ca, ha, cb, hb) == pytest.approx(brute, abs=0.005) and brute > 0.05

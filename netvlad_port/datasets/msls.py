@@ -193,7 +193,9 @@ class DbMsls(DbBase):
         near, psi = self._similar(iq, kind)
         ids = np.asarray(ids, np.int64)
         pos = np.searchsorted(near, ids)
-        hit = (pos < len(near)) & (near[np.minimum(pos, len(near) - 1)] == ids) if len(near) else np.zeros(len(ids), bool)
+        hit = (
+            (pos < len(near)) & (near[np.minimum(pos, len(near) - 1)] == ids) if len(near) else np.zeros(len(ids), bool)
+        )
         out = np.zeros(len(ids), np.float32)
         out[hit] = psi[pos[hit]]
         return out
