@@ -143,10 +143,12 @@ def test_trunk_cache_gives_the_same_training(setup, tmp_path):
     assert np.allclose(runs[0], runs[1], rtol=1e-6) and np.allclose(runs[0], runs[2], rtol=1e-4)
 
 
-def test_resume_gives_the_same_next_steps(setup, tmp_path):
+@pytest.mark.parametrize("loss", ["sare-ind", "gcl"])  # mined tuples; GCL's sampled pairs
+def test_resume_gives_the_same_next_steps(setup, tmp_path, loss):
     _, tr, va, spec = setup
-    full = Trainer(spec, tr, va, TrainOptions(**OPTS), tmp_path / "full", log=lambda *a: None).run()
-    part = Trainer(spec, tr, va, TrainOptions(**OPTS), tmp_path / "part", log=lambda *a: None)
+    opts = {**OPTS, "loss": loss}
+    full = Trainer(spec, tr, va, TrainOptions(**opts), tmp_path / "full", log=lambda *a: None).run()
+    part = Trainer(spec, tr, va, TrainOptions(**opts), tmp_path / "part", log=lambda *a: None)
     part.run(stop_after=5)  # checkpoint written at the start of batch 6
     del part
     resumed = Trainer.resume(tmp_path / "part", tr, va, log=lambda *a: None).run()
