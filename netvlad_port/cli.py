@@ -91,6 +91,8 @@ COMMANDS = {
     "search": "Write image pairs for hloc (pairs_from_retrieval).",
     "parity": "Compare a network with a MATLAB dump, layer by layer.",
     "export-mat": "Write a network back as a MatConvNet .mat.",
+    "export-onnx": "Write a network as ONNX, checked with onnxruntime.",
+    "export-torchscript": "Write a network as TorchScript, checked.",
 }
 
 
@@ -210,6 +212,44 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     click.echo(f"{model} -> {out_path} ({mat_version}, {encoding})")
 
 
+def _export_options(fn):
+    fn = click.option("--force", is_flag=True, help="Replace the output file if it exists.")(fn)
+    fn = click.option("--tolerance", type=float, default=1e-4, show_default=True,
+                      help="Refuse beyond this max |exported - model| / max |model|.")(fn)  # fmt: skip
+    fn = _normalize_option(fn)
+    fn = click.option("--dim", type=int, default=None, help="cropToDim in the graph: first K components, L2 again.")(fn)
+    fn = click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True,
+                      help="The file to write.")(fn)  # fmt: skip
+    return _model_input(dest="model")(fn)
+
+
+def _export(fmt: str, model, out_path, dim, normalize, tolerance, force, opset=None) -> None:
+    from .deploy import OPSET, export_model
+
+    meta = export_model(model, out_path, fmt, opset=opset or OPSET, dim=dim, normalize=normalize,
+                        tolerance=tolerance, force=force)  # fmt: skip
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in meta["max_relative_difference"].items())
+    click.echo(f"{model} -> {out_path} ({fmt}, {meta['output_dim']}-D; checked with {meta['verified_with']}: "
+               f"max relative difference {diffs} <= {meta['tolerance']:g})")  # fmt: skip
+
+
+@main.command("export-onnx")
+@_export_options
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset.")
+@_friendly
+def export_onnx(model, out_path, dim, normalize, tolerance, force, opset):
+    """Write MODEL as ONNX (dynamic batch, height, width), checked with onnxruntime before it is written."""
+    _export("onnx", model, out_path, dim, normalize, tolerance, force, opset)
+
+
+@main.command("export-torchscript")
+@_export_options
+@_friendly
+def export_torchscript(model, out_path, dim, normalize, tolerance, force):
+    """Write MODEL as TorchScript (torch.jit.load), checked before it is written."""
+    _export("torchscript", model, out_path, dim, normalize, tolerance, force)
+
+
 @main.command()
 @_model_input()
 @click.option(
@@ -242,6 +282,8 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     show_default=True,
     help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.",
 )
+@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+              help="onnxruntime: MODEL is a file written by export-onnx.")  # fmt: skip
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace an output made by another model or with other options.")
 @_friendly
@@ -260,6 +302,7 @@ def extract(
     half,
     normalize,
     on_error,
+    backend,
     quiet,
     force,
 ):
@@ -267,8 +310,16 @@ def extract(
     from . import load
     from .extract import serial_all_feats, skipped_path
 
+    if backend == "onnxruntime":
+        from .deploy import OnnxRuntimeModel
+
+        model = OnnxRuntimeModel(model_path)
+        if normalize != model.normalize_mode:
+            raise NetVladPortError(f"{model_path}: exported with --normalize {model.normalize_mode}, not {normalize}")
+    else:
+        model = load(model_path, normalize=normalize)
     report = serial_all_feats(
-        load(model_path, normalize=normalize),
+        model,
         images,
         out,
         batch_size=batch_size,

@@ -43,8 +43,12 @@ def write_h5_descriptor(h5, name: str, desc: np.ndarray, hw: tuple[int, int]) ->
 
 
 def model_fingerprint(model) -> str:
-    """sha256 of the weights and layer names: tags stored features with the model that made them."""
+    """sha256 of the weights and layer names: tags stored features with the model that made them.
+    An exported model carries its source network's (``deploy.OnnxRuntimeModel.fingerprint``)."""
     import hashlib
+
+    if getattr(model, "fingerprint", None):
+        return model.fingerprint
 
     h = hashlib.sha256()
     for layer in model.layers:
@@ -68,7 +72,10 @@ def read_h5_descriptors(path: str | os.PathLike, names: list[str]) -> np.ndarray
 def descriptor_tag(model, **options) -> dict:
     """What made a descriptor file: the model's fingerprint, its normalize mode and every option that
     changes descriptors (dim, resize_shorter, precision, half)."""
-    return {"model_sha256": model_fingerprint(model), "normalize": model.normalize_mode, **options}
+    tag = {"model_sha256": model_fingerprint(model), "normalize": model.normalize_mode, **options}
+    if getattr(model, "backend", "torch") != "torch":
+        tag["backend"] = model.backend  # its numbers differ in the last bits: never mixed with torch's
+    return tag
 
 
 def sidecar_path(out: Path) -> Path:
@@ -111,7 +118,8 @@ def check_tag(path: Path, fmt: str, tag: dict, force: bool = False) -> None:
     elif old.get("model_sha256") != tag["model_sha256"]:
         why = f"features of another model ({old.get('model_sha256', '?')[:12]}, not {tag['model_sha256'][:12]})"
     else:
-        diff = ", ".join(f"{k} {old.get(k)!r}, not {v!r}" for k, v in tag.items() if old.get(k) != v)
+        keys = list(tag) + [k for k in old if k not in tag]
+        diff = ", ".join(f"{k} {old.get(k)!r}, not {tag.get(k)!r}" for k in keys if old.get(k) != tag.get(k))
         why = f"descriptors made with other options ({diff})"
     raise NetVladPortError(f"{path}: holds {why}; use another output or --force to replace it")
 

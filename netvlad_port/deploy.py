@@ -1,0 +1,221 @@
+"""Deployable copies of a network: ONNX and TorchScript, each checked against ``model(x)`` before
+it is written ([docs/formats.md#onnx-and-torchscript](../docs/formats.md#onnx-and-torchscript)).
+
+The exported graph is the whole of ``model(x)``: N x 3 x H x W float32 RGB in 0..255 in, the mean
+subtraction, every layer, MATLAB's K-fastest flatten, and ``cropToDim`` when ``dim`` is given; N x D
+descriptors out. Batch, height and width are free. On export both runtimes run the written file on
+random images of two sizes beside the network; beyond ``TOLERANCE`` nothing is written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import NetVladPortError
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 17
+TOLERANCE = 1e-4  # max |exported - model| / max |model| over the outputs of one size
+VERIFY_SIZES = ((120, 160), (97, 131))  # even and odd sides: MATLAB's ceil-pool padding differs
+METADATA = "netvlad_port"  # ONNX metadata_props key / TorchScript extra file (JSON)
+
+
+class Deployable(nn.Module):
+    """``model(x)`` without the Python-side checks, as one traceable module."""
+
+    def __init__(self, model, dim: int | None = None):
+        super().__init__()
+        self.model, self.dim = model, dim
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from .extract import crop_to_dim
+        from .layers import matlab_flatten
+
+        x = images.to(torch.float32) - self.model.average_rgb.float()
+        return crop_to_dim(matlab_flatten(self.model.run(x)), self.dim)
+
+
+def _relative_difference(got: np.ndarray, ref: np.ndarray) -> float:
+    if got.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(got.astype(np.float64) - ref).max() / max(np.abs(ref).max(), 1e-30))
+
+
+def _run_exported(path: Path, fmt: str):
+    """A function running the exported file: images (numpy) -> descriptors (numpy)."""
+    if fmt == "onnx":
+        session = onnx_session(path)
+        return lambda x: session.run(None, {"images": x})[0]
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+    return lambda x: module(torch.from_numpy(x)).detach().numpy()
+
+
+def onnx_session(path: str | os.PathLike):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise NetVladPortError("onnxruntime is not installed: pip install -e '.[onnx]'") from None
+    try:
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise NetVladPortError(f"{path}: not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
+
+
+def export_model(
+    model_path: str | os.PathLike,
+    out: str | os.PathLike,
+    fmt: str = "onnx",
+    opset: int = OPSET,
+    dim: int | None = None,
+    normalize: str = "exact",
+    sizes=VERIFY_SIZES,
+    tolerance: float = TOLERANCE,
+    force: bool = False,
+) -> dict:
+    """Export the network at ``model_path`` to ``out`` (``fmt`` onnx or torchscript), verify the
+    written file on random images of ``sizes``, and return its metadata (also stored in the file)."""
+    from . import load
+    from .feature_store import model_fingerprint
+    from .io_utils import atomic_file
+    from .version import __version__
+
+    if fmt not in FORMATS:
+        raise NetVladPortError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise NetVladPortError(f"{out}: exists (use --force to replace it)")
+    model = load(model_path, normalize=normalize)
+    try:
+        full = model.output_dim
+    except ValueError:
+        full = None  # a cropped trunk: the output size follows the image size
+    if dim is not None and (dim < 1 or (full is not None and dim > full)):
+        raise NetVladPortError(f"--dim {dim}: must be between 1 and the descriptor dimension {full}")
+    for h, w in sizes:
+        why = model.input_error(h, w)
+        if why:
+            raise NetVladPortError(f"{model_path}: a {h}x{w} verification image cannot go through the network ({why})")
+    net = Deployable(model, dim).eval()
+    gen = torch.Generator().manual_seed(0)
+    inputs = [torch.rand(2, 3, h, w, generator=gen) * 255 for h, w in sizes]
+    with torch.no_grad():
+        refs = [net(x).numpy() for x in inputs]
+    meta = {
+        "netvlad_port": __version__,
+        "source": Path(model_path).name,
+        "model_sha256": model_fingerprint(model),
+        "normalize": normalize,
+        "dim": dim,
+        "output_dim": dim or full,
+        "input": "images: N x 3 x H x W float32, RGB 0..255 (the mean is subtracted inside)",
+        "output": "descriptors: N x D float32",
+        "format": fmt,
+        "opset": opset if fmt == "onnx" else None,
+        "tolerance": tolerance,
+    }
+    with atomic_file(out) as tmp:
+        _write(net, inputs[0], tmp, fmt, opset)
+        run = _run_exported(tmp, fmt)
+        diffs = {f"{h}x{w}": _relative_difference(run(x.numpy()), ref) for (h, w), x, ref in zip(sizes, inputs, refs)}
+        meta["max_relative_difference"] = diffs
+        meta["verified_with"] = _runtime(fmt)
+        worst = max(diffs, key=diffs.get)
+        if not diffs[worst] <= tolerance:
+            raise NetVladPortError(f"{out}: the exported {fmt} model differs from the network by {diffs[worst]:.3g} "
+                                   f"(relative) at {worst}, more than {tolerance:g}; nothing written")  # fmt: skip
+        _add_metadata(tmp, fmt, meta)
+    return meta
+
+
+def _write(net: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
+        try:
+            if fmt == "onnx":
+                torch.onnx.export(net, (example,), str(path), opset_version=opset, input_names=["images"],
+                                  output_names=["descriptors"], dynamo=False,
+                                  dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                                                "descriptors": {0: "batch"}})  # fmt: skip
+            else:
+                torch.jit.save(torch.jit.trace(net, (example,), check_trace=False), str(path))
+        except NetVladPortError:
+            raise
+        except Exception as exc:
+            raise NetVladPortError(f"{path.name}: the {fmt} export failed ({type(exc).__name__}: {exc})") from None
+
+
+def _runtime(fmt: str) -> str:
+    if fmt == "onnx":
+        import onnxruntime
+
+        return f"onnxruntime {onnxruntime.__version__}"
+    return f"torch.jit {torch.__version__}"
+
+
+def _add_metadata(path: Path, fmt: str, meta: dict) -> None:
+    text = json.dumps(meta, sort_keys=True)
+    if fmt == "onnx":
+        import onnx
+
+        proto = onnx.load(str(path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = METADATA, text
+        onnx.save(proto, str(path))
+    else:
+        module = torch.jit.load(str(path), map_location="cpu")
+        torch.jit.save(module, str(path), _extra_files={f"{METADATA}.json": text})
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The metadata :func:`export_model` stored in an ONNX or TorchScript file."""
+    path = Path(path)
+    if not path.is_file():
+        raise NetVladPortError(f"{path}: no such file")
+    try:
+        if path.suffix == ".onnx":
+            import onnx
+
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+            return json.loads(props[METADATA])
+        extra = {f"{METADATA}.json": ""}
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        return json.loads(extra[f"{METADATA}.json"])
+    except (KeyError, ValueError):
+        raise NetVladPortError(f"{path}: no netvlad-port metadata (not written by export-onnx)") from None
+    except Exception as exc:
+        raise NetVladPortError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
+
+
+class OnnxRuntimeModel:
+    """An exported ONNX network in onnxruntime, with what extraction needs of a model: call it on
+    N x 3 x H x W RGB 0..255, its descriptors come back. Tagged by the source network's fingerprint
+    and ``backend = onnxruntime``, so its features never mix with the torch backend's."""
+
+    backend = "onnxruntime"
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.meta = read_metadata(self.path)
+        self.session = onnx_session(self.path)
+        self.normalize_mode = self.meta["normalize"]
+        self.fingerprint = self.meta["model_sha256"]
+
+    def to(self, *args, **kwargs):
+        return self
+
+    def eval(self):
+        return self
+
+    def input_error(self, h: int, w: int) -> str | None:
+        return None
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
+        return torch.from_numpy(self.session.run(None, {"images": x})[0])
