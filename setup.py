@@ -19,10 +19,12 @@ setup(
         "tqdm>=4.60",
         "faiss-cpu>=1.8",
         "matplotlib>=3.7",
+        "pooch>=1.8",
     ],
     extras_require={
-        "test": ["pytest>=7", "tensorboard>=2.14", "ruff>=0.6"],
+        "test": ["pytest>=7", "tensorboard>=2.14", "ruff>=0.6", "onnx>=1.16", "onnxruntime>=1.18"],
         "tensorboard": ["tensorboard>=2.14"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
     entry_points={"console_scripts": ["netvlad-port=netvlad_port.cli:main"]},
 )

@@ -91,6 +91,7 @@ COMMANDS = {
     "search": "Write image pairs for hloc (pairs_from_retrieval).",
     "parity": "Compare a network with a MATLAB dump, layer by layer.",
     "export-mat": "Write a network back as a MatConvNet .mat.",
+    "fetch": "Download a released network by name and convert it.",
     "export-onnx": "Write a network as ONNX, checked with onnxruntime.",
     "export-torchscript": "Write a network as TorchScript, checked.",
 }
@@ -231,6 +232,26 @@ def _export(fmt: str, model, out_path, dim, normalize, tolerance, force, opset=N
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in meta["max_relative_difference"].items())
     click.echo(f"{model} -> {out_path} ({fmt}, {meta['output_dim']}-D; checked with {meta['verified_with']}: "
                f"max relative difference {diffs} <= {meta['tolerance']:g})")  # fmt: skip
+
+
+@main.command()
+@click.argument("names", nargs=-1)
+@click.option("--list", "list_them", is_flag=True, help="List the released models and what is here of them.")
+@_quiet_option
+@_friendly
+def fetch(names, list_them, quiet):
+    """Download released models by name (checked, resumable) and convert them once; print the folders."""
+    from .hub import RELEASES, home, load_release
+
+    if list_them or not names:
+        for name, r in RELEASES.items():
+            state = "converted" if (home() / "models" / name / "config.json").is_file() else (
+                "downloaded" if (home() / "downloads" / r.file).is_file() else "-")  # fmt: skip
+            click.echo(f"{name:<46} {state:<10} {r.about}")
+        click.echo(f"(in {home()}; NETVLAD_PORT_HOME moves it)")
+        return
+    for name in names:
+        click.echo(load_release(name, progress=not quiet))
 
 
 @main.command("export-onnx")
