@@ -53,8 +53,15 @@ def _run_exported(path: Path, fmt: str):
     if fmt == "onnx":
         session = onnx_session(path)
         return lambda x: session.run(None, {"images": x})[0]
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+    module = jit_load(path).eval()
     return lambda x: module(torch.from_numpy(x)).detach().numpy()
+
+
+def jit_load(path: str | os.PathLike, extra_files: dict | None = None):
+    """``torch.jit.load`` (deprecated in favour of torch.export since torch 2.10, still supported)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files or {})
 
 
 def onnx_session(path: str | os.PathLike):
@@ -169,8 +176,9 @@ def _add_metadata(path: Path, fmt: str, meta: dict) -> None:
         entry.key, entry.value = METADATA, text
         onnx.save(proto, str(path))
     else:
-        module = torch.jit.load(str(path), map_location="cpu")
-        torch.jit.save(module, str(path), _extra_files={f"{METADATA}.json": text})
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            torch.jit.save(jit_load(path), str(path), _extra_files={f"{METADATA}.json": text})
 
 
 def read_metadata(path: str | os.PathLike) -> dict:
@@ -185,7 +193,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
             props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
             return json.loads(props[METADATA])
         extra = {f"{METADATA}.json": ""}
-        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        jit_load(path, extra)
         return json.loads(extra[f"{METADATA}.json"])
     except (KeyError, ValueError):
         raise NetVladPortError(f"{path}: no netvlad-port metadata (not written by export-onnx)") from None

@@ -14,23 +14,34 @@ import torch
 
 _PLOG = (1.442695040888963, -0.606737602222409, 0.164042561333445)
 _PEXP = (0.693147180559945, 0.227411277760219, 0.079441541679836)
-_ONE = 1023 << 52  # exponent bias of float64, in place
-_MANTISSA = (1 << 52) - 1
+_TWO52 = float(1 << 52)
+
+
+def _pow2(e: torch.Tensor) -> torch.Tensor:
+    return torch.pow(torch.full_like(e, 2.0), e)
 
 
 def fast_pow(x: torch.Tensor, y: float) -> torch.Tensor:
-    """MatConvNet's double ``fast_pow(x, y)``: polynomial log2 of x, times y, polynomial exp2."""
+    """MatConvNet's double ``fast_pow(x, y)`` for x > 0: polynomial log2 of x, times y, polynomial
+    exp2. The C code reads and writes the IEEE bit pattern (exponent e and mantissa fraction f of
+    x = 2^e (1 + f); the result's bits are trunc(tz 2^52) + (1023 << 52)); the same numbers are
+    formed here with float64 arithmetic, all steps exact, so that the graph exports to ONNX (tests
+    compare it with the bit-pattern form)."""
     x = x.to(torch.float64)
-    ix = x.view(torch.int64) - _ONE
-    fx = (ix >> 52).to(torch.float64)  # arithmetic shift: the unbiased exponent
-    mx = ((ix & _MANTISSA) + _ONE).view(torch.float64) - 1
+    e = torch.floor(torch.log2(x))
+    m = x / _pow2(e)
+    e = e - (m < 1).to(x.dtype) + (m >= 2).to(x.dtype)  # log2 rounded across a power of two
+    fx, mx = e, x / _pow2(e) - 1
     mx2 = mx * mx
     t = y * (fx + mx * _PLOG[0] + mx2 * _PLOG[1] + mx2 * mx * _PLOG[2])
     fz = torch.floor(t)
     rz = t - fz
     rz2 = rz * rz
     tz = fz + rz * _PEXP[0] + rz2 * _PEXP[1] + rz2 * rz * _PEXP[2]
-    return ((tz * float(1 << 52)).to(torch.int64) + _ONE).view(torch.float64)  # to(int64) truncates
+    q = tz * _TWO52
+    q = torch.where(q >= 0, torch.floor(q), torch.ceil(q))  # trunc: the result's bits less the bias, exact
+    exponent = torch.floor(q / _TWO52)
+    return (1 + (q - exponent * _TWO52) / _TWO52) * _pow2(exponent)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ from .registry import Registry
 NETVLAD_URL = "https://www.di.ens.fr/willow/research/netvlad/data/models/"  # Relja/netvlad README
 HLOC_URL = "https://cvg-data.inf.ethz.ch/hloc/netvlad/"  # hloc/extractors/netvlad.py
 ATTEMPTS = 3  # transfers per download before giving up (each resumes where the last stopped)
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # bytes kept per write: an interrupted transfer loses less than this
 
 
 @dataclass(frozen=True)
@@ -116,8 +116,8 @@ def _resuming_downloader(part: Path, progress: bool):
                         have = 0
                     length = r.headers.get("Content-Length")
                     total = have + int(length) if length is not None else None
-                    with open(part, "ab" if have else "wb") as f, tqdm(total=total, initial=have, unit="B",
-                                                                     unit_scale=True, disable=not progress) as bar:  # fmt: skip
+                    bar = tqdm(total=total, initial=have, unit="B", unit_scale=True, disable=not progress)
+                    with open(part, "ab" if have else "wb") as f, bar:
                         for chunk in r.iter_content(CHUNK):
                             f.write(chunk)
                             bar.update(len(chunk))
@@ -155,8 +155,9 @@ def fetch_release(name: str, progress: bool = False) -> Path:
                                f"and put it in {folder}")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
     try:
+        download = _resuming_downloader(folder / f"{release.file}.part", progress)
         path = Path(pooch.retrieve(release.url, known_hash=known and f"sha256:{known}", fname=release.file,
-                                   path=folder, downloader=_resuming_downloader(folder / f"{release.file}.part", progress)))  # fmt: skip
+                                   path=folder, downloader=download))  # fmt: skip
     except NetVladPortError as exc:
         raise NetVladPortError(f"{exc}. Offline? Download it by hand and put it at {dest}") from None
     except requests.exceptions.HTTPError as exc:

@@ -102,3 +102,26 @@ def test_fast_pow_error_and_bits():
     rel = (approx / x.pow(-0.5) - 1).abs()
     assert 1e-4 < rel.max() < 3e-3  # docs/matlab.md#matconvnet-operators: ~0.2 % at most for exponent -0.5
     assert fastpow.fast_pow(torch.tensor([1.0], dtype=torch.float64), -0.5).item() == 1.0
+
+
+def _fast_pow_bits(x: np.ndarray, y: float) -> np.ndarray:
+    """MatConvNet's fast_pow as its C code writes it, on the IEEE bit pattern (the reference)."""
+    one = np.int64(1023 << 52)
+    ix = x.view(np.int64) - one
+    fx = (ix >> 52).astype(np.float64)
+    mx = ((ix & ((1 << 52) - 1)) + one).view(np.float64) - 1
+    plog, pexp = fastpow._PLOG, fastpow._PEXP
+    mx2 = mx * mx
+    t = y * (fx + mx * plog[0] + mx2 * plog[1] + mx2 * mx * plog[2])
+    fz = np.floor(t)
+    rz = t - fz
+    rz2 = rz * rz
+    tz = fz + rz * pexp[0] + rz2 * pexp[1] + rz2 * rz * pexp[2]
+    return ((tz * float(1 << 52)).astype(np.int64) + one).view(np.float64)
+
+
+def test_fast_pow_equals_the_bit_pattern_code():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([10.0 ** rng.uniform(-9, 9, 200_000), [1.0, 2.0, 0.5, 4.0, np.nextafter(2.0, 0), 2.0**-30]])
+    for y in (-0.75, -0.5, -1.0, 0.75):
+        assert np.array_equal(fastpow.fast_pow(torch.from_numpy(x), y).numpy(), _fast_pow_bits(x, y))
