@@ -201,7 +201,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
         raise NetVladPortError(f"{path}: cannot read it ({type(exc).__name__}: {exc})") from None
 
 
-class OnnxRuntimeModel:
+class OnnxRuntimeModel(nn.Module):
     """An exported ONNX network in onnxruntime, with what extraction needs of a model: call it on
     N x 3 x H x W RGB 0..255, its descriptors come back. Tagged by the source network's fingerprint
     and ``backend = onnxruntime``, so its features never mix with the torch backend's."""
@@ -209,21 +209,16 @@ class OnnxRuntimeModel:
     backend = "onnxruntime"
 
     def __init__(self, path: str | os.PathLike):
+        super().__init__()
         self.path = Path(path)
         self.meta = read_metadata(self.path)
         self.session = onnx_session(self.path)
         self.normalize_mode = self.meta["normalize"]
         self.fingerprint = self.meta["model_sha256"]
 
-    def to(self, *args, **kwargs):
-        return self
-
-    def eval(self):
-        return self
-
     def input_error(self, h: int, w: int) -> str | None:
         return None
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.session.run(None, {"images": x})[0])

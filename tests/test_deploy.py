@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from netvlad_port import load
 from netvlad_port.cli import main
-from netvlad_port.deploy import TOLERANCE, VERIFY_SIZES, Deployable, export_model, read_metadata
+from netvlad_port.deploy import TOLERANCE, VERIFY_SIZES, Deployable, export_model, jit_load, read_metadata
 
 from helpers import SUITES, suite
 
@@ -39,7 +39,7 @@ def test_exports_reproduce_the_network_on_two_sizes(name, fmt, tmp_path):
         session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
         run = lambda x: session.run(None, {"images": x.numpy()})[0]  # noqa: E731
     else:
-        module = torch.jit.load(str(out))
+        module = jit_load(out)
         run = lambda x: module(x).detach().numpy()  # noqa: E731
     for n, (h, w) in ((1, (64, 48)), (3, (81, 100))):  # other batch sizes and sizes than the export's checks
         x = torch.rand(n, 3, h, w, generator=torch.Generator().manual_seed(h)) * 255
