@@ -542,16 +542,17 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
 @click.option("--layout", type=click.Choice(["dbstruct", "msls"]), default="dbstruct", show_default=True,
               help="dbstruct: synthetic_<split>.mat + images/, queries/; msls: MSLS's train_val/<city>/ folders "
                    "(train and val; dataset names msls-train, msls-val).")  # fmt: skip
+@click.option("--masks", is_flag=True, help="Cars along the streets and masks/<image>.png with each view's exact "
+              "Cityscapes train-ids (for train --guidance ids:OUT/masks).")  # fmt: skip
 @_friendly
-def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, mat_version, layout):
+def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, mat_version, layout, masks):
     """Write the embedded synthetic place-recognition dataset (train/val/test, or MSLS's train/val)."""
     from .datasets.synthetic import SyntheticConfig, make_synthetic
 
     if out.exists() and any(out.iterdir()) and not force:
         raise NetVladPortError(f"{out}: folder is not empty (use --force to write into it)")
-    cfg = SyntheticConfig(
-        db_per_split=db_per_split, queries_per_split=queries_per_split, image_hw=_image_size(size), seed=seed
-    )
+    cfg = SyntheticConfig(db_per_split=db_per_split, queries_per_split=queries_per_split,
+                          image_hw=_image_size(size), seed=seed, masks=masks)  # fmt: skip
     make_synthetic(out, cfg, version=mat_version, layout=layout)
     what = "synthetic_{train,val,test}.mat" if layout == "dbstruct" else "train_val/<city>/ (msls-train, msls-val)"
     click.echo(f"{out}: {what}, {db_per_split} db + {queries_per_split} queries per split")
@@ -715,6 +716,16 @@ TRAIN_OPTIONS = {
     "--device": ("device", str, "auto, cpu, cuda or cuda:N [auto]"),
     "--rng": ("rng", click.Choice(["matlab", "numpy"]),
               "random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's [matlab]"),
+    "--mining-margin": ("mining_margin", float, "STML's dataloader_margin: negatives with d(q,n) < d(q,p) + this, "
+                        "plain distances (stml, triplet-stml, triplet-nanne) [1.5 stml, 0.1, sqrt 0.1]"),
+    "--attention": ("attention", _names, "modules before the aggregation, in order: deattention-v1, "
+                    "deattention-v2, crn, se, bam, cbam (STML's model: deattention-v1,se)"),
+    "--guidance": ("guidance", str, "the de-attention mask's supervision: masks:DIR (keep masks), ids:DIR "
+                   "(Cityscapes train-ids) or h5:FILE, per image path under the dataset root + .png"),
+    "--guidance-reject": ("guidance_reject", _names, "Cityscapes categories of ids:DIR the mask rejects "
+                          "[human,vehicle,sky]"),
+    "--guidance-weight": ("guidance_weight", float, "weight of the mask loss [0.1]"),
+    "--guidance-loss": ("guidance_loss", click.Choice(["mse", "bce"]), "mask loss [mse]"),
 }  # fmt: skip
 TRAIN_FLAGS = {  # on/off options
     "exclude_very_hard": ("--exclude-very-hard", "excludeVeryHard (trainWeakly)"),
@@ -830,9 +841,10 @@ def _loss_params(pairs) -> dict:
 @main.command()
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
               help="Where everything goes.")  # fmt: skip
-@click.option("--loss", "recipe", type=click.Choice(["sare-ind", "gcl"]), default="sare-ind", show_default=True,
-              help="The recipe: deepIBL's SARE on the dbStruct layout, or GCL's VGG-GeM on MSLS's.")  # fmt: skip
-@click.option("--epochs", type=int, default=None, help="Training epochs (0: no training) [default: 8 SARE, 20 GCL].")
+@click.option("--recipe", "--loss", "recipe", type=click.Choice(["sare-ind", "gcl", "stml"]), default="sare-ind",
+              show_default=True, help="deepIBL's SARE (dbStruct layout); GCL's VGG-GeM (MSLS layout); STML's "
+              "triplet baseline vs de-attention + sTML (dbStruct layout with masks).")  # fmt: skip
+@click.option("--epochs", type=int, default=None, help="Training epochs (0: no training) [8; GCL 20].")
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")
 def demo(out_dir: Path, recipe: str, epochs: int | None, force: bool):
     """The whole job on embedded synthetic data: dataset, MatConvNet networks, clusters, convert,

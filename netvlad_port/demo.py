@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NetVladPortError
@@ -21,30 +21,36 @@ class Recipe:
     layout: str  # make_synthetic layout
     splits: tuple[str, str, str]  # dataset names: train, val, evaluation
     head: str  # addLayers method
-    train: dict = field(default_factory=dict)  # TrainOptions
+    runs: tuple[tuple[str, str, dict], ...] = ()  # (table label, folder, TrainOptions); "{data}" is filled in
     epochs: int = 8
     protocol: str = "matlab"
+    masks: bool = False  # make-synthetic --masks (the de-attention's guidance)
     about: str = ""
 
 
+SARE = {"loss": "sare-ind", "learning_rate": 1e-3, "back_prop_to_layer": "conv5_1", "n_neg_choice": 200}
+STML = {"learning_rate": 1e-3, "back_prop_to_layer": "conv3_1", "n_neg_choice": 200, "pca_dim": 0}  # STML's recipe
 RECIPES = {
     "sare-ind": Recipe(
-        "dbstruct",
-        ("synthetic-train", "synthetic-val", "synthetic-test"),
-        "vlad_preL2_intra",
-        {"loss": "sare-ind", "learning_rate": 1e-3, "back_prop_to_layer": "conv5_1", "n_neg_choice": 200,
-         "pca_dim": 64},
+        "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
+        (("trained + WPCA", "train", {**SARE, "pca_dim": 64}),),
         about="SARE Gauss-Ind (lr 0.001, conv5_1 up), best epoch on val, addPCA (whitening to 64-D)",
     ),
     "gcl": Recipe(
-        "msls",
-        ("msls-train", "msls-val", "msls-val"),
-        "preL2_gem",
-        {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 32,
-         "back_prop_to_layer": "conv5_1", "pca_dim": 0},
-        epochs=20,
-        protocol="gcl",
+        "msls", ("msls-train", "msls-val", "msls-val"), "preL2_gem",
+        (("trained", "train", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
+                               "batch_size": 32, "back_prop_to_layer": "conv5_1", "pca_dim": 0}),),
+        epochs=20, protocol="gcl",
         about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, conv5_1 up), best epoch on MSLS-val",
+    ),
+    "stml": Recipe(
+        "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
+        (("baseline triplet", "train_baseline", {**STML, "loss": "triplet-stml"}),
+         ("de-att + sTML", "train_deattention", {**STML, "loss": "stml", "attention": ("deattention-v1", "se"),
+                                                  "guidance": "ids:{data}/masks"})),
+        masks=True,
+        about="STML's recipe (lr 0.001, conv3_1 up): the triplet baseline, then de-attention v1 + SE + sTML "
+              "with the mask guided by the synthetic sky and cars",
     ),
 }  # fmt: skip
 TABLE_NS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
@@ -72,11 +78,11 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
             raise NetVladPortError(f"{out_dir}: exists (use --force to start again)")
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    say(
-        f"1/6 synthetic street dataset ({r.layout} layout, 300 db + 200 queries a split, 120x160) -> {out_dir / 'data'}"
-    )
-    make_synthetic(out_dir / "data", SyntheticConfig(db_per_split=300, queries_per_split=200), layout=r.layout)
-    db_train, db_val, db_test = (open_dataset(name, out_dir / "data") for name in r.splits)
+    data = out_dir / "data"
+    say(f"1/6 synthetic streets ({r.layout} layout{', cars and masks' if r.masks else ''}, 300 db + 200 queries a "
+        f"split, 120x160) -> {data}")  # fmt: skip
+    make_synthetic(data, SyntheticConfig(db_per_split=300, queries_per_split=200, masks=r.masks), layout=r.layout)
+    db_train, db_val, db_test = (open_dataset(name, data) for name in r.splits)
     imagenet = out_dir / "imagenet-vgg-verydeep-16.mat"
     say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")
     write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
@@ -97,12 +103,17 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
 
     say(f"4/6 extract and evaluate the off-the-shelf network on {db_test.name} (protocol {r.protocol})")
     rows = [("off-the-shelf", evaluate(out_dir / "offtheshelf", "eval_offtheshelf"))]
+    notes = []
     if epochs:
         say(f"5/6 train {r.about}, {epochs} epochs")
-        final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / "train", log=lambda *a: None,
-                             n_epoch=epochs, **r.train)  # fmt: skip
-        say(f"6/6 evaluate the trained network on {db_test.name}")
-        rows.append(("trained + WPCA" if r.train.get("pca_dim") else "trained", evaluate(final, "eval_trained")))
+        for label, folder, options in r.runs:
+            options = {k: v.format(data=data) if isinstance(v, str) else v for k, v in options.items()}
+            final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / folder, log=lambda *a: None,
+                                 n_epoch=epochs, **options)  # fmt: skip
+            rows.append((label, evaluate(final, f"eval_{folder}")))
+            if options.get("guidance"):
+                notes.append(_mask_iou_note(spec, final, options, db_test))
+        say(f"6/6 evaluated the trained network{'s' if len(r.runs) > 1 else ''} on {db_test.name}")
     before = rows[0][1]
     say(f"\n{db_test.name}: {before.num_queries} queries ({before.search})")
     say("   N  " + "  ".join(f"{name:>15}" for name, _ in rows) + ("  " + "  ".join(
@@ -113,11 +124,15 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
             if before.maps:
                 line += "  " + "  ".join(f"{res.maps[i] * 100:>19.1f}%" for _, res in rows)
             say(line)
+    for note in notes:
+        say(note)
     plot_recall([res for _, res in rows], out_dir / "recall.png", labels=[name for name, _ in rows])
     say(f"\n{time.perf_counter() - t0:.0f} s. Outputs in {out_dir}/:")
-    data = ("synthetic_{train,val,test}.mat, images/, queries/" if r.layout == "dbstruct"
-            else "train_val/<city>/{database,query}/ with postprocessed.csv, raw.csv, images/")  # fmt: skip
-    outputs = [("data/", f"the synthetic dataset: {data}"),
+    files = ("synthetic_{train,val,test}.mat, images/, queries/" if r.layout == "dbstruct"
+             else "train_val/<city>/{database,query}/ with postprocessed.csv, raw.csv, images/")  # fmt: skip
+    if r.masks:
+        files += ", masks/ (train-ids)"
+    outputs = [("data/", f"the synthetic dataset: {files}"),
                (imagenet.name, "the MatConvNet ImageNet-format VGG16 (random weights)")]  # fmt: skip
     if matlab:
         outputs.append((net_path.name, "the off-the-shelf network as MATLAB saves it (layerVLAD a classdef object)"))
@@ -126,12 +141,35 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
         ("eval_offtheshelf/", "its db.h5 / q.h5 features, results.json, recall.png, mosaic.png"),
     ]
     if epochs:
-        outputs += [
-            ("train/", "the run: log.jsonl, summary.json, recall_per_epoch.png, epoch_*/, final/ (best epoch)"),
-            ("eval_trained/", "the trained network's features, results.json, recall.png, mosaic.png"),
-        ]
+        for label, folder, _ in r.runs:
+            outputs += [
+                (
+                    f"{folder}/",
+                    f"{label}: log.jsonl, summary.json, recall_per_epoch.png, epoch_*/, final/ (best epoch)",
+                ),
+                (f"eval_{folder}/", "its features, results.json, recall.png, mosaic.png"),
+            ]
     outputs.append(("recall.png", "recall@N of " + " and ".join(name for name, _ in rows)))
     width = max(len(name) for name, _ in outputs)
     for name, what in outputs:
         say(f"  {name:<{width}}  {what}")
     return rows
+
+
+def _mask_iou_note(spec, final, options: dict, db) -> str:
+    """How well the de-attention mask finds the rejected regions (IoU, test images) at the start of
+    training (the inserted module's initialisation) and at the end."""
+    from . import load
+    from .guidance import Guidance, mask_iou
+    from .model import SimpleNN
+    from .networks import insert_attention
+
+    guidance = Guidance(options["guidance"], db.db_path.parent, options.get("guidance_reject", ("human", "vehicle",
+                                                                                                 "sky")))  # fmt: skip
+    images = [db.db_image(i) for i in range(0, db.num_images, 3)] + [db.q_image(i) for i in range(0, db.num_queries, 2)]
+    start = mask_iou(SimpleNN(insert_attention(spec, options["attention"])), guidance, images)
+    end = mask_iou(load(final), guidance, images)
+    return (
+        f"de-attention mask vs the synthetic sky and cars (IoU of the rejected regions, {len(images)} test "
+        f"images): {start * 100:.1f}% at the start, {end * 100:.1f}% trained"
+    )

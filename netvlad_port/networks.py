@@ -115,3 +115,26 @@ def add_layers(
 def aggregation_types() -> dict:
     """``addLayers`` method token -> the registered layer type it appends (vlad, vladv2, max, avg, ...)."""
     return {e.token: e for _, e in LAYER_TYPES.items() if e.token}
+
+
+def insert_attention(spec: NetSpec, kinds) -> NetSpec:
+    """The network with attention modules (``--attention deattention-v1,se``, in that order) between the
+    encoder and the aggregation, where STML places them: before the aggregation layer and the preL2
+    normalisation in front of it (``tasks/train.py:54-60``). The new modules start from PyTorch's default
+    initialisation."""
+    from .layers.attention import ATTENTION, attention_layer
+
+    kinds = list(kinds)
+    aggregators = {e.name for e in aggregation_types().values()}
+    at = next((i for i, layer in enumerate(spec.layers) if layer.type in aggregators), None)
+    if at is None:
+        raise NetVladPortError("--attention: the network has no aggregation layer (NetVLAD, max, avg, GeM)")
+    while at > 0 and spec.layers[at - 1].type == NORMALIZE:
+        at -= 1
+    present = [layer.name for layer in spec.layers if layer.type in {t for t, _ in ATTENTION.values()}]
+    if present:
+        raise NetVladPortError(f"--attention: the network already has attention layers ({', '.join(present)})")
+    new = [attention_layer(k, f"{k}:{i + 1}" if kinds.count(k) > 1 else k) for i, k in enumerate(kinds)]
+    out = NetSpec(layers=spec.layers[:at] + new + spec.layers[at:], meta=dict(spec.meta))
+    validate(out)
+    return out

@@ -37,9 +37,14 @@ class SyntheticConfig:
     pos_dist_thr: float = 25.0
     non_triv_pos_dist_sq_thr: float = 100.0
     seed: int = 0
+    masks: bool = False  # park cars along the street and write each image's exact train-id map
 
 
-def _facade(rng: np.random.Generator, length_m: float) -> np.ndarray:
+# Cityscapes train-ids of the synthetic world (make-synthetic --masks; guidance.CATEGORIES)
+ROAD, BUILDING, SKY, CAR = 0, 2, 10, 13
+
+
+def _facade(rng: np.random.Generator, length_m: float, labels: np.ndarray | None = None) -> np.ndarray:
     """H x W x 3 float texture of a street: buildings of 8-25 m, windows, doors, signs, sky."""
     h, w = FACADE_H_M * PX_PER_M, int(length_m * PX_PER_M) + 1
     tex = np.empty((h, w, 3), np.float32)
@@ -52,6 +57,8 @@ def _facade(rng: np.random.Generator, length_m: float) -> np.ndarray:
         top = h - bh
         base = rng.uniform(40, 220, 3)
         tex[top:, x : x + bw] = base
+        if labels is not None:
+            labels[top:, x : x + bw] = BUILDING
         rows, cols = rng.integers(2, 7), rng.integers(2, 6)
         win = rng.uniform(0, 255, 3) if rng.random() < 0.5 else base * rng.uniform(0.2, 0.5)
         ww, wh = max(2, bw // (2 * cols + 1)), max(2, bh // (2 * rows + 2))
@@ -68,11 +75,31 @@ def _facade(rng: np.random.Generator, length_m: float) -> np.ndarray:
             tex[sy : sy + PX_PER_M, sx : sx + 4 * PX_PER_M : 4] = 255 - sign
         x += bw + int(rng.uniform(0, 3) * PX_PER_M)
     tex[h - PX_PER_M // 2 :] = 90  # pavement
+    if labels is not None:
+        labels[h - PX_PER_M // 2 :] = ROAD
     return tex
 
 
-def _render(tex: np.ndarray, s_m: float, rng: np.random.Generator, hw: tuple[int, int], query: bool) -> np.ndarray:
-    """The view of the facade centred at ``s_m`` metres, with viewpoint/scale/light changes."""
+def _park_cars(tex: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> None:
+    """Cars (4 x 1.6 m, a darker window band, black wheels) every 8-20 m on the pavement."""
+    h, w = labels.shape
+    base = h - PX_PER_M // 2
+    x = int(rng.uniform(2, 10) * PX_PER_M)
+    while x + 4 * PX_PER_M < w:
+        top, right = base - int(1.6 * PX_PER_M), x + 4 * PX_PER_M
+        colour = rng.uniform(20, 235, 3)
+        tex[top:base, x:right] = colour
+        tex[top : top + PX_PER_M // 2, x + PX_PER_M // 2 : right - PX_PER_M // 2] = colour * 0.35
+        for wx in (x + PX_PER_M // 2, right - PX_PER_M - PX_PER_M // 2):
+            tex[base - PX_PER_M // 2 : base, wx : wx + PX_PER_M] = 15
+        labels[top:base, x:right] = CAR
+        x = right + int(rng.uniform(8, 20) * PX_PER_M)
+
+
+def _render(tex: np.ndarray, s_m: float, rng: np.random.Generator, hw: tuple[int, int], query: bool,
+            labels: np.ndarray | None = None):  # fmt: skip
+    """The view of the facade centred at ``s_m`` metres, with viewpoint/scale/light changes; and the
+    same view of ``labels`` (nearest neighbour: exact train-ids), or None."""
     from PIL import Image
 
     out_h, out_w = hw
@@ -85,34 +112,43 @@ def _render(tex: np.ndarray, s_m: float, rng: np.random.Generator, hw: tuple[int
     y0 = float(tex.shape[0] - ch - rng.uniform(0, 0.1 * ch))
     y0 = max(0.0, y0)
     im = Image.fromarray(np.clip(tex, 0, 255).astype(np.uint8))
-    im = im.transform((out_w, out_h), Image.Transform.EXTENT, (x0, y0, x0 + cw, y0 + ch), Image.Resampling.BILINEAR)
+    extent = (x0, y0, x0 + cw, y0 + ch)
+    im = im.transform((out_w, out_h), Image.Transform.EXTENT, extent, Image.Resampling.BILINEAR)
+    lab = None
+    if labels is not None:
+        lab = np.asarray(Image.fromarray(labels).transform((out_w, out_h), Image.Transform.EXTENT, extent,
+                                                           Image.Resampling.NEAREST))  # fmt: skip
     a = np.asarray(im, np.float32) / 255
     if query:  # illumination: gain, gamma, colour cast; sensor noise
         a = a ** rng.uniform(0.7, 1.5) * rng.uniform(0.6, 1.2) * rng.uniform(0.85, 1.15, 3)
         a = a + rng.normal(0, 0.03, a.shape)
     else:
         a = a * rng.uniform(0.9, 1.1)
-    return np.clip(a * 255, 0, 255).astype(np.uint8)
+    return np.clip(a * 255, 0, 255).astype(np.uint8), lab
 
 
 def _split_views(cfg: SyntheticConfig, rng: np.random.Generator, si: int, split: str):
-    """The views of one split: (db, queries), each a list of (street, index, UTM east/north, image)."""
+    """The views of one split: (db, queries), each a list of (street, index, UTM east/north, image,
+    train-id map or None)."""
     streets = cfg.streets_per_split
     per_street = int(np.ceil(cfg.db_per_split / streets))
     length = per_street * cfg.spacing + FOV_M
     db, queries = [], []
     for st in range(streets):
-        tex = _facade(rng, length)
+        labels = np.full((FACADE_H_M * PX_PER_M, int(length * PX_PER_M) + 1), SKY, np.uint8) if cfg.masks else None
+        tex = _facade(rng, length, labels)
+        if cfg.masks:  # their own generator: the scenes of a dataset without masks stay as they were
+            _park_cars(tex, labels, np.random.default_rng([cfg.seed, si, st]))
         north = ORIGIN[1] + 1000.0 * (si * streets + st)  # streets 1 km apart
         n_db = min(per_street, cfg.db_per_split - len(db))
         for i in range(n_db):
             s = FOV_M / 2 + i * cfg.spacing
-            db.append((st, i, (ORIGIN[0] + s, north), _render(tex, s, rng, cfg.image_hw, False)))
+            db.append((st, i, (ORIGIN[0] + s, north), *_render(tex, s, rng, cfg.image_hw, False, labels)))
         n_q = cfg.queries_per_split // streets + (st < cfg.queries_per_split % streets)
         for i in range(n_q):
             s = rng.uniform(FOV_M / 2, FOV_M / 2 + (n_db - 1) * cfg.spacing)
-            image = _render(tex, s, rng, cfg.image_hw, True)
-            queries.append((st, i, (ORIGIN[0] + s, north + rng.normal(0, 0.5)), image))
+            image, lab = _render(tex, s, rng, cfg.image_hw, True, labels)
+            queries.append((st, i, (ORIGIN[0] + s, north + rng.normal(0, 0.5)), image, lab))
     return db, queries
 
 
@@ -123,7 +159,9 @@ def make_synthetic(
     ``synthetic_<split>.mat``; ``layout="msls"``: MSLS's ``train_val/<city>/{database,query}/`` with
     csv files, each street a city (train: trondheim, london, ...; val: cph, sf; no test, MSLS's test
     cities have no positions), compass angles near north (the facades face the camera), and every
-    tenth image a panorama, which readers must leave out."""
+    tenth image a panorama, which readers must leave out. ``config.masks``: cars along the street, and
+    ``masks/<image path>.png`` with each view's exact Cityscapes train-ids (road 0, building 2, sky 10,
+    car 13), for ``--guidance ids:ROOT/masks``."""
     from PIL import Image
 
     if layout not in LAYOUTS:
@@ -138,16 +176,16 @@ def make_synthetic(
                 _write_msls(out, split, db, queries, np.random.default_rng(cfg.seed + 1 + si))
             continue
         for sub, views, q in (("images", db, ""), ("queries", queries, "q")):
-            for st, i, _, image in views:
-                _save(Image, image, out / sub / f"{split}/s{st}/{q}{i:05d}.jpg")
+            for st, i, _, image, lab in views:
+                _save(Image, image, out / sub / f"{split}/s{st}/{q}{i:05d}.jpg", lab, out / MASKS)
         write_db_struct(
             out / f"synthetic_{split}.mat",
             {
                 "whichSet": split,
-                "dbImageFns": [f"{split}/s{st}/{i:05d}.jpg" for st, i, _, _ in db],
-                "utmDb": np.array([utm for _, _, utm, _ in db]).T,
-                "qImageFns": [f"{split}/s{st}/q{i:05d}.jpg" for st, i, _, _ in queries],
-                "utmQ": np.array([utm for _, _, utm, _ in queries]).T,
+                "dbImageFns": [f"{split}/s{v[0]}/{v[1]:05d}.jpg" for v in db],
+                "utmDb": np.array([v[2] for v in db]).T,
+                "qImageFns": [f"{split}/s{v[0]}/q{v[1]:05d}.jpg" for v in queries],
+                "utmQ": np.array([v[2] for v in queries]).T,
                 "numImages": len(db),
                 "numQueries": len(queries),
                 "posDistThr": cfg.pos_dist_thr,
@@ -176,18 +214,26 @@ def _write_msls(out: Path, split: str, db, queries, rng: np.random.Generator) ->
         for st in sorted({v[0] for v in views}):
             city = MSLS_CITIES[split][st]
             mine = [v for v in views if v[0] == st]
-            keys = [f"{split}{st}{sub[0]}{i:05d}" for _, i, _, _ in mine]
-            for key, (_, _, _, image) in zip(keys, mine):
-                _save(Image, image, out / "train_val" / city / sub / "images" / f"{key}.jpg")
+            keys = [f"{split}{st}{sub[0]}{v[1]:05d}" for v in mine]
+            for key, (_, _, _, image, lab) in zip(keys, mine):
+                _save(Image, image, out / "train_val" / city / sub / "images" / f"{key}.jpg", lab, out / MASKS)
             ca = rng.normal(0.0, sd, len(mine)) % 360  # degrees, clockwise from north
-            pano = [i % PANO_EVERY == PANO_EVERY - 1 for _, i, _, _ in mine]
-            utm = [(ORIGIN[0] + MSLS_SCALE * (e - ORIGIN[0]), n) for _, _, (e, n), _ in mine]
+            pano = [v[1] % PANO_EVERY == PANO_EVERY - 1 for v in mine]
+            utm = [(ORIGIN[0] + MSLS_SCALE * (v[2][0] - ORIGIN[0]), v[2][1]) for v in mine]
             write_msls_city(out, city, sub, keys, utm, ca, pano)
 
 
-def _save(Image, arr: np.ndarray, path: Path) -> None:
+MASKS = "masks"  # with --masks: masks/<image path relative to the dataset root>.png, Cityscapes train-ids
+
+
+def _save(Image, arr: np.ndarray, path: Path, labels: np.ndarray | None = None, masks: Path | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, quality=92)
+    if labels is not None:  # the exact train-ids of the view, for --guidance ids:ROOT/masks
+        mask = masks / path.relative_to(masks.parent).as_posix()
+        mask = mask.with_name(mask.name + ".png")
+        mask.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(labels).save(mask)
 
 
 def load_synthetic(root: str | os.PathLike, which_set: str = "test") -> DbBase:

@@ -1,10 +1,12 @@
 """PyTorch modules with MatConvNet / NetVLAD layer semantics, one per registered layer type.
 
 Importing this package registers the built-in types (``simplenn``: conv, relu, pool, normalize;
-``netvlad``: the NetVLAD classes). :func:`build_layer` makes the module of any registered type.
+``netvlad``: the NetVLAD classes; ``pooling``: GeM; ``attention``: de-attention, CRN, SE, BAM, CBAM).
+:func:`build_layer` makes the module of any registered type.
 """
 
 from ..matconvnet.spec import LayerSpec, layer_type
+from .attention import AttentionLayer
 from .base import MatLayer, matlab_flatten
 from .netvlad import WHOLE_L2_EPS, TotalAvgPool, TotalMaxPool, VLADCore, WholeL2Normalize
 from .pooling import GeM
@@ -31,4 +33,5 @@ __all__ = [
     "TotalMaxPool",
     "TotalAvgPool",
     "GeM",
+    "AttentionLayer",
 ]

@@ -10,6 +10,8 @@
 | trainExpKernalJoint.m | exp_kernal_joint | exp-joint |
 | trainWeakly.m | triplet_weakly | triplet |
 | (GCL, src/criteria.py) | gcl, contrastive | gcl, contrastive |
+| (STML, utils/custom_loss.py) | stml, triplet_stml | stml, triplet-stml |
+| (Nanne's pytorch-NetVlad, main.py) | triplet_nanne | triplet-nanne |
 
 :data:`LOSSES` is the single list of choices (CLI, docs, trainer); add one with :func:`register_loss`.
 """
@@ -24,6 +26,7 @@ from .sare import (
     gauss_kernal_ind,
     gauss_kernal_joint,
 )
+from .stml import stml, stml_loss, triplet_nanne, triplet_stml
 from .triplet import triplet_weakly
 
 __all__ = [
@@ -43,4 +46,8 @@ __all__ = [
     "gcl",
     "contrastive",
     "gcl_loss",
+    "stml",
+    "stml_loss",
+    "triplet_stml",
+    "triplet_nanne",
 ]

@@ -20,7 +20,9 @@ from ..registry import Registry
 if TYPE_CHECKING:
     from torch import Tensor
 
-MINING = ("hardest", "violators", "pairs")  # pairs: GCL's sampler, no mining (train/mining.py)
+# hardest: nNegCap hardest negatives; violators: within the margin of squared distances (trainWeakly);
+# violators-l2: d(q, n) < d(q, p) + mining_margin, plain distances (NAN, STML); pairs: GCL's sampler
+MINING = ("hardest", "violators", "violators-l2", "pairs")
 
 
 @dataclass
@@ -48,6 +50,7 @@ class LossEntry:
     mining: str = "hardest"
     labels: str | None = None  # "graded" or "binary": tuples carry the dataset's similarity of each pair
     doc: str = ""
+    mining_margin: float | None = None  # violators-l2: the default of --mining-margin
 
     def __call__(self, q: Tensor, p: Tensor, negs: Tensor, *, labels=None, **params) -> LossOutput:
         if labels is not None:
@@ -68,6 +71,7 @@ def register_loss(
     mining: str = "hardest",
     labels: str | None = None,
     graded: bool = False,
+    mining_margin: float | None = None,
     replace: bool = False,
 ):
     """Register ``fn`` under ``name`` (the ``--loss`` choice); usable as a decorator."""
@@ -77,7 +81,8 @@ def register_loss(
     def add(f: Callable) -> Callable:
         doc = (inspect.getdoc(f) or "").split("\n")[0]
         kind = labels or ("graded" if graded else None)
-        LOSSES.register(name, LossEntry(name, f, matlab, tuple(params), mining, kind, doc), replace=replace)
+        entry = LossEntry(name, f, matlab, tuple(params), mining, kind, doc, mining_margin)
+        LOSSES.register(name, entry, replace=replace)
         return f
 
     return add(fn) if fn is not None else add

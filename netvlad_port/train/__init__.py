@@ -49,7 +49,12 @@ def train(
         for p in existing:
             shutil.rmtree(p) if p.is_dir() else p.unlink()
         spec = net if hasattr(net, "layers") else load_spec(net)
-        trainer = Trainer(spec, db_train, db_val, TrainOptions(**options), out_dir, progress, log)
+        opts = TrainOptions(**options)
+        if opts.attention:
+            from ..networks import insert_attention
+
+            spec = insert_attention(spec, opts.attention)
+        trainer = Trainer(spec, db_train, db_val, opts, out_dir, progress, log)
     trainer.run()
     if trainer.rank != 0:
         return out_dir / "final"

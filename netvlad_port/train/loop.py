@@ -95,8 +95,15 @@ class Trainer:
             )
         exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
         self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
+        self.mining_margin = None
+        if self.loss.mining == "violators-l2":
+            self.mining_margin = self.loss.mining_margin if opts.mining_margin is None else opts.mining_margin
+        elif opts.mining_margin is not None:
+            raise NetVladPortError(f"--mining-margin is for the losses mined by plain distances (stml, triplet-stml, "
+                                   f"triplet-nanne), not --loss {opts.loss}")  # fmt: skip
         self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
+        self.guidance, self.deatt = self._guidance(opts, db_train)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
         groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
@@ -133,6 +140,33 @@ class Trainer:
                 progress=self.progress,
             )
         self.timing["trunk"] = time.perf_counter() - t
+
+    def _guidance(self, opts: TrainOptions, db):
+        """The de-attention mask's supervision (``--guidance``), or (None, None)."""
+        from ..guidance import Guidance, deattention_layer, guidance_loss
+
+        if not opts.guidance:
+            return None, None
+        layer = deattention_layer(self.model)
+        if layer is None:
+            raise NetVladPortError("--guidance supervises a de-attention mask: add --attention deattention-v1 (or -v2)")
+        guidance_loss(torch.zeros(1), torch.zeros(1), opts.guidance_loss)  # check the kind now
+        import os
+
+        root = os.path.commonpath([str(db.db_path.resolve()), str(db.q_path.resolve())])
+        return Guidance(opts.guidance, root, opts.guidance_reject), layer
+
+    def guidance_term(self, tup, ids, scale: float) -> torch.Tensor:
+        """``scale`` x the summed squared error (or BCE) of the de-attention masks of one tuple's images
+        against their targets (flipped with the images when jittered)."""
+        from ..guidance import guidance_loss
+
+        m = self.deatt.last_mask[:, 0]
+        names = self.trunks["train"].names
+        t = torch.stack([self.guidance.target(names[i], tuple(m.shape[1:])) for i in ids]).to(m)
+        if tup.jitter[1]:
+            t = t.flip(-1)
+        return scale * guidance_loss(m, t, self.opts.guidance_loss)
 
     # --- features ------------------------------------------------------------------------
     @torch.no_grad()
@@ -255,6 +289,7 @@ class Trainer:
                 o.n_neg_cache,
                 margin=o.margin if violators else None,
                 exclude_very_hard=o.exclude_very_hard,
+                l2_margin=self.mining_margin,
             )
             if tup is not None:
                 if self.loss.labels:
@@ -270,6 +305,11 @@ class Trainer:
                 p.grad.zero_()
         loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of tuples)
         pairs = torch.zeros(1, dtype=torch.float64)
+        if self.guidance is not None:  # STML: sum(l) / nNeg + w * MSE over the batch's mask pixels
+            done = [t for t in tuples if t is not None]
+            n_pix = sum(len(self.tuple_images(t)) for t in done)
+            guide_scale = o.guidance_weight * sum(len(t.negatives) for t in done) / max(n_pix, 1)
+            self.last_guidance = 0.0
         for k, tup in enumerate(tuples):
             if k % self.world != self.rank:
                 continue
@@ -282,10 +322,18 @@ class Trainer:
                 out = self.model.run(x, self.first)
             feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
             res = self.loss(feats[0], feats[1], feats[2:], labels=tup.labels, **self.loss_params)
-            if res.n_pairs > 0:
-                res.loss.backward()
+            total = res.loss if res.n_pairs > 0 else None
+            if self.guidance is not None:
+                ids = self.tuple_images(tup)
+                g = self.guidance_term(tup, ids, guide_scale / (self.deatt.last_mask[0, 0].numel()))
+                self.last_guidance += g.item()
+                total = g if total is None else total + g
+            if total is not None:
+                total.backward()
             pairs += res.n_pairs
             loss_sum += torch.tensor([res.logged.item(), 1.0], dtype=torch.float64)
+        if self.guidance is not None:
+            self.last_guidance /= max(pairs.item(), 1.0)  # w * MSE of the batch's masks
         grads = [p.grad for p in self.params]
         if self.world > 1:
             for g in grads:
@@ -426,7 +474,10 @@ class Trainer:
                             self.log(msg)
                     loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
                     self.history.batch_loss.append(loss)
-                    self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss})
+                    record = {"epoch": e, "batch": b, "lr": self.lr, "loss": loss}
+                    if self.guidance is not None:
+                        record["guidance_loss"] = self.last_guidance
+                    self.event(record)
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:g}", refresh=False)
                     bar.update(o.batch_size)
                     self.batch += 1

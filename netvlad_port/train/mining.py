@@ -62,9 +62,12 @@ def mine_tuple(
     n_neg_cache: int = 10,
     margin: float | None = None,
     exclude_very_hard: bool = False,
+    l2_margin: float | None = None,
 ) -> Tuple | None:
     """One query's tuple, or None (no non-trivial positive; triplet: no violating negative).
-    Updates ``neg_cache[iq]``. ``exclude_very_hard`` (trainWeakly): drop negatives closer than the positive."""
+    Updates ``neg_cache[iq]``. ``exclude_very_hard`` (trainWeakly): drop negatives closer than the positive.
+    ``l2_margin`` (NAN's ``pittsburgh.py``, STML's ``--dataloader_margin``): keep the negatives with
+    d(q, n) < d(q, p) + l2_margin in plain distances."""
     pos = db.nontrivial_pos_q(iq)
     if len(pos) == 0:
         return None
@@ -76,7 +79,12 @@ def mine_tuple(
     order = np.argsort(dn, kind="stable")[: min(10 * n_neg_cap, len(cand))]
     cand, dn = cand[order], dn[order]
     neg_cache[iq] = cand[:n_neg_cache].copy()
-    if margin is not None:  # trainWeakly: violators only
+    if l2_margin is not None:  # NAN / STML: plain distances, d(q, n) < d(q, p) + margin
+        keep = np.sqrt(dn) < np.sqrt(d_p) + l2_margin
+        cand = cand[keep]
+        if len(cand) == 0:
+            return None
+    elif margin is not None:  # trainWeakly: violators only
         keep = dn < d_p + margin
         if exclude_very_hard:
             keep &= ~(dn < d_p)

@@ -15,6 +15,7 @@ from ..retrieval import RECALL_NS
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 # options that may change on --resume (they do not change the numbers of the epochs already run)
 RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim")
+TUPLES = ("recall_ns", "fix_layers", "jitter_scale", "attention", "guidance_reject")  # lists in JSON
 
 
 @dataclass
@@ -46,6 +47,12 @@ class TrainOptions:
     start_epoch: int = 1
     # not in MATLAB
     loss: str = "sare-ind"
+    mining_margin: float | None = None  # NAN/STML mining: d(q,n) < d(q,p) + this (default: the loss's)
+    attention: tuple[str, ...] = ()  # modules inserted before the aggregation (layers/attention.py)
+    guidance: str = ""  # the de-attention mask's supervision: masks:DIR, ids:DIR or h5:FILE (guidance.py)
+    guidance_reject: tuple[str, ...] = ("human", "vehicle", "sky")  # Cityscapes categories of ids:DIR
+    guidance_weight: float = 0.1  # STML's --w_deatt_loss in the published script
+    guidance_loss: str = "mse"  # or bce
     rng: str = "matlab"  # MATLAB's generator and calls (docs/matlab.md#random-numbers), or "numpy"
     trunk_cache: str = "auto"  # memory | disk | none (recompute the frozen layers, as other ports do)
     trunk_fp16: bool = False
@@ -70,11 +77,8 @@ class TrainOptions:
 
     def to_json(self) -> dict:
         d = asdict(self)
-        d["recall_ns"], d["fix_layers"], d["jitter_scale"] = (
-            list(self.recall_ns),
-            list(self.fix_layers),
-            list(self.jitter_scale),
-        )
+        for k in TUPLES:
+            d[k] = list(d[k])
         return d
 
     def with_changes(self, changes: dict, where: str) -> TrainOptions:
@@ -100,6 +104,6 @@ class TrainOptions:
     @classmethod
     def from_json(cls, d: dict) -> TrainOptions:
         d = {k: v for k, v in d.items() if k not in ("net_id", "layer_name", "method", "extra")}  # older runs
-        for k in ("recall_ns", "fix_layers", "jitter_scale"):
-            d[k] = tuple(d.get(k, ()))
+        for k in TUPLES:
+            d[k] = tuple(d.get(k, getattr(cls, k, ())))
         return cls(**d)

@@ -1,0 +1,165 @@
+"""Semantic guidance for the de-attention mask ([docs/stml.md](../docs/stml.md#semantic-guidance)).
+
+STML supervises the mask with a segmentation: 1 where a pixel keeps its meaning for place recognition,
+0 on the rejected Cityscapes categories (the published script rejects human, vehicle and sky), resized to
+the feature map by bicubic interpolation with ``align_corners=True`` (``tasks/common.py:142``), compared
+by MSE with weight 0.1. No segmentation weights can be downloaded here, so the source is pluggable:
+
+* ``masks:DIR`` -- a PNG per image, ``DIR/<image path relative to the dataset root>.png``, nonzero = keep;
+* ``ids:DIR`` -- the same layout holding Cityscapes train-ids (0..18, 255 = void), ``reject`` chooses the
+  categories (``make-synthetic --masks`` writes these);
+* ``h5:FILE`` -- keep masks as datasets named by the relative image path;
+* a callable (Python API): ImageNet-normalised N x 3 x H x W in, [N, 19, H, W] logits or [N, H, W]
+  train-ids out.
+
+Targets are cached per image at the feature-map size, like the trunk.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import NetVladPortError
+
+# Cityscapes train-ids by category (MobileNet/cityscapes.py of STML; Cityscapes' own table)
+CATEGORIES = {
+    "flat": (0, 1),
+    "construction": (2, 3, 4),
+    "object": (5, 6, 7),
+    "nature": (8, 9),
+    "sky": (10,),
+    "human": (11, 12),
+    "vehicle": (13, 14, 15, 16, 17, 18),
+}
+REJECT = ("human", "vehicle", "sky")  # 1run_train_our_deattention_with_sTML.sh
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def keep_from_ids(ids: np.ndarray, reject=REJECT) -> np.ndarray:
+    """1 where the train-id is not in a rejected category, else 0 (void 255 is kept, as STML's map)."""
+    unknown = set(reject) - set(CATEGORIES)
+    if unknown:
+        raise NetVladPortError(f"unknown Cityscapes categories {sorted(unknown)}: expected {', '.join(CATEGORIES)}")
+    rejected = [i for c in reject for i in CATEGORIES[c]]
+    return (~np.isin(ids, rejected)).astype(np.float32)
+
+
+def resize_target(keep: np.ndarray | torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """The keep mask at the feature map's size: float, bicubic, ``align_corners=True`` (it may
+    overshoot [0, 1] slightly, as the original's)."""
+    t = torch.as_tensor(np.asarray(keep, np.float32))[None, None]
+    return F.interpolate(t, size=hw, mode="bicubic", align_corners=True)[0, 0]
+
+
+class Guidance:
+    """Where the keep masks come from (see the module docstring), relative to the dataset ``root``."""
+
+    def __init__(self, source: str | Callable, root: str | os.PathLike, reject=REJECT):
+        self.root, self.reject = Path(root), tuple(reject)
+        keep_from_ids(np.zeros(1), self.reject)  # check the categories now
+        self._cache: dict[tuple[str, tuple[int, int]], torch.Tensor] = {}
+        if callable(source):
+            self.kind, self.where, self.fn = "callable", None, source
+            return
+        kind, sep, where = str(source).partition(":")
+        if not sep or kind not in ("masks", "ids", "h5"):
+            raise NetVladPortError(f"--guidance {source!r}: expected masks:DIR, ids:DIR or h5:FILE")
+        self.kind, self.where, self.fn = kind, Path(where), None
+        if not (self.where.is_file() if kind == "h5" else self.where.is_dir()):
+            what = "file" if kind == "h5" else "folder"
+            raise NetVladPortError(f"--guidance {source!r}: {self.where} is not a {what}")
+
+    def describe(self) -> dict:
+        return {"source": self.kind, "where": str(self.where) if self.where else None, "reject": list(self.reject)}
+
+    def relative(self, image: str | os.PathLike) -> str:
+        try:
+            return Path(image).resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            raise NetVladPortError(f"{image}: not under the dataset root {self.root}") from None
+
+    def keep(self, image: str | os.PathLike) -> np.ndarray:
+        """The full-resolution keep mask of one image (H x W, 1 keep / 0 reject)."""
+        if self.kind == "callable":
+            return self._from_callable(image)
+        name = self.relative(image)
+        if self.kind == "h5":
+            import h5py
+
+            with h5py.File(self.where, "r") as f:
+                if name not in f:
+                    raise NetVladPortError(f"{self.where}: no mask for {name}")
+                return (np.asarray(f[name]) != 0).astype(np.float32)
+        path = self.where / (name + ".png")
+        if not path.is_file():
+            raise NetVladPortError(f"{path}: no guidance mask for {image}")
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                a = np.asarray(im.convert("L") if im.mode not in ("L", "P", "I") else im)
+        except OSError as exc:
+            raise NetVladPortError(f"{path}: not a readable PNG ({exc})") from None
+        return (a != 0).astype(np.float32) if self.kind == "masks" else keep_from_ids(a, self.reject)
+
+    def _from_callable(self, image) -> np.ndarray:
+        from .images import read_image
+
+        x = read_image(image)[None] / 255.0  # 1 x 3 x H x W, RGB 0..1
+        x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+        with torch.no_grad():
+            out = torch.as_tensor(self.fn(x))
+        ids = out.argmax(1)[0] if out.ndim == 4 else out[0]
+        return keep_from_ids(ids.cpu().numpy(), self.reject)
+
+    def target(self, image: str | os.PathLike, hw: tuple[int, int]) -> torch.Tensor:
+        """The keep mask resized to ``hw`` (cached per image and size)."""
+        key = (str(image), tuple(hw))
+        if key not in self._cache:
+            self._cache[key] = resize_target(self.keep(image), hw)
+        return self._cache[key]
+
+
+def guidance_loss(mask: torch.Tensor, target: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """Summed over pixels: squared error (MSE) or binary cross-entropy with the target clamped to [0, 1]
+    (the original passes BCE's arguments swapped, ``common.py:143``; fixed here)."""
+    if kind == "mse":
+        return ((mask - target) ** 2).sum()
+    if kind == "bce":
+        return F.binary_cross_entropy(mask.clamp(1e-6, 1 - 1e-6), target.clamp(0, 1), reduction="sum")
+    raise NetVladPortError(f"guidance loss must be mse or bce, got {kind!r}")
+
+
+def deattention_layer(model):
+    """The model's de-attention layer, or None."""
+    for layer in model.layers:
+        if getattr(layer, "matlab_type", "") == "deattention":
+            return layer
+    return None
+
+
+@torch.no_grad()
+def mask_iou(model, guidance: Guidance, images, threshold: float = 0.5) -> float:
+    """IoU of the rejected regions: the de-attention mask below ``threshold`` against the target below
+    it, over ``images`` (each at the feature map's size)."""
+    from .images import read_image
+
+    layer = deattention_layer(model)
+    if layer is None:
+        raise NetVladPortError("the network has no de-attention layer")
+    model.eval()
+    inter = union = 0.0
+    for image in images:
+        model(read_image(image)[None])
+        m = layer.last_mask[0, 0]
+        t = guidance.target(image, tuple(m.shape))
+        a, b = m < threshold, t < threshold
+        inter += float((a & b).sum())
+        union += float((a | b).sum())
+    return inter / union if union else 1.0

@@ -1,0 +1,208 @@
+"""Attention between the encoder and NetVLAD: STML's semantic-guided de-attention and the baselines
+of its table, CRN, SE, BAM and CBAM ([docs/stml.md](../../docs/stml.md#modules)), from
+deepguider/deattention_with_stml_for_vpr ``networks/`` (``deattention_model.py``, ``senet.py``,
+``bam.py``, ``cbam.py``).
+
+Each is a layer type holding a small torch block. Its weights are the block's tensors (parameters and
+BatchNorm running statistics) in ``state_dict`` order and torch layout, so the converted folder stores
+them; MATLAB has no such layers, so ``export-mat`` refuses them. A new block starts from PyTorch's default
+initialisation, as the original's, drawn from a fixed seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import NetFormatError
+from ..matconvnet.spec import LayerSpec, LayerType, register_layer
+from .base import MatLayer
+
+DEATT_BRANCHES = (32, 32, 20)  # deattention_model.py:135-138 (version 3: 32, 32, 32)
+REDUCTION = 16  # SE, BAM, CBAM (senet.py:5, bam.py:11, cbam.py:35)
+BAM_DILATION = 4  # bam.py:30
+
+
+class _Branches(nn.Module):
+    """Conv 3x3 / 5x5 / 7x7 -> ReLU -> BN each, concatenated, then Conv 1x1 -> ReLU -> BN(1) -> sigmoid:
+    the mask of the de-attention and CRN modules (``deattention_model.py:124-183``)."""
+
+    def __init__(self, c: int, widths=DEATT_BRANCHES, padding_mode: str = "reflect"):
+        super().__init__()
+
+        def branch(k, w):
+            return nn.Sequential(nn.Conv2d(c, w, k, padding=k // 2, padding_mode=padding_mode), nn.ReLU(),
+                                 nn.BatchNorm2d(w))  # fmt: skip
+
+        self.g1, self.g2, self.g3 = (branch(k, w) for k, w in zip((3, 5, 7), widths))
+        self.w = nn.Sequential(nn.Conv2d(sum(widths), 1, 1), nn.ReLU(), nn.BatchNorm2d(1))
+
+    def forward(self, x_hat):
+        return torch.sigmoid(self.w(torch.cat([self.g1(x_hat), self.g2(x_hat), self.g3(x_hat)], 1)))
+
+
+class DeAttentionBlock(nn.Module):
+    """Semantic-guided de-attention: the mask m from the channel-L2-normalised input x̂, then x·m (v1)
+    or x + x·m (v2) of the raw input; ``last_mask`` keeps m for the guidance loss."""
+
+    def __init__(self, c: int, version: int = 1, padding_mode: str = "reflect"):
+        super().__init__()
+        self.version = version
+        self.mask = _Branches(c, (32, 32, 32) if version == 3 else DEATT_BRANCHES, padding_mode)
+        self.last_mask: torch.Tensor | None = None
+
+    def forward(self, x):
+        m = self.mask(F.normalize(x, p=2, dim=1))
+        self.last_mask = m
+        return x + x * m if self.version == 2 else x * m
+
+
+class CRNBlock(nn.Module):
+    """STML's contextual reweighting: the same mask, output x̂·m (``deattention_model.py:113-122``)."""
+
+    def __init__(self, c: int, padding_mode: str = "reflect"):
+        super().__init__()
+        self.mask = _Branches(c, DEATT_BRANCHES, padding_mode)
+
+    def forward(self, x):
+        x_hat = F.normalize(x, p=2, dim=1)
+        return x_hat * self.mask(x_hat)
+
+
+class SEBlock(nn.Module):
+    """Squeeze-and-excitation: GAP -> FC c->c/16 -> ReLU -> FC -> sigmoid, no biases (``senet.py``)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc = nn.Sequential(nn.Linear(c, c // REDUCTION, bias=False), nn.ReLU(),
+                                nn.Linear(c // REDUCTION, c, bias=False), nn.Sigmoid())  # fmt: skip
+
+    def forward(self, x):
+        return x * self.fc(x.mean(dim=(2, 3)))[:, :, None, None]
+
+
+class BAMBlock(nn.Module):
+    """BAM (``bam.py``): (1 + sigmoid(channel gate · spatial gate)) · x. The channel gate average-pools
+    with kernel = stride = H, which on a wider-than-tall map reads only the left H x H window, as the
+    original does."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        r = c // REDUCTION
+        self.channel = nn.Sequential(nn.Linear(c, r), nn.BatchNorm1d(r), nn.ReLU(), nn.Linear(r, c))
+        layers = [nn.Conv2d(c, r, 1), nn.BatchNorm2d(r), nn.ReLU()]
+        for _ in range(2):
+            layers += [nn.Conv2d(r, r, 3, padding=BAM_DILATION, dilation=BAM_DILATION), nn.BatchNorm2d(r), nn.ReLU()]
+        self.spatial = nn.Sequential(*layers, nn.Conv2d(r, 1, 1))
+
+    def forward(self, x):
+        h = x.shape[2]
+        pooled = F.avg_pool2d(x, h, stride=h).flatten(1)
+        return (1 + torch.sigmoid(self.channel(pooled)[:, :, None, None] * self.spatial(x))) * x
+
+
+class CBAMBlock(nn.Module):
+    """CBAM (``cbam.py``): a shared MLP on the average- and max-pooled vectors gates the channels, then
+    [max_c, mean_c] -> 7x7 conv (no bias) -> BN (momentum 0.01) -> sigmoid gates the locations."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(c, c // REDUCTION), nn.ReLU(), nn.Linear(c // REDUCTION, c))
+        self.spatial = nn.Sequential(nn.Conv2d(2, 1, 7, padding=3, bias=False), nn.BatchNorm2d(1, momentum=0.01))
+
+    def forward(self, x):
+        x = x * torch.sigmoid(self.mlp(x.amax(dim=(2, 3))) + self.mlp(x.mean(dim=(2, 3))))[:, :, None, None]
+        return x * torch.sigmoid(self.spatial(torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1)))
+
+
+def _deattention(c: int, params: dict) -> nn.Module:
+    return DeAttentionBlock(c, int(params.get("version", 1)), str(params.get("padding", "reflect")))
+
+
+BLOCKS = {
+    "deattention": _deattention,
+    "crn": lambda c, params: CRNBlock(c, str(params.get("padding", "reflect"))),
+    "se": lambda c, params: SEBlock(c),
+    "bam": lambda c, params: BAMBlock(c),
+    "cbam": lambda c, params: CBAMBlock(c),
+}
+# the --attention names: a layer type and its params
+ATTENTION = {
+    "deattention-v1": ("deattention", {"version": 1}),
+    "deattention-v2": ("deattention", {"version": 2}),
+    "crn": ("crn", {}),
+    "se": ("se", {}),
+    "bam": ("bam", {}),
+    "cbam": ("cbam", {}),
+}
+ATTENTION_SEED = 0
+
+
+def _state(block: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in block.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+class AttentionLayer(MatLayer):
+    """A torch block as a layer; ``weights`` are its ``state_dict`` tensors (empty: initialise)."""
+
+    def __init__(self, spec: LayerSpec, in_channels: int = 0):
+        super().__init__(spec)
+        self.matlab_type = spec.type
+        self._params = dict(spec.params)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(ATTENTION_SEED)
+            self.block = BLOCKS[spec.type](in_channels, self._params)
+        state = _state(self.block)
+        if spec.weights:
+            if len(spec.weights) != len(state):
+                raise NetFormatError(f"layer '{spec.name}' ({spec.type}): {len(spec.weights)} weights, expected "
+                                     f"{len(state)} for {in_channels} input channels")  # fmt: skip
+            loaded = {}
+            for (k, v), w in zip(state.items(), spec.weights):
+                if tuple(np.shape(w)) != tuple(v.shape):
+                    raise NetFormatError(f"layer '{spec.name}' ({spec.type}): {k} is {np.shape(w)}, expected "
+                                         f"{tuple(v.shape)} for {in_channels} input channels")  # fmt: skip
+                loaded[k] = torch.as_tensor(np.asarray(w, np.float32))
+            self.block.load_state_dict(loaded, strict=False)
+
+    def forward(self, x):
+        return self.block(x)
+
+    def weight_params(self):
+        return list(self.block.parameters())
+
+    def matlab_arrays(self, tensors):
+        return [t.detach().cpu().double().numpy() for t in tensors]
+
+    def matlab_weights(self):
+        return [v.detach().cpu().numpy().astype(np.float32) for v in _state(self.block).values()]
+
+    def params(self):
+        return dict(self._params)
+
+    @property
+    def last_mask(self) -> torch.Tensor | None:
+        return getattr(self.block, "last_mask", None)
+
+
+def attention_layer(kind: str, name: str | None = None) -> LayerSpec:
+    """A fresh attention layer of an ``--attention`` name (``deattention-v1``, ``se``, ...)."""
+    if kind not in ATTENTION:
+        raise NetFormatError(f"unknown attention {kind!r}: expected one of {', '.join(ATTENTION)}")
+    layer_type_name, params = ATTENTION[kind]
+    return LayerSpec(layer_type_name, name or kind, [], dict(params))
+
+
+def _canonical(layer: LayerSpec, where: str, previous) -> None:
+    if layer.type == "deattention" and int(layer.params.get("version", 1)) not in (1, 2, 3):
+        raise NetFormatError(f"{where}: de-attention version must be 1, 2 or 3, got {layer.params.get('version')}")
+    if layer.params.get("padding", "reflect") not in ("reflect", "zeros"):
+        raise NetFormatError(f"{where}: padding must be reflect or zeros, got {layer.params.get('padding')!r}")
+    layer.weights = [np.asarray(w, np.float32) for w in layer.weights]
+
+
+for _name in BLOCKS:
+    register_layer(LayerType(_name, AttentionLayer, n_weights=tuple(range(0, 64)), canonical=_canonical,
+                             shape=lambda l, s, w: s))  # fmt: skip
