@@ -203,6 +203,15 @@ def _canonical(layer: LayerSpec, where: str, previous) -> None:
     layer.weights = [np.asarray(w, np.float32) for w in layer.weights]
 
 
+def _shape(layer: LayerSpec, s, where: str):
+    """Sizes are kept; the 7x7 reflect padding of the mask branches needs maps of at least 4 x 4."""
+    h, w = s[0], s[1]
+    reflect = layer.type in ("deattention", "crn") and layer.params.get("padding", "reflect") == "reflect"
+    if reflect and h is not None and w is not None and min(h, w) < 4:
+        raise NetFormatError(f"{where}: a {h}x{w} map is too small for the 7x7 reflect-padded branch (4x4 at least)")
+    return s
+
+
 for _name in BLOCKS:
     register_layer(LayerType(_name, AttentionLayer, n_weights=tuple(range(0, 64)), canonical=_canonical,
-                             shape=lambda l, s, w: s))  # fmt: skip
+                             shape=_shape))  # fmt: skip
