@@ -21,7 +21,7 @@ class Recipe:
     layout: str  # make_synthetic layout
     splits: tuple[str, str, str]  # dataset names: train, val, evaluation
     head: str  # addLayers method
-    runs: tuple[tuple[str, str, dict], ...] = ()  # (table label, folder, TrainOptions); "{data}" is filled in
+    runs: tuple[tuple[str, str, dict], ...] = ()  # (table label, run folder, TrainOptions); "{data}" filled in
     epochs: int = 8
     protocol: str = "matlab"
     masks: bool = False  # make-synthetic --masks (the de-attention's guidance)
@@ -33,20 +33,20 @@ STML = {"learning_rate": 1e-3, "back_prop_to_layer": "conv3_1", "n_neg_choice": 
 RECIPES = {
     "sare-ind": Recipe(
         "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
-        (("trained + WPCA", "train", {**SARE, "pca_dim": 64}),),
+        (("trained + WPCA", "trained", {**SARE, "pca_dim": 64}),),
         about="SARE Gauss-Ind (lr 0.001, conv5_1 up), best epoch on val, addPCA (whitening to 64-D)",
     ),
     "gcl": Recipe(
         "msls", ("msls-train", "msls-val", "msls-val"), "preL2_gem",
-        (("trained", "train", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
+        (("trained", "trained", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
                                "batch_size": 32, "back_prop_to_layer": "conv5_1", "pca_dim": 0}),),
         epochs=20, protocol="gcl",
         about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, conv5_1 up), best epoch on MSLS-val",
     ),
     "stml": Recipe(
         "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
-        (("baseline triplet", "train_baseline", {**STML, "loss": "triplet-stml"}),
-         ("de-att + sTML", "train_deattention", {**STML, "loss": "stml", "attention": ("deattention-v1", "se"),
+        (("baseline triplet", "baseline", {**STML, "loss": "triplet-stml"}),
+         ("de-att + sTML", "deattention", {**STML, "loss": "stml", "attention": ("deattention-v1", "se"),
                                                   "guidance": "ids:{data}/masks"})),
         masks=True,
         about="STML's recipe (lr 0.001, conv3_1 up): the triplet baseline, then de-attention v1 + SE + sTML "
@@ -108,7 +108,7 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
         say(f"5/6 train {r.about}, {epochs} epochs")
         for label, folder, options in r.runs:
             options = {k: v.format(data=data) if isinstance(v, str) else v for k, v in options.items()}
-            final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / folder, log=lambda *a: None,
+            final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / _run(folder), log=lambda *a: None,
                                  n_epoch=epochs, **options)  # fmt: skip
             rows.append((label, evaluate(final, f"eval_{folder}")))
             if options.get("guidance"):
@@ -144,7 +144,7 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
         for label, folder, _ in r.runs:
             outputs += [
                 (
-                    f"{folder}/",
+                    f"{_run(folder)}/",
                     f"{label}: log.jsonl, summary.json, recall_per_epoch.png, epoch_*/, final/ (best epoch)",
                 ),
                 (f"eval_{folder}/", "its features, results.json, recall.png, mosaic.png"),
@@ -173,3 +173,8 @@ def _mask_iou_note(spec, final, options: dict, db) -> str:
         f"de-attention mask vs the synthetic sky and cars (IoU of the rejected regions, {len(images)} test "
         f"images): {start * 100:.1f}% at the start, {end * 100:.1f}% trained"
     )
+
+
+def _run(folder: str) -> str:
+    """The training run's folder of a demo row (``train/`` for the single-run recipes)."""
+    return "train" if folder == "trained" else f"train_{folder}"
