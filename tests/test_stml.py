@@ -282,3 +282,29 @@ def test_demo_stml_prints_the_comparison(tmp_path):
     res = CliRunner().invoke(main, ["demo", "--recipe", "stml", "--epochs", "2", "--out", str(tmp_path / "d")])
     assert res.exit_code == 0, res.output
     assert "baseline triplet" in res.output and "de-att + sTML" in res.output and "IoU of the rejected" in res.output
+
+
+def test_guided_deattention_training_resumes_exactly(masked_world, tmp_path):
+    from netvlad_port.datasets import load_synthetic
+    from netvlad_port.matconvnet import read_net
+    from netvlad_port.networks import insert_attention
+    from netvlad_port.train import Trainer, TrainOptions
+
+    data = masked_world / "data"
+    tr, va = (load_synthetic(data, s) for s in ("train", "val"))
+    spec = insert_attention(read_net(masked_world / "net.mat"), ["deattention-v1", "se"])
+    opts = {"loss": "stml", "n_epoch": 2, "learning_rate": 0.01, "back_prop_to_layer": "conv5_1",
+            "n_neg_choice": 20, "pca_dim": 0, "attention": ("deattention-v1", "se"),
+            "guidance": f"ids:{data / 'masks'}", "save_frequency": 8}  # fmt: skip
+    full = Trainer(spec, tr, va, TrainOptions(**opts), tmp_path / "full", log=lambda *a: None).run()
+    part = Trainer(spec, tr, va, TrainOptions(**opts), tmp_path / "part", log=lambda *a: None)
+    part.run(stop_after=5)  # a checkpoint every 2 batches
+    resumed = Trainer.resume(tmp_path / "part", tr, va, log=lambda *a: None).run()
+    assert np.allclose(resumed.history.batch_loss, full.history.batch_loss, rtol=1e-5, atol=1e-8)
+    for (k, a), b in zip(resumed.model.state_dict().items(), full.model.state_dict().values()):
+        if k.endswith("num_batches_tracked"):  # not kept: unused with BatchNorm's fixed momentum
+            continue
+        assert torch.allclose(a.float(), b.float(), rtol=1e-4, atol=1e-6), k  # BatchNorm statistics included
+    frozen = {**opts, "back_prop_to_layer": "vlad:core"}
+    with pytest.raises(Exception, match="below backPropToLayer"):
+        Trainer(spec, tr, va, TrainOptions(**frozen), tmp_path / "frozen", log=lambda *a: None)

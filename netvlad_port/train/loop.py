@@ -105,6 +105,9 @@ class Trainer:
         self.model = SimpleNN(spec).to(self.device)
         self.guidance, self.deatt = self._guidance(opts, db_train)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
+        if self.deatt is not None and list(self.model.layers).index(self.deatt) < self.first:
+            raise NetVladPortError(f"--guidance trains the de-attention mask, but '{self.deatt.name}' is below "
+                                   f"backPropToLayer {opts.back_prop_to_layer} (frozen)")  # fmt: skip
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
         groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
         self.optimizer = deepibl_sgd(groups, opts.learning_rate, opts.momentum, opts.weight_decay)
