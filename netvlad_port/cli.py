@@ -145,12 +145,16 @@ def convert(model: Path, out_dir: Path, force: bool):
 
 def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
     """Rows like ``vl_simplenn_display``: index, name, type, weight shapes, output size."""
+    import numpy as np
+
     from .matconvnet import infer_shapes
 
     shapes = infer_shapes(spec, image_hw)
     rows = [f"{'#':>3}  {'name':<16} {'type':<22} {'weights':<28} output (H x W x C)"]
     for i, (layer, (h, w, c)) in enumerate(zip(spec.layers, shapes), start=1):
         ws = ", ".join("x".join(map(str, x.shape)) for x in layer.weights) or "-"
+        if len(layer.weights) > 4:  # a torch block (attention): its size, not every tensor
+            ws = f"{len(layer.weights)} tensors, {sum(int(np.size(x)) for x in layer.weights):,} values"
         rows.append(f"{i:>3}  {layer.name:<16} {layer.type:<22} {ws:<28} {h} x {w} x {c}")
     return rows
 
