@@ -234,20 +234,22 @@ def test_kill_a_real_training_process_and_resume(setup, tmp_path):
         )
 
 
-def _ddp_worker(rank, world, root, spec_path, out, port):
+def _ddp_worker(rank, world, root, spec_path, out, port, extra):
     import torch.distributed as dist
 
     from netvlad_port import load_spec
     from netvlad_port.datasets.synthetic import load_synthetic
+    from netvlad_port.networks import insert_attention
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1)
+    spec = load_spec(spec_path)
     t = Trainer(
-        load_spec(spec_path),
+        insert_attention(spec, extra["attention"]) if extra else spec,
         load_synthetic(root, "train"),
         None,
-        TrainOptions(**{**OPTS, "n_epoch": 1}),
+        TrainOptions(**{**OPTS, "n_epoch": 1, **extra}),
         out,
         log=lambda *a: None,
     )
@@ -259,12 +261,19 @@ def _ddp_worker(rank, world, root, spec_path, out, port):
     dist.destroy_process_group()
 
 
-def test_two_processes_make_the_single_process_update(setup, tmp_path):
+@pytest.mark.parametrize("attention", [False, True])  # with: BatchNorm modules in train mode (docs/stml.md)
+def test_two_processes_make_the_single_process_update(setup, tmp_path, attention):
     import torch.multiprocessing as mp
     from safetensors.torch import load_file
 
+    from netvlad_port.networks import insert_attention
+
     root, tr, _, spec = setup
-    single = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1}), tmp_path / "one", log=lambda *a: None)
+    extra = {"attention": ("cbam", "se"), "loss": "stml"} if attention else {}
+    if attention:
+        spec = insert_attention(spec, extra["attention"])
+    single = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1, **extra}), tmp_path / "one",
+                     log=lambda *a: None)  # fmt: skip
     single.run(stop_after=3)
     (tmp_path / "two").mkdir()
     import socket
@@ -274,7 +283,7 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path):
         port = sock.getsockname()[1]
     mp.spawn(
         _ddp_worker,
-        args=(2, str(root / "data"), str(root / "offtheshelf.mat"), tmp_path / "two", port),
+        args=(2, str(root / "data"), str(root / "offtheshelf.mat"), tmp_path / "two", port, extra),
         nprocs=2,
         join=True,
     )

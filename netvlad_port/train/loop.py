@@ -343,6 +343,10 @@ class Trainer:
                 dist.all_reduce(g)
             dist.all_reduce(pairs)
             dist.all_reduce(loss_sum)
+            for b in self.model.buffers():  # BatchNorm statistics (attention modules): the ranks' mean
+                if b.is_floating_point():
+                    dist.all_reduce(b)
+                    b.div_(self.world)
         if pairs.item() > 0:
             for g in grads:
                 g.div_(pairs.item())
