@@ -234,7 +234,8 @@ def _export(fmt: str, model, out_path, dim, normalize, tolerance, force, opset=N
     meta = export_model(model, out_path, fmt, opset=opset or OPSET, dim=dim, normalize=normalize,
                         tolerance=tolerance, force=force)  # fmt: skip
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in meta["max_relative_difference"].items())
-    click.echo(f"{model} -> {out_path} ({fmt}, {meta['output_dim']}-D; checked with {meta['verified_with']}: "
+    dim = f"{meta['output_dim']}-D" if meta["output_dim"] else "size-dependent output"
+    click.echo(f"{model} -> {out_path} ({fmt}, {dim}; checked with {meta['verified_with']}: "
                f"max relative difference {diffs} <= {meta['tolerance']:g})")  # fmt: skip
 
 

@@ -28,18 +28,22 @@ METADATA = "netvlad_port"  # ONNX metadata_props key / TorchScript extra file (J
 
 
 class Deployable(nn.Module):
-    """``model(x)`` without the Python-side checks, as one traceable module."""
+    """``model(x)`` without the Python-side checks, as one traceable module (the layers and the mean
+    only: TorchScript would try to compile the model's properties)."""
 
     def __init__(self, model, dim: int | None = None):
         super().__init__()
-        self.model, self.dim = model, dim
+        self.layers, self.dim = model.layers, dim
+        self.register_buffer("average_rgb", model.average_rgb.float().clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from .extract import crop_to_dim
         from .layers import matlab_flatten
 
-        x = images.to(torch.float32) - self.model.average_rgb.float()
-        return crop_to_dim(matlab_flatten(self.model.run(x)), self.dim)
+        x = images.to(torch.float32) - self.average_rgb
+        for layer in self.layers:
+            x = layer(x)
+        return crop_to_dim(matlab_flatten(x), self.dim)
 
 
 def _relative_difference(got: np.ndarray, ref: np.ndarray) -> float:
@@ -128,7 +132,7 @@ def export_model(
         "tolerance": tolerance,
     }
     with atomic_file(out) as tmp:
-        _write(net, inputs[0], tmp, fmt, opset)
+        _write(net, inputs[0], tmp, fmt, opset, out)
         run = _run_exported(tmp, fmt)
         diffs = {f"{h}x{w}": _relative_difference(run(x.numpy()), ref) for (h, w), x, ref in zip(sizes, inputs, refs)}
         meta["max_relative_difference"] = diffs
@@ -141,7 +145,7 @@ def export_model(
     return meta
 
 
-def _write(net: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int) -> None:
+def _write(net: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int, out: Path) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python branches
         try:
@@ -155,7 +159,7 @@ def _write(net: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: i
         except NetVladPortError:
             raise
         except Exception as exc:
-            raise NetVladPortError(f"{path.name}: the {fmt} export failed ({type(exc).__name__}: {exc})") from None
+            raise NetVladPortError(f"{out}: the {fmt} export failed ({type(exc).__name__}: {exc})") from None
 
 
 def _runtime(fmt: str) -> str:

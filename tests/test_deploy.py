@@ -227,3 +227,18 @@ def test_torch_hub_load_local(monkeypatch, tmp_path):
 
 def model_name():
     return "vd16_pitts30k_conv5_3_vlad_preL2_intra_white"
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_a_trunk_without_aggregation_exports_with_a_size_dependent_output(fmt, tmp_path):
+    from netvlad_port.fixtures import make_net
+    from netvlad_port.matconvnet import NetSpec, write_net
+
+    full = make_net("vd16", "max", width=1 / 16, pca_dim=None)
+    names = [layer.name for layer in full.layers]
+    trunk = NetSpec(full.layers[: names.index("conv5_3") + 1], full.meta)  # no aggregation
+    write_net(trunk, tmp_path / "trunk.mat")
+    out = tmp_path / f"t.{fmt}"
+    res = CliRunner().invoke(main, [f"export-{fmt}", str(tmp_path / "trunk.mat"), "-o", str(out)])
+    assert res.exit_code == 0 and "size-dependent output" in res.output, res.output
+    assert read_metadata(out)["output_dim"] is None
