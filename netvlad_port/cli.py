@@ -36,6 +36,10 @@ _normalize_option = click.option(
     "--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
     help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.",
 )  # fmt: skip
+_mat_version_option = click.option(
+    "--mat-version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True,
+    help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
+)  # fmt: skip
 _precision_option = click.option(
     "--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
     help="fp32 is exact; the others are opt-in GPU speed-ups.",
@@ -187,14 +191,7 @@ def info(model: Path, image_size: str):
 @main.command("export-mat")
 @_model_input(dest="model")
 @click.option("-o", "--out", "out_path", type=click.Path(path_type=Path), required=True, help="The .mat to write.")
-@click.option(
-    "--mat-version",
-    "mat_version",
-    type=click.Choice(["v7", "v7.3"]),
-    default="v7",
-    show_default=True,
-    help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
-)
+@_mat_version_option
 @click.option(
     "--encoding",
     type=click.Choice(["struct", "classdef", "saveobj"]),
@@ -536,14 +533,7 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
 @click.option("--size", default="120x160", show_default=True, help="HxW (Pitts: 480x640).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the scenes.")
 @click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
-@click.option(
-    "--mat-version",
-    "mat_version",
-    type=click.Choice(["v7", "v7.3"]),
-    default="v7",
-    show_default=True,
-    help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
-)
+@_mat_version_option
 @click.option("--layout", type=click.Choice(["dbstruct", "msls"]), default="dbstruct", show_default=True,
               help="dbstruct: synthetic_<split>.mat + images/, queries/; msls: MSLS's train_val/<city>/ folders "
                    "(train and val; dataset names msls-train, msls-val).")  # fmt: skip

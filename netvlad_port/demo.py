@@ -160,12 +160,11 @@ def _mask_iou_note(spec, final, options: dict, db) -> str:
     """How well the de-attention mask finds the rejected regions (IoU, test images) at the start of
     training (the inserted module's initialisation) and at the end."""
     from . import load
-    from .guidance import Guidance, mask_iou
+    from .guidance import REJECT, Guidance, dataset_root, mask_iou
     from .model import SimpleNN
     from .networks import insert_attention
 
-    guidance = Guidance(options["guidance"], db.db_path.parent, options.get("guidance_reject", ("human", "vehicle",
-                                                                                                 "sky")))  # fmt: skip
+    guidance = Guidance(options["guidance"], dataset_root(db), options.get("guidance_reject", REJECT))
     images = [db.db_image(i) for i in range(0, db.num_images, 3)] + [db.q_image(i) for i in range(0, db.num_queries, 2)]
     start = mask_iou(SimpleNN(insert_attention(spec, options["attention"])), guidance, images)
     end = mask_iou(load(final), guidance, images)

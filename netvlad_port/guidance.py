@@ -38,6 +38,7 @@ CATEGORIES = {
     "vehicle": (13, 14, 15, 16, 17, 18),
 }
 REJECT = ("human", "vehicle", "sky")  # 1run_train_our_deattention_with_sTML.sh
+LOSSES = ("mse", "bce")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -55,6 +56,11 @@ def resize_target(keep: np.ndarray | torch.Tensor, hw: tuple[int, int]) -> torch
     overshoot [0, 1] slightly, as the original's)."""
     t = torch.as_tensor(np.asarray(keep, np.float32))[None, None]
     return F.interpolate(t, size=hw, mode="bicubic", align_corners=True)[0, 0]
+
+
+def dataset_root(db) -> Path:
+    """The folder mask paths are relative to: the common parent of a dataset's db and query folders."""
+    return Path(os.path.commonpath([str(db.db_path.resolve()), str(db.q_path.resolve())]))
 
 
 class Guidance:
@@ -133,7 +139,7 @@ def guidance_loss(mask: torch.Tensor, target: torch.Tensor, kind: str = "mse") -
         return ((mask - target) ** 2).sum()
     if kind == "bce":
         return F.binary_cross_entropy(mask.clamp(1e-6, 1 - 1e-6), target.clamp(0, 1), reduction="sum")
-    raise NetVladPortError(f"guidance loss must be mse or bce, got {kind!r}")
+    raise NetVladPortError(f"guidance loss must be one of {', '.join(LOSSES)}, got {kind!r}")
 
 
 def deattention_layer(model):

@@ -192,12 +192,11 @@ class DbMsls(DbBase):
             raise ValueError(f"similarity kind must be graded or binary, got {kind!r}")
         near, psi = self._similar(iq, kind)
         ids = np.asarray(ids, np.int64)
-        pos = np.searchsorted(near, ids)
-        hit = (
-            (pos < len(near)) & (near[np.minimum(pos, len(near) - 1)] == ids) if len(near) else np.zeros(len(ids), bool)
-        )
         out = np.zeros(len(ids), np.float32)
-        out[hit] = psi[pos[hit]]
+        if len(near):
+            pos = np.minimum(np.searchsorted(near, ids), len(near) - 1)
+            hit = near[pos] == ids
+            out[hit] = psi[pos[hit]]
         return out
 
 

@@ -146,25 +146,27 @@ class Trainer:
 
     def _guidance(self, opts: TrainOptions, db):
         """The de-attention mask's supervision (``--guidance``), or (None, None)."""
-        from ..guidance import Guidance, deattention_layer, guidance_loss
+        from ..guidance import LOSSES as GUIDANCE_LOSSES
+        from ..guidance import Guidance, dataset_root, deattention_layer
 
         if not opts.guidance:
             return None, None
         layer = deattention_layer(self.model)
         if layer is None:
             raise NetVladPortError("--guidance supervises a de-attention mask: add --attention deattention-v1 (or -v2)")
-        guidance_loss(torch.zeros(1), torch.zeros(1), opts.guidance_loss)  # check the kind now
-        import os
-
-        root = os.path.commonpath([str(db.db_path.resolve()), str(db.q_path.resolve())])
-        return Guidance(opts.guidance, root, opts.guidance_reject), layer
+        if opts.guidance_loss not in GUIDANCE_LOSSES:
+            raise NetVladPortError(
+                f"guidance loss must be one of {', '.join(GUIDANCE_LOSSES)}, got {opts.guidance_loss!r}"
+            )
+        return Guidance(opts.guidance, dataset_root(db), opts.guidance_reject), layer
 
     def guidance_term(self, tup, ids, scale: float) -> torch.Tensor:
-        """``scale`` x the summed squared error (or BCE) of the de-attention masks of one tuple's images
-        against their targets (flipped with the images when jittered)."""
+        """``scale`` x the mean over pixels of the squared error (or BCE) of the de-attention masks of one
+        tuple's images against their targets (flipped with the images when jittered)."""
         from ..guidance import guidance_loss
 
         m = self.deatt.last_mask[:, 0]
+        scale = scale / m[0].numel()
         names = self.trunks["train"].names
         t = torch.stack([self.guidance.target(names[i], tuple(m.shape[1:])) for i in ids]).to(m)
         if tup.jitter[1]:
@@ -312,7 +314,7 @@ class Trainer:
             done = [t for t in tuples if t is not None]
             n_pix = sum(len(self.tuple_images(t)) for t in done)
             guide_scale = o.guidance_weight * sum(len(t.negatives) for t in done) / max(n_pix, 1)
-            self.last_guidance = 0.0
+            guided = torch.zeros(1, dtype=torch.float64)
         for k, tup in enumerate(tuples):
             if k % self.world != self.rank:
                 continue
@@ -320,33 +322,35 @@ class Trainer:
                 if violators and self.nontrivial(query_ids[k]):
                     loss_sum[1] += 1
                 continue
-            x = self.trunk_input(self.tuple_images(tup), *tup.jitter)
+            ids = self.tuple_images(tup)
+            x = self.trunk_input(ids, *tup.jitter)
             with self._autocast():
                 out = self.model.run(x, self.first)
             feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
             res = self.loss(feats[0], feats[1], feats[2:], labels=tup.labels, **self.loss_params)
             total = res.loss if res.n_pairs > 0 else None
             if self.guidance is not None:
-                ids = self.tuple_images(tup)
-                g = self.guidance_term(tup, ids, guide_scale / (self.deatt.last_mask[0, 0].numel()))
-                self.last_guidance += g.item()
+                g = self.guidance_term(tup, ids, guide_scale)
+                guided += g.item()
                 total = g if total is None else total + g
             if total is not None:
                 total.backward()
             pairs += res.n_pairs
             loss_sum += torch.tensor([res.logged.item(), 1.0], dtype=torch.float64)
-        if self.guidance is not None:
-            self.last_guidance /= max(pairs.item(), 1.0)  # w * MSE of the batch's masks
         grads = [p.grad for p in self.params]
         if self.world > 1:
             for g in grads:
                 dist.all_reduce(g)
             dist.all_reduce(pairs)
             dist.all_reduce(loss_sum)
-            for b in self.model.buffers():  # BatchNorm statistics (attention modules): the ranks' mean
-                if b.is_floating_point():
+            if self.guidance is not None:
+                dist.all_reduce(guided)
+            for name, b in self.model.named_buffers():  # BatchNorm statistics (attention modules): the mean
+                if name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
                     dist.all_reduce(b)
                     b.div_(self.world)
+        if self.guidance is not None:
+            self.last_guidance = guided.item() / max(pairs.item(), 1.0)  # w * MSE of the batch's masks
         if pairs.item() > 0:
             for g in grads:
                 g.div_(pairs.item())
