@@ -1,8 +1,13 @@
+import re
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+VERSION = re.search(r'__version__ = "(.+?)"', Path(__file__).with_name("netvlad_port").joinpath("version.py").read_text())[1]
 
 setup(
     name="netvlad-port",
-    version="0.1.0",
+    version=VERSION,
     description="Exact PyTorch port of the MATLAB/MatConvNet NetVLAD + SARE (deepIBL) place-recognition code",
     packages=find_packages(include=["netvlad_port", "netvlad_port.*"]),
     python_requires=">=3.10",
@@ -26,5 +31,12 @@ setup(
         "tensorboard": ["tensorboard>=2.14"],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
     },
-    entry_points={"console_scripts": ["netvlad-port=netvlad_port.cli:main"]},
+    entry_points={
+        "console_scripts": ["netvlad-port=netvlad_port.cli:main"],
+        # the built-in plug-in wings register as a third party's would (docs/extending.md#plug-ins)
+        "netvlad_port.plugins": [
+            "gcl = netvlad_port.plugins.gcl:register",
+            "stml = netvlad_port.plugins.stml:register",
+        ],
+    },
 )
