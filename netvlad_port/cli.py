@@ -1,4 +1,6 @@
-"""``netvlad-port``: the command line. Thin wrappers around the package API."""
+"""``netvlad-port``: the command line. Each command parses its options, calls the library function its
+help names and prints what it did; the choices of registered things (losses, recipes, protocols, plug-in
+options) are read from the registries when a command runs, so plug-ins count and ``--help`` stays fast."""
 
 from __future__ import annotations
 
@@ -28,25 +30,63 @@ def _friendly(fn):
     return wrapper
 
 
+class LazyChoice(click.Choice):
+    """A choice among names read when the command runs: ``names()`` returns them (a registry, or a
+    constant of a module that imports torch), so plug-ins count and ``--help`` stays fast."""
+
+    def __init__(self, names):
+        self.names, self.case_sensitive = names, False
+
+    @property
+    def choices(self):
+        return tuple(self.names())
+
+
+def _precisions():
+    from .precision import PRECISIONS
+
+    return PRECISIONS
+
+
+def _normalize_modes():
+    from .layers.simplenn import NORMALIZE_MODES
+
+    return NORMALIZE_MODES
+
+
+def _refuse_existing(path: Path, force: bool, what: str = "output folder") -> None:
+    """The one rule of every writing command: an existing output needs --force."""
+    if path.exists() and not force:
+        raise NetVladPortError(f"{path}: {what} exists (use --force to overwrite)")
+
+
+RNGS = ("matlab", "numpy")  # matlab_random.make_rng
+
 # options that mean the same in every command
 _device_option = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 _quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 _workers_option = click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
-_normalize_option = click.option(
-    "--normalize", type=click.Choice(["exact", "matconvnet-cpu"]), default="exact", show_default=True,
-    help="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU.",
-)  # fmt: skip
+
+
+def _normalize_option(
+    fn=None, text="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU."
+):
+    option = click.option("--normalize", type=LazyChoice(_normalize_modes), default="exact", show_default=True,
+                          help=text)  # fmt: skip
+    return option(fn) if fn is not None else option
+
+
 _mat_version_option = click.option(
     "--mat-version", "mat_version", type=click.Choice(["v7", "v7.3"]), default="v7", show_default=True,
     help="MAT-file version: v7 (MAT v5 container) or v7.3 (HDF5).",
 )  # fmt: skip
 _precision_option = click.option(
-    "--precision", type=click.Choice(["fp32", "tf32", "bf16", "fp16"]), default="fp32", show_default=True,
+    "--precision", type=LazyChoice(_precisions), default="fp32", show_default=True,
     help="fp32 is exact; the others are opt-in GPU speed-ups.",
 )  # fmt: skip
 _rng_option = click.option(
     "--rng",
-    type=click.Choice(["matlab", "numpy"]),
+    type=click.Choice(RNGS),
     default="matlab",
     show_default=True,
     help="Random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's.",
@@ -136,8 +176,7 @@ def convert(model: Path, out_dir: Path, force: bool):
     from .converted import config_of, save_converted
     from .matconvnet import read_net
 
-    if out_dir.exists() and not force:
-        raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
+    _refuse_existing(out_dir, force)
     spec = read_net(model)
     save_converted(spec, out_dir, source=model, force=force)
     cfg = config_of(spec)
@@ -207,8 +246,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     from . import load_spec
     from .matconvnet import write_net
 
-    if out_path.exists() and not force:
-        raise NetVladPortError(f"{out_path}: output file exists (use --force to overwrite)")
+    _refuse_existing(out_path, force, "output file")
     spec = load_spec(model)
     write_net(spec, out_path, version=mat_version, encoding=encoding)
     click.echo(f"{model} -> {out_path} ({mat_version}, {encoding})")
@@ -373,13 +411,7 @@ def extract(
 @click.argument("files", nargs=-1, metavar="[MODEL] DUMP", type=click.Path(path_type=Path))
 @click.option("--model", "model_opt", type=click.Path(path_type=Path), help="The network (or as MODEL).")
 @click.option("--images", type=click.Path(path_type=Path), help="images.mat, when the dump has no 'images'.")
-@click.option(
-    "--normalize",
-    type=click.Choice(["exact", "matconvnet-cpu"]),
-    default="exact",
-    show_default=True,
-    help="matconvnet-cpu for dumps made by MATLAB on a CPU (forward only).",
-)
+@_normalize_option(text="matconvnet-cpu for dumps made by MATLAB on a CPU (forward only).")
 @click.option("--double/--single", default=False, show_default=True, help="Compute in float64 / float32.")
 @click.option(
     "--rtol",
@@ -413,17 +445,6 @@ def parity(files, model_opt, images, normalize, double, rtol, atol, loss_rtol, n
     if failed:
         click.echo(f"{dump}: {failed} check(s) beyond tolerance for {model}")
         raise SystemExit(1)
-
-
-class RegistryChoice(click.Choice):
-    """A choice among a registry's names, read when the command runs (so registered extensions count)."""
-
-    def __init__(self, registry):
-        self.registry, self.case_sensitive = registry, False  # a function returning the registry
-
-    @property
-    def choices(self):
-        return tuple(self.registry())
 
 
 def _losses():
@@ -518,8 +539,7 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
     from .io_utils import atomic_file
     from .retrieval import retrieval_pairs
 
-    if out.exists() and not force:
-        raise NetVladPortError(f"{out}: output file exists (use --force to overwrite)")
+    _refuse_existing(out, force, "output file")
     pairs, where = retrieval_pairs(db_h5, q_h5, k, db_prefix, query_prefix, db_list)
     with atomic_file(out) as tmp:
         tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))
@@ -604,8 +624,7 @@ def cluster(
     from .matconvnet.spec import LAYER_TYPES
     from .networks import add_layers, load_net
 
-    if out_dir.exists() and not force:
-        raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
+    _refuse_existing(out_dir, force)
     try:
         spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
     except NetVladPortError as exc:
@@ -646,8 +665,7 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     from .datasets import open_dataset
     from .pca import add_pca
 
-    if out_dir.exists() and not force:
-        raise NetVladPortError(f"{out_dir}: output folder exists (use --force to overwrite)")
+    _refuse_existing(out_dir, force)
     db = open_dataset(dataset, root, spec_dir)
     spec = add_pca(
         load_spec(model_path),
@@ -676,118 +694,142 @@ def _names(value: str | None) -> tuple[str, ...]:
     return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
 
 
-# trainWeakly / train*.m options under their MATLAB names in kebab-case -> (TrainOptions field, type, help)
+# trainWeakly / train*.m options under their MATLAB names in kebab-case -> (TrainOptions field, type, help);
+# the help's [default] is read from TrainOptions when help is shown
 TRAIN_OPTIONS = {
-    "--batch-size": ("batch_size", int, "batchSize: tuples per SGD step [4]"),
-    "--lr-down-freq": ("lr_down_freq", int, "lrDownFreq: epochs between lr drops [5]"),
-    "--lr-down-factor": ("lr_down_factor", float, "lrDownFactor [2]"),
-    "--weight-decay": ("weight_decay", float, "weightDecay [0.001]"),
-    "--momentum": ("momentum", float, "momentum [0.9]"),
-    "--back-prop-to-layer": ("back_prop_to_layer", str, "backPropToLayer: name or 1-based index [conv5_1]"),
+    "--batch-size": ("batch_size", int, "batchSize: tuples per SGD step"),
+    "--lr-down-freq": ("lr_down_freq", int, "lrDownFreq: epochs between lr drops"),
+    "--lr-down-factor": ("lr_down_factor", float, "lrDownFactor"),
+    "--weight-decay": ("weight_decay", float, "weightDecay"),
+    "--momentum": ("momentum", float, "momentum"),
+    "--back-prop-to-layer": ("back_prop_to_layer", str, "backPropToLayer: name or 1-based index"),
     "--fix-layers": ("fix_layers", _names, "fixLayers: comma-separated layer names not updated"),
-    "--n-neg-choice": ("n_neg_choice", int, "nNegChoice: random negatives per query [1000]"),
-    "--n-neg-cap": ("n_neg_cap", int, "nNegCap: negatives per tuple [10]"),
-    "--n-neg-cache": ("n_neg_cache", int, "nNegCache: hard negatives remembered per query [10]"),
-    "--margin": ("margin", float, "margin: triplet margin on squared distances, and the rank loss [0.1]"),
+    "--n-neg-choice": ("n_neg_choice", int, "nNegChoice: random negatives per query"),
+    "--n-neg-cap": ("n_neg_cap", int, "nNegCap: negatives per tuple"),
+    "--n-neg-cache": ("n_neg_cache", int, "nNegCache: hard negatives remembered per query"),
+    "--margin": ("margin", float, "margin: triplet margin on squared distances, and the rank loss"),
     "--jitter-scale": ("jitter_scale", _floats, "jitterScale: comma-separated scales, one drawn per tuple"),
-    "--save-frequency": ("save_frequency", int, "saveFrequency: queries between checkpoints [2000]"),
-    "--comp-feats-frequency": ("comp_feats_frequency", int, "compFeatsFrequency: queries between refreshes [1000]"),
-    "--compute-batch-size": ("compute_batch_size", int, "computeBatchSize [10]"),
-    "--epoch-test-frequency": ("epoch_test_frequency", int, "epochTestFrequency (the last epoch is always tested) [1]"),
-    "--n-test-sample": ("n_test_sample", int, "nTestSample: validation queries for recall [1000]"),
-    "--n-test-rank-sample": ("n_test_rank_sample", int, "nTestRankSample: queries for the rank loss [5000]"),
-    "--recall-ns": ("recall_ns", _ints, "recallNs: comma-separated N [1:5, 10:5:100]"),
-    "--start-epoch": ("start_epoch", int, "startEpoch: with --model the network of epoch startEpoch-1 [1]"),
+    "--save-frequency": ("save_frequency", int, "saveFrequency: queries between checkpoints"),
+    "--comp-feats-frequency": ("comp_feats_frequency", int, "compFeatsFrequency: queries between refreshes"),
+    "--compute-batch-size": ("compute_batch_size", int, "computeBatchSize"),
+    "--epoch-test-frequency": ("epoch_test_frequency", int, "epochTestFrequency (the last epoch is always tested)"),
+    "--n-test-sample": ("n_test_sample", int, "nTestSample: validation queries for recall"),
+    "--n-test-rank-sample": ("n_test_rank_sample", int, "nTestRankSample: queries for the rank loss"),
+    "--recall-ns": ("recall_ns", _ints, "recallNs: comma-separated N"),
+    "--start-epoch": ("start_epoch", int, "startEpoch: with --model the network of epoch startEpoch-1"),
     "--db-checkpoint0": ("db_checkpoint0", str, "dbCheckpoint0: the start network's train db features (.bin)"),
     "--q-checkpoint0": ("q_checkpoint0", str, "qCheckpoint0: ... train query features (.bin)"),
     "--db-checkpoint0-val": ("db_checkpoint0_val", str, "dbCheckpoint0val: ... val db features (.bin)"),
     "--q-checkpoint0-val": ("q_checkpoint0_val", str, "qCheckpoint0val: ... val query features (.bin)"),
-    "--pca-dim": ("pca_dim", int, "addPCA on the best epoch; 0: skip [4096]"),
+    "--pca-dim": ("pca_dim", int, "addPCA on the best epoch; 0: skip"),
     "--trunk-cache": ("trunk_cache", click.Choice(["auto", "memory", "disk", "none"]),
-                      "keep the frozen layers' outputs (auto: memory, else disk); none recomputes them [auto]"),
-    "--trunk-dir": ("trunk_dir", str, "where a disk trunk cache goes [OUT/trunk_cache]"),
-    "--precision": ("precision", click.Choice(["fp32", "tf32", "bf16", "fp16"]),
-                    "fp32 is exact; tf32 (GPU matmuls and convolutions) or bf16/fp16 autocast are opt-in [fp32]"),
-    "--device": ("device", str, "auto, cpu, cuda or cuda:N [auto]"),
-    "--rng": ("rng", click.Choice(["matlab", "numpy"]),
-              "random draws: MATLAB's generator and calls (rng/randperm/randsample), or numpy's [matlab]"),
-    "--mining-margin": ("mining_margin", float, "STML's dataloader_margin: negatives with d(q,n) < d(q,p) + this, "
-                        "plain distances (stml, triplet-stml, triplet-nanne) [1.5 stml, 0.1, sqrt 0.1]"),
-    "--attention": ("attention", _names, "modules before the aggregation, in order: deattention-v1, "
-                    "deattention-v2, crn, se, bam, cbam (STML's model: deattention-v1,se)"),
-    "--guidance": ("guidance", str, "the de-attention mask's supervision: masks:DIR (keep masks), ids:DIR "
-                   "(Cityscapes train-ids) or h5:FILE, per image path under the dataset root + .png"),
-    "--guidance-reject": ("guidance_reject", _names, "Cityscapes categories of ids:DIR the mask rejects "
-                          "[human,vehicle,sky]"),
-    "--guidance-weight": ("guidance_weight", float, "weight of the mask loss [0.1]"),
-    "--guidance-loss": ("guidance_loss", click.Choice(["mse", "bce"]), "mask loss [mse]"),
+                      "keep the frozen layers' outputs (auto: memory, else disk); none recomputes them"),
+    "--trunk-dir": ("trunk_dir", str, "where a disk trunk cache goes (default OUT/trunk_cache)"),
+    "--precision": ("precision", LazyChoice(_precisions),
+                    "fp32 is exact; tf32 (GPU matmuls and convolutions) or bf16/fp16 autocast are opt-in"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    "--rng": ("rng", click.Choice(RNGS), "random draws: MATLAB's generator and calls (rng/randperm/randsample), "
+              "or numpy's"),
+    "--attention": ("attention", _names, "modules inserted before the aggregation, in order (registered names, "
+                    "e.g. the sTML wing's deattention-v1,se)"),
 }  # fmt: skip
 TRAIN_FLAGS = {  # on/off options
     "exclude_very_hard": ("--exclude-very-hard", "excludeVeryHard (trainWeakly)"),
     "jitter_flip": ("--jitter-flip", "jitterFlip: flip a tuple with probability 0.5"),
     "trunk_fp16": ("--trunk-fp16", "store the frozen layers' outputs in float16 (opt-in, inexact)"),
 }
+PLUGIN_KINDS = {"str": str, "float": float, "int": int}
+
+
+class TrainOption(click.Option):
+    """A training option whose help ends with its MATLAB default, read from ``TrainOptions``."""
+
+    def get_help_record(self, ctx):
+        from dataclasses import fields
+
+        from .train import TrainOptions
+
+        default = {f.name: f.default for f in fields(TrainOptions)}.get(self.name)
+        if default not in (None, "", ()) and not self.help.endswith("]"):
+            shown = ",".join(map(str, default)) if isinstance(default, tuple) else default
+            self.help = f"{self.help} [{shown}]"
+        return super().get_help_record(ctx)
+
+
+def _list_option(flag: str, field: str, convert, text: str, cls=click.Option):
+    def parse(ctx, param, value):
+        return None if value is None else convert(value)
+
+    return click.option(flag, field, cls=cls, type=str, default=None, callback=parse, help=text)
 
 
 def _train_options(fn):
     for flag, (field, kind, text) in reversed(TRAIN_OPTIONS.items()):
         if isinstance(kind, (type, click.ParamType)):
-            fn = click.option(flag, field, type=kind, default=None, help=text + ".")(fn)
+            fn = click.option(flag, field, cls=TrainOption, type=kind, default=None, help=text + ".")(fn)
         else:  # a list given comma-separated
-
-            def parse(ctx, param, value, convert=kind):
-                return None if value is None else convert(value)
-
-            fn = click.option(flag, field, type=str, default=None, callback=parse, help=text + ".")(fn)
+            fn = _list_option(flag, field, kind, text + ".", TrainOption)(fn)
     for field, (flag, text) in TRAIN_FLAGS.items():
         fn = click.option(flag, field, is_flag=True, default=None, help=text + ".")(fn)
     return click.option("--test0/--no-test0", "test0", default=None, help="test0: evaluate the start network [on].")(fn)
 
 
-@main.command()
-@click.option("--dataset", help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, synthetic, or one "
-              "you registered.")  # fmt: skip
+def _plugin_option(option) -> click.Option:
+    """The click option of a plug-in's training option (``train.options.register_option``)."""
+    kind = option.kind
+    if kind == "flag":
+        return click.Option([option.flag, option.name], is_flag=True, default=None, help=option.help + ".")
+    if kind == "names":
+        return click.Option([option.flag, option.name], type=str, default=None, help=option.help + ".",
+                            callback=lambda ctx, param, value: None if value is None else _names(value))  # fmt: skip
+    kind = click.Choice(list(kind)) if isinstance(kind, (tuple, list)) else PLUGIN_KINDS[kind]
+    return click.Option([option.flag, option.name], type=kind, default=None, help=option.help + ".")
+
+
+class TrainCommand(click.Command):
+    """``train`` with the plug-ins' options added when it runs or shows help (never at import)."""
+
+    def get_params(self, ctx):
+        from .train.options import OPTIONS
+
+        params = super().get_params(ctx)
+        return params[:-1] + [_plugin_option(o) for _, o in OPTIONS.items()] + params[-1:]  # --help stays last
+
+
+def _recipes():
+    from .train import RECIPES
+
+    return RECIPES
+
+
+@main.command(cls=TrainCommand)
+@click.option("--dataset", help="A family with train and val splits: pitts30k, pitts250k, tokyoTM, synthetic, msls, "
+              "or one you registered.")  # fmt: skip
 @click.option("--train-spec", type=click.Path(path_type=Path), help="Train on this dbStruct .mat (with --val-spec).")
 @click.option("--val-spec", type=click.Path(path_type=Path), help="Validate on this dbStruct .mat.")
 @click.option("--root", type=click.Path(path_type=Path), help="Dataset root.")
 @click.option("--spec-dir", type=click.Path(path_type=Path), help="Folder of the dbStruct .mat files.")
 @_model_input(required=False, text="The start network (netvlad-port cluster's output); not needed with --resume.")
-@click.option("--loss", type=RegistryChoice(_losses), default=None, help="A registered loss [sare-ind].")
+@click.option("--recipe", type=LazyChoice(_recipes), default=None, help="The options a published run used "
+              "(netvlad_port.train.recipes); options given here override it. Default: the dataset family's, "
+              "else deepibl.")  # fmt: skip
+@click.option("--loss", type=LazyChoice(_losses), default=None, help="A registered loss [the recipe's].")
 @click.option("--loss-param", "loss_params", multiple=True, metavar="NAME=VALUE",
               help="A keyword hyperparameter of the loss (repeatable), e.g. margin=0.5.")  # fmt: skip
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="The run's folder.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--lr", "--learning-rate", "learning_rate", type=float, default=None,
-              help="learningRate. Default: the recipe's (Pitts30k 0.001, Pitts250k/TokyoTM 0.0001).")  # fmt: skip
+              help="learningRate [the recipe's: Pitts30k 0.001, Pitts250k/TokyoTM 0.0001].")  # fmt: skip
 @click.option("--epochs", "--n-epoch", "n_epoch", type=int, default=None, help="nEpoch [30].")
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest (--epochs may extend the run).")
 @click.option("--force", is_flag=True, help="Start again in an OUT that holds a run.")
 @_friendly
-def train(
-    dataset,
-    train_spec,
-    val_spec,
-    root,
-    spec_dir,
-    model_path,
-    loss,
-    loss_params,
-    out_dir,
-    quiet,
-    resume,
-    force,
-    **options,
-):
-    """Train as trainWeakly / deepIBL's train*.m; resumable; multi-process under torchrun. Every option
-    is the MATLAB option of the same name (see docs/matlab.md#training-options)."""
-    import os
-
-    import torch.distributed as dist
-
-    from .datasets import open_dataset, training_splits
-    from .devices import resolve_device
-    from .train import TrainOptions
+def train(dataset, train_spec, val_spec, root, spec_dir, model_path, recipe, loss, loss_params, out_dir, quiet, resume,
+          force, **options):  # fmt: skip
+    """Train as trainWeakly / deepIBL's train*.m (netvlad_port.train.train); resumable; multi-process under
+    torchrun. Each option is the MATLAB option of the same name (docs/matlab.md#training-options); options
+    not given come from the recipe, then from MATLAB's defaults shown here."""
     from .train import train as run_training
 
     options = {k: v for k, v in options.items() if v is not None}
@@ -797,27 +839,9 @@ def train(
         options["loss_params"] = _loss_params(loss_params)
     if loss is not None:
         options["loss"] = loss
-    if train_spec or val_spec:
-        if not (train_spec and val_spec) or dataset:
-            raise NetVladPortError("--train-spec and --val-spec go together, instead of --dataset")
-        db_train, db_val, recipe_lr = open_dataset(str(train_spec), root), open_dataset(str(val_spec), root), None
-    elif dataset:
-        db_train, db_val, family = training_splits(dataset, root, spec_dir)
-        recipe_lr = family.recipe_lr
-    else:
-        raise NetVladPortError("name the training data: --dataset NAME, or --train-spec A.mat --val-spec B.mat")
-    options["device"] = str(resolve_device(options.get("device", "auto")))
-    device = options["device"]
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    if not resume:
-        if model_path is None:
-            raise NetVladPortError("--model is required (the start network, e.g. from `netvlad-port cluster`)")
-        options.setdefault("learning_rate", recipe_lr or TrainOptions.learning_rate)
-        options.setdefault("back_prop_to_layer", "conv5_1")  # the README scripts' choice
-    final = run_training(db_train, db_val, model_path, out_dir, resume=resume, force=force, progress=not quiet,
-                         log=click.echo, **options)  # fmt: skip
-    return final
+    return run_training(None, None, model_path, out_dir, dataset=dataset, train_spec=train_spec, val_spec=val_spec,
+                        root=root, spec_dir=spec_dir, recipe=recipe, resume=resume, force=force, progress=not quiet,
+                        log=click.echo, **options)  # fmt: skip
 
 
 def _loss_params(pairs) -> dict:
@@ -833,14 +857,21 @@ def _loss_params(pairs) -> dict:
     return out
 
 
+def _demos():
+    from .demo import DEMOS
+
+    return DEMOS
+
+
 @main.command()
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=Path("demo"), show_default=True,
               help="Where everything goes.")  # fmt: skip
-@click.option("--recipe", "--loss", "recipe", type=click.Choice(["sare-ind", "gcl", "stml"]), default="sare-ind",
-              show_default=True, help="deepIBL's SARE (dbStruct layout); GCL's VGG-GeM (MSLS layout); STML's "
+@click.option("--recipe", type=LazyChoice(_demos), default="sare-ind", show_default=True,
+              help="sare-ind: deepIBL's SARE (dbStruct layout); gcl: GCL's VGG-GeM (MSLS layout); stml: STML's "
               "triplet baseline vs de-attention + sTML (dbStruct layout with masks).")  # fmt: skip
 @click.option("--epochs", type=int, default=None, help="Training epochs (0: no training) [8; GCL 20].")
 @click.option("--force", is_flag=True, help="Start again in an existing folder.")
+@_friendly
 def demo(out_dir: Path, recipe: str, epochs: int | None, force: bool):
     """The whole job on embedded synthetic data: dataset, MatConvNet networks, clusters, convert,
     extract, evaluate, train, (PCA whitening,) evaluate again; prints recall@N (and mAP@K) before

@@ -1,58 +1,52 @@
 """``netvlad-port demo``: the whole job on embedded synthetic data, for one training recipe.
 
 ``sare-ind``: deepIBL's SARE recipe on the dbStruct layout -- NetVLAD (K 16) clusters, convert,
-evaluate MATLAB's way, train SARE Gauss-Ind, addPCA, evaluate again. ``gcl``: GCL's VGG-GeM recipe
-on the MSLS layout -- graded labels from positions and compass angles, pairs without mining, plain
-SGD, evaluated as GCL reports (recall@K and mAP@K on MSLS-val, the split that also picks the epoch).
+evaluate MATLAB's way, train SARE Gauss-Ind, addPCA, evaluate again. The plug-in wings register theirs
+(``gcl``: GCL's VGG-GeM on the MSLS layout; ``stml``: the triplet baseline against de-attention + sTML).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import NetVladPortError
+from .registry import Registry
 
 
 @dataclass(frozen=True)
-class Recipe:
+class Demo:
+    """One ``demo --recipe`` scenario. ``runs``: (table label, run folder, training recipe name, options over
+    it; ``"{data}"`` in a string is the dataset folder). ``notes(spec, final, options, db)``: a line to
+    print after a run (e.g. the sTML wing's mask IoU)."""
+
+    name: str
     layout: str  # make_synthetic layout
     splits: tuple[str, str, str]  # dataset names: train, val, evaluation
     head: str  # addLayers method
-    runs: tuple[tuple[str, str, dict], ...] = ()  # (table label, run folder, TrainOptions); "{data}" filled in
+    runs: tuple[tuple[str, str, str, dict], ...] = ()
     epochs: int = 8
     protocol: str = "matlab"
     masks: bool = False  # make-synthetic --masks (the de-attention's guidance)
     about: str = ""
+    notes: Callable | None = None
 
 
-SARE = {"loss": "sare-ind", "learning_rate": 1e-3, "back_prop_to_layer": "conv5_1", "n_neg_choice": 200}
-STML = {"learning_rate": 1e-3, "back_prop_to_layer": "conv3_1", "n_neg_choice": 200, "pca_dim": 0}  # STML's recipe
-RECIPES = {
-    "sare-ind": Recipe(
-        "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
-        (("trained + WPCA", "trained", {**SARE, "pca_dim": 64}),),
-        about="SARE Gauss-Ind (lr 0.001, conv5_1 up), best epoch on val, addPCA (whitening to 64-D)",
-    ),
-    "gcl": Recipe(
-        "msls", ("msls-train", "msls-val", "msls-val"), "preL2_gem",
-        (("trained", "trained", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
-                               "batch_size": 32, "back_prop_to_layer": "conv5_1", "pca_dim": 0}),),
-        epochs=20, protocol="gcl",
-        about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, conv5_1 up), best epoch on MSLS-val",
-    ),
-    "stml": Recipe(
-        "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
-        (("baseline triplet", "baseline", {**STML, "loss": "triplet-stml"}),
-         ("de-att + sTML", "deattention", {**STML, "loss": "stml", "attention": ("deattention-v1", "se"),
-                                                  "guidance": "ids:{data}/masks"})),
-        masks=True,
-        about="STML's recipe (lr 0.001, conv3_1 up): the triplet baseline, then de-attention v1 + SE + sTML "
-              "with the mask guided by the synthetic sky and cars",
-    ),
-}  # fmt: skip
+DEMOS: Registry[Demo] = Registry("demo", builtins="netvlad_port.demo", key=str.lower)
+
+
+def register_demo(demo: Demo, replace: bool = False) -> Demo:
+    return DEMOS.register(demo.name, demo, replace=replace)
+
+
+register_demo(Demo(
+    "sare-ind", "dbstruct", ("synthetic-train", "synthetic-val", "synthetic-test"), "vlad_preL2_intra",
+    (("trained + WPCA", "trained", "demo", {}),),
+    about="SARE Gauss-Ind (recipe demo: lr 0.001, conv5_1 up), best epoch on val, addPCA (whitening to 64-D)",
+))  # fmt: skip
 TABLE_NS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
 
 
@@ -69,9 +63,7 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     from .plots import plot_recall
     from .train import train as run_training
 
-    if recipe not in RECIPES:
-        raise NetVladPortError(f"unknown demo recipe {recipe!r}: expected {', '.join(RECIPES)}")
-    r = RECIPES[recipe]
+    r = DEMOS[recipe]
     epochs = r.epochs if epochs is None else epochs
     if out_dir.exists():
         if not force:
@@ -106,13 +98,13 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     notes = []
     if epochs:
         say(f"5/6 train {r.about}, {epochs} epochs")
-        for label, folder, options in r.runs:
+        for label, folder, name, options in r.runs:
             options = {k: v.format(data=data) if isinstance(v, str) else v for k, v in options.items()}
             final = run_training(db_train, db_val, out_dir / "offtheshelf", out_dir / _run(folder), log=lambda *a: None,
-                                 n_epoch=epochs, **options)  # fmt: skip
+                                 recipe=name, n_epoch=epochs, **options)  # fmt: skip
             rows.append((label, evaluate(final, f"eval_{folder}")))
-            if options.get("guidance"):
-                notes.append(_mask_iou_note(spec, final, options, db_test))
+            if r.notes is not None and (note := r.notes(spec, final, options, db_test)):
+                notes.append(note)
         say(f"6/6 evaluated the trained network{'s' if len(r.runs) > 1 else ''} on {db_test.name}")
     before = rows[0][1]
     say(f"\n{db_test.name}: {before.num_queries} queries ({before.search})")
@@ -141,7 +133,7 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
         ("eval_offtheshelf/", "its db.h5 / q.h5 features, results.json, recall.png, mosaic.png"),
     ]
     if epochs:
-        for label, folder, _ in r.runs:
+        for label, folder, _, _ in r.runs:
             outputs += [
                 (
                     f"{_run(folder)}/",
@@ -154,24 +146,6 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     for name, what in outputs:
         say(f"  {name:<{width}}  {what}")
     return rows
-
-
-def _mask_iou_note(spec, final, options: dict, db) -> str:
-    """How well the de-attention mask finds the rejected regions (IoU, test images) at the start of
-    training (the inserted module's initialisation) and at the end."""
-    from . import load
-    from .guidance import REJECT, Guidance, dataset_root, mask_iou
-    from .model import SimpleNN
-    from .networks import insert_attention
-
-    guidance = Guidance(options["guidance"], dataset_root(db), options.get("guidance_reject", REJECT))
-    images = [db.db_image(i) for i in range(0, db.num_images, 3)] + [db.q_image(i) for i in range(0, db.num_queries, 2)]
-    start = mask_iou(SimpleNN(insert_attention(spec, options["attention"])), guidance, images)
-    end = mask_iou(load(final), guidance, images)
-    return (
-        f"de-attention mask vs the synthetic sky and cars (IoU of the rejected regions, {len(images)} test "
-        f"images): {start * 100:.1f}% at the start, {end * 100:.1f}% trained"
-    )
 
 
 def _run(folder: str) -> str:

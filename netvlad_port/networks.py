@@ -7,12 +7,14 @@ Both work on a :class:`NetSpec` (MATLAB layout), so the result can be converted,
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .errors import NetVladPortError
 from .layers.netvlad import vlad_alpha, vladv2_alpha  # noqa: F401  (addLayers' alpha rules, re-exported)
 from .matconvnet.spec import LAYER_TYPES, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
+from .registry import Registry
 
 NET_FILES = {
     "vd16": "imagenet-vgg-verydeep-16.mat",
@@ -117,24 +119,40 @@ def aggregation_types() -> dict:
     return {e.token: e for _, e in LAYER_TYPES.items() if e.token}
 
 
+@dataclass(frozen=True)
+class Attention:
+    """An ``--attention`` name: the layer type it inserts and that layer's params (plug-ins register them)."""
+
+    name: str
+    layer_type: str
+    params: dict = field(default_factory=dict)
+
+
+ATTENTION: Registry[Attention] = Registry("attention module", builtins="netvlad_port.networks", key=str.lower)
+
+
+def register_attention(name: str, layer_type: str, params: dict | None = None, replace: bool = False) -> Attention:
+    return ATTENTION.register(name, Attention(name, layer_type, dict(params or {})), replace=replace)
+
+
 def insert_attention(spec: NetSpec, kinds) -> NetSpec:
     """The network with attention modules (``--attention deattention-v1,se``, in that order) between the
-    encoder and the aggregation, where STML places them: before the aggregation layer and the preL2
-    normalisation in front of it (``tasks/train.py:54-60``). The new modules start from PyTorch's default
-    initialisation."""
-    from .layers.attention import ATTENTION, attention_layer
-
+    encoder and the aggregation: before the aggregation layer and the preL2 normalisation in front of it
+    (where STML places them, docs/stml.md#modules). The new modules start from their layer type's
+    initialisation (empty weights)."""
     kinds = list(kinds)
+    entries = [ATTENTION[k] for k in kinds]
     aggregators = {e.name for e in aggregation_types().values()}
     at = next((i for i, layer in enumerate(spec.layers) if layer.type in aggregators), None)
     if at is None:
         raise NetVladPortError("--attention: the network has no aggregation layer (NetVLAD, max, avg, GeM)")
     while at > 0 and spec.layers[at - 1].type == NORMALIZE:
         at -= 1
-    present = [layer.name for layer in spec.layers if layer.type in {t for t, _ in ATTENTION.values()}]
+    present = [layer.name for layer in spec.layers if layer.type in {a.layer_type for _, a in ATTENTION.items()}]
     if present:
         raise NetVladPortError(f"--attention: the network already has attention layers ({', '.join(present)})")
-    new = [attention_layer(k, f"{k}:{i + 1}" if kinds.count(k) > 1 else k) for i, k in enumerate(kinds)]
+    new = [LayerSpec(a.layer_type, f"{k}:{i + 1}" if kinds.count(k) > 1 else k, [], dict(a.params))
+           for i, (k, a) in enumerate(zip(kinds, entries))]  # fmt: skip
     out = NetSpec(layers=spec.layers[:at] + new + spec.layers[at:], meta=dict(spec.meta))
     validate(out)
     return out

@@ -43,7 +43,9 @@ def load_plugins() -> dict[str, str]:
         except NetVladPortError as exc:
             raise NetVladPortError(f"plug-in {ep.name!r} ({ep.value}): {exc}") from None
         except Exception as exc:
-            raise NetVladPortError(f"plug-in {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}") from exc
+            raise NetVladPortError(
+                f"plug-in {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
+            ) from exc
     return _plugins
 
 

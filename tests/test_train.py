@@ -100,7 +100,7 @@ OPTS = {
 
 def test_schedule_and_objective(setup, tmp_path):
     _, tr, va, spec = setup
-    t = Trainer(spec, tr, va, TrainOptions(**{**OPTS, "n_epoch": 6, "lr_down_freq": 2}), tmp_path, log=lambda *a: None)
+    t = Trainer(spec, tr, va, TrainOptions.create(**{**OPTS, "n_epoch": 6, "lr_down_freq": 2}), tmp_path, log=lambda *a: None)
     refreshes = []
     real = t.refresh_train_cache
     t.refresh_train_cache = lambda: (refreshes.append((t.epoch, t.batch)), real())[1]
@@ -135,7 +135,7 @@ def test_trunk_cache_gives_the_same_training(setup, tmp_path):
             spec,
             tr,
             None,
-            TrainOptions(**{**OPTS, "n_epoch": 1, "trunk_cache": mode}),
+            TrainOptions.create(**{**OPTS, "n_epoch": 1, "trunk_cache": mode}),
             tmp_path / mode,
             log=lambda *a: None,
         )
@@ -147,8 +147,8 @@ def test_trunk_cache_gives_the_same_training(setup, tmp_path):
 def test_resume_gives_the_same_next_steps(setup, tmp_path, loss):
     _, tr, va, spec = setup
     opts = {**OPTS, "loss": loss}
-    full = Trainer(spec, tr, va, TrainOptions(**opts), tmp_path / "full", log=lambda *a: None).run()
-    part = Trainer(spec, tr, va, TrainOptions(**opts), tmp_path / "part", log=lambda *a: None)
+    full = Trainer(spec, tr, va, TrainOptions.create(**opts), tmp_path / "full", log=lambda *a: None).run()
+    part = Trainer(spec, tr, va, TrainOptions.create(**opts), tmp_path / "part", log=lambda *a: None)
     part.run(stop_after=5)  # checkpoint written at the start of batch 6
     del part
     resumed = Trainer.resume(tmp_path / "part", tr, va, log=lambda *a: None).run()
@@ -249,7 +249,7 @@ def _ddp_worker(rank, world, root, spec_path, out, port, extra):
         insert_attention(spec, extra["attention"]) if extra else spec,
         load_synthetic(root, "train"),
         None,
-        TrainOptions(**{**OPTS, "n_epoch": 1, **extra}),
+        TrainOptions.create(**{**OPTS, "n_epoch": 1, **extra}),
         out,
         log=lambda *a: None,
     )
@@ -272,7 +272,7 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path, attention
     extra = {"attention": ("cbam", "se"), "loss": "stml"} if attention else {}
     if attention:
         spec = insert_attention(spec, extra["attention"])
-    single = Trainer(spec, tr, None, TrainOptions(**{**OPTS, "n_epoch": 1, **extra}), tmp_path / "one",
+    single = Trainer(spec, tr, None, TrainOptions.create(**{**OPTS, "n_epoch": 1, **extra}), tmp_path / "one",
                      log=lambda *a: None)  # fmt: skip
     single.run(stop_after=3)
     (tmp_path / "two").mkdir()
@@ -294,7 +294,7 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path, attention
         (p - q).abs().sum().item()
         for (_, p), q in zip(
             single.model.named_parameters(),
-            Trainer(spec, tr, None, TrainOptions(**OPTS), tmp_path / "x", log=lambda *a: None).model.parameters(),
+            Trainer(spec, tr, None, TrainOptions.create(**OPTS), tmp_path / "x", log=lambda *a: None).model.parameters(),
         )
     )
     assert moved > 0  # the update did something
@@ -305,7 +305,7 @@ def test_tensorboard_scalars_and_jsonl_log(setup, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     _, tr, va, spec = setup
-    t = Trainer(spec, tr, va, TrainOptions(**{**OPTS, "n_epoch": 1}), tmp_path, log=lambda *a: None).run()
+    t = Trainer(spec, tr, va, TrainOptions.create(**{**OPTS, "n_epoch": 1}), tmp_path, log=lambda *a: None).run()
     t._tb.flush()
     ea = EventAccumulator(str(tmp_path / "tensorboard"))
     ea.Reload()

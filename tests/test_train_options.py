@@ -26,7 +26,7 @@ def world(tiny_world):
 
 
 def trainer(world, tmp_path, spec=None, **options) -> Trainer:
-    opts = TrainOptions(**{**BASE, **options})
+    opts = TrainOptions.create(**{**BASE, **options})
     return Trainer(spec or world.spec, world.train, world.val, opts, tmp_path, log=lambda *a: None)
 
 
@@ -87,11 +87,11 @@ def test_epoch_test_frequency_tests_the_last_epoch_too(world, tmp_path):
 
 
 def test_negative_counts(world, tmp_path, monkeypatch):
-    from netvlad_port.train import loop
+    from netvlad_port.train import samplers
 
     tuples = []
-    mine = loop.mine_tuple
-    monkeypatch.setattr(loop, "mine_tuple", lambda *a, **k: tuples.append(mine(*a, **k)) or tuples[-1])
+    mine = samplers.mine_tuple
+    monkeypatch.setattr(samplers, "mine_tuple", lambda *a, **k: tuples.append(mine(*a, **k)) or tuples[-1])
     t = trainer(world, tmp_path, n_neg_cap=3, n_neg_cache=5)
     t.run(stop_after=1)
     assert [len(x.negatives) for x in tuples if x] == [3] * sum(x is not None for x in tuples) and tuples
@@ -99,16 +99,16 @@ def test_negative_counts(world, tmp_path, monkeypatch):
 
 
 def test_validation_subsets_are_matlabs_draws(world, tmp_path, monkeypatch):
-    from netvlad_port.train import loop
+    from netvlad_port.train import validation
 
     seen = []
-    real = loop.test_from_fn
-    monkeypatch.setattr(loop, "test_from_fn", lambda *a, **k: seen.append(k["query_ids"]) or real(*a, **k))
+    real = validation.test_from_fn
+    monkeypatch.setattr(validation, "test_from_fn", lambda *a, **k: seen.append(k["query_ids"]) or real(*a, **k))
     t = trainer(world, tmp_path, n_test_sample=10, n_test_rank_sample=5)
     t.evaluate("val")
     assert seen[0].tolist() == (MatlabRandom(43).randsample(24, 10) - 1).tolist()  # rng(43); randsample
-    assert t.test_sample(24, 30).tolist() == list(range(24))  # all of them, no draw
-    assert not np.array_equal(trainer(world, tmp_path, rng="numpy").test_sample(24, 10), seen[0])
+    assert validation.test_sample(24, 30).tolist() == list(range(24))  # all of them, no draw
+    assert not np.array_equal(validation.test_sample(24, 10, "numpy"), seen[0])
 
 
 def test_options_without_meaning_are_refused(world, tmp_path):

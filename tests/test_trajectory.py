@@ -15,7 +15,7 @@ import netvlad_port
 from netvlad_port.datasets import load_synthetic
 from netvlad_port.matconvnet import read_net
 from netvlad_port.train import Trainer, train
-from netvlad_port.train import loop as train_loop
+from netvlad_port.train import samplers as train_samplers
 
 RUN = Path(__file__).parent / "data" / "trajectory" / "gauss_ind_tiny"
 REF = json.loads((RUN / "trajectory.json").read_text())
@@ -36,7 +36,7 @@ def rel(a, b) -> float:
 def run(tmp_path_factory, monkeypatch_module):
     out = tmp_path_factory.mktemp("trajectory")
     tuples, saves = [], []
-    mine = train_loop.mine_tuple
+    mine = train_samplers.mine_tuple
 
     def record_tuple(*args, **kwargs):
         t = mine(*args, **kwargs)
@@ -53,7 +53,7 @@ def run(tmp_path_factory, monkeypatch_module):
         saves.append((state["epoch"], state["batch"], weights, momentum, state["neg_cache"], state["rng"]))
         return save(self, *args, **kwargs)
 
-    monkeypatch_module.setattr(train_loop, "mine_tuple", record_tuple)
+    monkeypatch_module.setattr(train_samplers, "mine_tuple", record_tuple)
     monkeypatch_module.setattr(Trainer, "save", record_save)
     spec = netvlad_port.load_spec(RUN / "init" / "net_initial.mat")
     tr, va = load_synthetic(RUN / "data", "train"), load_synthetic(RUN / "data", "val")

@@ -23,12 +23,12 @@ def _key(name: str) -> str:
 @dataclass(frozen=True)
 class DatasetFamily:
     """``open(split, root, spec_dir)`` returns the dataset (``split`` None when ``splits`` is empty);
-    ``recipe_lr`` is the training recipe's learning rate (netvlad ``demo.m``, deepIBL's README)."""
+    ``recipe`` names the training recipe a run on it uses unless one is given (``train/recipes.py``)."""
 
     name: str
     open: Callable[[str | None, Path, Path | None], DbBase]
     splits: tuple[str, ...] = ()
-    recipe_lr: float | None = None
+    recipe: str | None = None
 
     def names(self) -> str:
         return f"{self.name}-{{{','.join(self.splits)}}}" if self.splits else self.name
@@ -38,9 +38,9 @@ DATASETS: Registry[DatasetFamily] = Registry("dataset", builtins="netvlad_port.d
 
 
 def register_dataset(
-    name: str, open: Callable, splits: tuple[str, ...] = (), recipe_lr: float | None = None, replace: bool = False
+    name: str, open: Callable, splits: tuple[str, ...] = (), recipe: str | None = None, replace: bool = False
 ) -> DatasetFamily:
-    return DATASETS.register(name, DatasetFamily(name, open, tuple(splits), recipe_lr), replace=replace)
+    return DATASETS.register(name, DatasetFamily(name, open, tuple(splits), recipe), replace=replace)
 
 
 def dataset_names(split: str | None = None) -> str:

@@ -101,15 +101,18 @@ register_dataset(
     "pitts30k",
     lambda split, root, spec_dir: DbPitts(False, split, root, spec_dir),
     ("train", "val", "test"),
-    recipe_lr=1e-3,
+    recipe="deepibl-pitts30k",
 )
 register_dataset(
     "pitts250k",
     lambda split, root, spec_dir: DbPitts(True, split, root, spec_dir),
     ("train", "val", "test"),
-    recipe_lr=1e-4,
+    recipe="deepibl-pitts250k",
 )
 register_dataset("tokyo247", lambda split, root, spec_dir: DbTokyo247(root, spec_dir))
 register_dataset(
-    "tokyoTM", lambda split, root, spec_dir: DbTokyoTimeMachine(split, root, spec_dir), ("train", "val"), recipe_lr=1e-4
+    "tokyoTM",
+    lambda split, root, spec_dir: DbTokyoTimeMachine(split, root, spec_dir),
+    ("train", "val"),
+    recipe="deepibl-tokyotm",
 )

@@ -246,5 +246,8 @@ def load_synthetic(root: str | os.PathLike, which_set: str = "test") -> DbBase:
 
 
 register_dataset(
-    "synthetic", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"), recipe_lr=1e-3
+    "synthetic",
+    lambda split, root, spec_dir: load_synthetic(root, split),
+    ("train", "val", "test"),
+    recipe="deepibl-pitts30k",
 )

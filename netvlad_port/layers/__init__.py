@@ -1,12 +1,11 @@
 """PyTorch modules with MatConvNet / NetVLAD layer semantics, one per registered layer type.
 
 Importing this package registers the built-in types (``simplenn``: conv, relu, pool, normalize;
-``netvlad``: the NetVLAD classes; ``pooling``: GeM; ``attention``: de-attention, CRN, SE, BAM, CBAM).
+``netvlad``: the NetVLAD classes; ``pooling``: GeM). Plug-ins register theirs (the sTML wing's attention modules).
 :func:`build_layer` makes the module of any registered type.
 """
 
 from ..matconvnet.spec import LayerSpec, layer_type
-from .attention import AttentionLayer
 from .base import MatLayer, matlab_flatten
 from .netvlad import WHOLE_L2_EPS, TotalAvgPool, TotalMaxPool, VLADCore, WholeL2Normalize
 from .pooling import GeM
@@ -33,5 +32,4 @@ __all__ = [
     "TotalMaxPool",
     "TotalAvgPool",
     "GeM",
-    "AttentionLayer",
 ]

@@ -10,10 +10,9 @@
 | trainExpKernalJoint.m | exp_kernal_joint | exp-joint |
 | trainWeakly.m | triplet_weakly | triplet |
 | (GCL, src/criteria.py) | gcl, contrastive | gcl, contrastive |
-| (STML, utils/custom_loss.py) | stml, triplet_stml | stml, triplet-stml |
-| (Nanne's pytorch-NetVlad, main.py) | triplet_nanne | triplet-nanne |
 
 :data:`LOSSES` is the single list of choices (CLI, docs, trainer); add one with :func:`register_loss`.
+The plug-in wings add theirs (``netvlad_port/plugins/stml/losses.py``: stml, triplet-stml, triplet-nanne).
 """
 
 from .base import LOSSES, LossEntry, LossOutput, by_matlab_name, register_loss, tuple_loss
@@ -26,7 +25,6 @@ from .sare import (
     gauss_kernal_ind,
     gauss_kernal_joint,
 )
-from .stml import stml, stml_loss, triplet_nanne, triplet_stml
 from .triplet import triplet_weakly
 
 __all__ = [
@@ -46,8 +44,4 @@ __all__ = [
     "gcl",
     "contrastive",
     "gcl_loss",
-    "stml",
-    "stml_loss",
-    "triplet_stml",
-    "triplet_nanne",
 ]

@@ -12,17 +12,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..registry import Registry
 
 if TYPE_CHECKING:
     from torch import Tensor
-
-# hardest: nNegCap hardest negatives; violators: within the margin of squared distances (trainWeakly);
-# violators-l2: d(q, n) < d(q, p) + mining_margin, plain distances (NAN, STML); pairs: GCL's sampler
-MINING = ("hardest", "violators", "violators-l2", "pairs")
 
 
 @dataclass
@@ -39,18 +35,20 @@ class LossOutput:
 @dataclass(frozen=True)
 class LossEntry:
     """A registered loss. ``params``: training-option names passed to ``fn`` as keywords (e.g. the
-    triplet ``margin``); ``mining``: ``"hardest"`` takes the nNegCap hardest negatives, ``"violators"``
-    only those within the margin (trainWeakly); ``labels``: tuples carry the dataset's similarity of each
-    pair, ``"graded"`` or ``"binary"`` (``graded=True`` means ``labels="graded"``)."""
+    triplet ``margin``); ``mining``: the sampler that makes its tuples (``train.samplers.SAMPLERS``:
+    ``"hardest"`` takes the nNegCap hardest negatives, ``"violators"`` only those within the margin,
+    trainWeakly; plug-ins add theirs); ``labels``: the label kind tuples carry
+    (``datasets.labels.LABELS``: ``"binary"``, a plug-in's ``"graded"``); ``sampler_params``: defaults
+    the sampler reads for this loss (e.g. sTML's mining margin)."""
 
     name: str
     fn: Callable[..., Tensor | LossOutput]
     matlab: str = ""
     params: tuple[str, ...] = ()
     mining: str = "hardest"
-    labels: str | None = None  # "graded" or "binary": tuples carry the dataset's similarity of each pair
+    labels: str | None = None  # a label kind: tuples carry the dataset's similarity of each pair
     doc: str = ""
-    mining_margin: float | None = None  # violators-l2: the default of --mining-margin
+    sampler_params: dict = field(default_factory=dict)
 
     def __call__(self, q: Tensor, p: Tensor, negs: Tensor, *, labels=None, **params) -> LossOutput:
         if labels is not None:
@@ -71,17 +69,16 @@ def register_loss(
     mining: str = "hardest",
     labels: str | None = None,
     graded: bool = False,
-    mining_margin: float | None = None,
+    sampler_params: dict | None = None,
     replace: bool = False,
 ):
-    """Register ``fn`` under ``name`` (the ``--loss`` choice); usable as a decorator."""
-    if mining not in MINING:
-        raise ValueError(f"mining must be one of {MINING}, got {mining!r}")
+    """Register ``fn`` under ``name`` (the ``--loss`` choice); usable as a decorator. The sampler and
+    label kind are looked up when a run starts (a plug-in may define them)."""
 
     def add(f: Callable) -> Callable:
         doc = (inspect.getdoc(f) or "").split("\n")[0]
         kind = labels or ("graded" if graded else None)
-        entry = LossEntry(name, f, matlab, tuple(params), mining, kind, doc, mining_margin)
+        entry = LossEntry(name, f, matlab, tuple(params), mining, kind, doc, dict(sampler_params or {}))
         LOSSES.register(name, entry, replace=replace)
         return f
 

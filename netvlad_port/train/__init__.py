@@ -1,24 +1,60 @@
 """Training: trainWeakly and deepIBL's train*.m, with MATLAB's names.
 
-``options`` (defaults), ``mining`` (tuples), ``trunk`` (frozen layers computed once), ``update``
-(backPropToLayer, the SGD step), ``loop`` (the Trainer), ``checkpoint`` (file I/O)."""
+``options`` (defaults, plug-in options), ``recipes`` (named option sets), ``mining`` and ``samplers``
+(tuples), ``terms`` (auxiliary losses), ``trunk`` (frozen layers computed once), ``update``
+(backPropToLayer, the SGD step), ``step`` (one batch), ``validation`` (testNet, getBestEpoch), ``state``
+(history, resume state), ``loop`` (the Trainer: schedule, refreshes, logging), ``checkpoint`` (file I/O)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-from .loop import History, Trainer, pick_best_epoch
+from .loop import Trainer
 from .options import TrainOptions
+from .recipes import RECIPES, register_recipe
+from .state import History
+from .validation import pick_best_epoch
 
 RUN_OUTPUTS = ("checkpoint_latest", "final", "log.jsonl", "summary.json", "recall_per_epoch.png", "tensorboard")
 
 
+def training_data(dataset=None, train_spec=None, val_spec=None, root=None, spec_dir=None):
+    """(train, val, the family's default recipe or None) of a family name (``pitts30k``) or of two
+    dbStruct spec files."""
+    from ..datasets import open_dataset, training_splits
+    from ..errors import NetVladPortError
+
+    if train_spec or val_spec:
+        if not (train_spec and val_spec) or dataset:
+            raise NetVladPortError("--train-spec and --val-spec go together, instead of --dataset")
+        return open_dataset(str(train_spec), root), open_dataset(str(val_spec), root), None
+    if not dataset:
+        raise NetVladPortError("name the training data: --dataset NAME, or --train-spec A.mat --val-spec B.mat")
+    db_train, db_val, family = training_splits(dataset, root, spec_dir)
+    return db_train, db_val, family.recipe
+
+
+def init_distributed(device: str) -> None:
+    """Join the torchrun process group (nccl on GPUs, gloo on CPUs) when launched with WORLD_SIZE > 1."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+
+
 def train(
-    db_train,
-    db_val,
-    net,
-    out_dir: str | os.PathLike,
+    db_train=None,
+    db_val=None,
+    net=None,
+    out_dir: str | os.PathLike | None = None,
+    *,
+    dataset: str | None = None,
+    train_spec=None,
+    val_spec=None,
+    root=None,
+    spec_dir=None,
+    recipe: str | None = None,
     resume: bool = False,
     force: bool = False,
     progress: bool = False,
@@ -27,49 +63,67 @@ def train(
 ) -> Path:
     """Train ``net`` (a NetSpec, .mat or converted folder, normally ``loadNet`` + ``addLayers``) and
     return the final model folder: the best epoch (``pickBestNet``) with ``addPCA`` applied.
-    ``options``: :class:`TrainOptions` fields (``loss="sare-ind"``, ...). ``resume`` continues the
-    run in ``out_dir`` (options given must equal the run's, except ``RESUMABLE`` ones); otherwise an
-    ``out_dir`` holding a run is refused unless ``force``, which removes it first."""
-    import shutil
 
-    from .. import load_spec
-    from ..converted import load_converted, save_converted
+    The data: ``db_train`` and ``db_val``, or ``dataset`` (a family name, ``root``, ``spec_dir``), or
+    ``train_spec`` + ``val_spec``. The options: ``recipe`` (``recipes.RECIPES``; default the family's, else
+    ``deepibl``) with ``options`` over it -- :class:`TrainOptions` fields and plug-ins' options. ``resume``
+    continues the run in ``out_dir`` (options given must equal the run's, except ``RESUMABLE`` ones);
+    otherwise an ``out_dir`` holding a run is refused unless ``force``, which removes it first. Under
+    torchrun the process group is joined here. ``netvlad-port train`` is this function."""
+    from ..devices import resolve_device
     from ..errors import NetVladPortError
-    from ..pca import add_pca
-    from ..plots import plot_epochs
 
+    family_recipe = None
+    if db_train is None:
+        db_train, db_val, family_recipe = training_data(dataset, train_spec, val_spec, root, spec_dir)
+    options["device"] = str(resolve_device(options.get("device", "auto")))
+    init_distributed(options["device"])
     out_dir = Path(out_dir)
     if resume:
         trainer = Trainer.resume(out_dir, db_train, db_val, progress=progress, log=log, **options)
     else:
-        existing = [p for p in out_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("epoch_")]
-        if existing and not force:
-            raise NetVladPortError(f"{out_dir}: holds a training run ({existing[0].name}, ...); use --resume to "
-                                   f"continue it or --force to start again")  # fmt: skip
-        for p in existing:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
-        spec = net if hasattr(net, "layers") else load_spec(net)
-        opts = TrainOptions(**options)
-        if opts.attention:
-            from ..networks import insert_attention
-
-            spec = insert_attention(spec, opts.attention)
-        trainer = Trainer(spec, db_train, db_val, opts, out_dir, progress, log)
+        if net is None:
+            raise NetVladPortError("--model is required (the start network, e.g. from `netvlad-port cluster`)")
+        opts = TrainOptions.from_recipe(recipe or family_recipe, **options)
+        trainer = _new_run(net, db_train, db_val, opts, out_dir, force, progress, log)
     trainer.run()
+    return _finish(trainer, db_train, out_dir, progress, log)
+
+
+def _new_run(net, db_train, db_val, opts: TrainOptions, out_dir: Path, force: bool, progress: bool, log) -> Trainer:
+    import shutil
+
+    from .. import load_spec
+    from ..errors import NetVladPortError
+
+    existing = [p for p in out_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("epoch_")]
+    if existing and not force:
+        raise NetVladPortError(f"{out_dir}: holds a training run ({existing[0].name}, ...); use --resume to "
+                               f"continue it or --force to start again")  # fmt: skip
+    for p in existing:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    spec = net if hasattr(net, "layers") else load_spec(net)
+    if opts.attention:
+        from ..networks import insert_attention
+
+        spec = insert_attention(spec, opts.attention)
+    return Trainer(spec, db_train, db_val, opts, out_dir, progress, log)
+
+
+def _finish(trainer: Trainer, db_train, out_dir: Path, progress: bool, log) -> Path:
+    """``pickBestNet``, ``addPCA``, the run's plot and summary; returns the final model folder."""
+    from ..converted import load_converted, save_converted
+    from ..pca import add_pca
+    from ..plots import plot_epochs
+
     if trainer.rank != 0:
         return out_dir / "final"
-    plot_epochs(trainer.history, trainer.opts.recall_ns, out_dir / "recall_per_epoch.png")
-    best = pick_best_epoch(trainer.history, trainer.opts.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
+    o = trainer.opts
+    plot_epochs(trainer.history, o.recall_ns, out_dir / "recall_per_epoch.png")
+    best = pick_best_epoch(trainer.history, o.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
     spec = load_converted(out_dir / f"epoch_{best:06d}")
-    if trainer.opts.pca_dim:
-        spec = add_pca(
-            spec,
-            db_train,
-            pca_dim=trainer.opts.pca_dim,
-            device=trainer.opts.device,
-            progress=progress,
-            rng=trainer.opts.rng,
-        )
+    if o.pca_dim:
+        spec = add_pca(spec, db_train, pca_dim=o.pca_dim, device=o.device, progress=progress, rng=o.rng)
     save_converted(spec, out_dir / "final", force=True)
     write_summary(trainer, best, out_dir / "summary.json")
     outputs = [out_dir / "log.jsonl", out_dir / "summary.json", out_dir / "recall_per_epoch.png"]
@@ -117,11 +171,14 @@ train_exp_kernal_joint = _named("exp-joint")
 train_weakly = _named("triplet")
 
 __all__ = [
+    "RECIPES",
     "Trainer",
     "TrainOptions",
     "History",
     "pick_best_epoch",
+    "register_recipe",
     "train",
+    "training_data",
     "train_gauss_kernal_ind",
     "train_gauss_kernal_joint",
     "train_cauchy_kernel_ind",

@@ -1,25 +1,22 @@
-"""The training loop of ``trainWeakly`` and deepIBL's six ``train*.m``
-([docs/matlab.md#training-loop](../../docs/matlab.md#training-loop)).
+"""The training loop of ``trainWeakly`` and deepIBL's six ``train*.m``: the schedule, the cache
+refreshes and the logging ([docs/matlab.md#training-loop](../../docs/matlab.md#training-loop)).
 
 Per epoch e: ``rng(42 + e)``, a query permutation, ``floor(numQueries / batchSize)`` batches (the
 rest dropped). A checkpoint every ``saveFrequency`` queries; the whole train cache (query and db
 features) recomputed every ``compFeatsFrequency`` queries (not at the first or last batch), the
-interval doubling at each lr drop (epochs 6, 11, ...: lr halved). Each batch mines one tuple per
-query on the cache, runs it fresh, back-propagates it and makes one SGD update of sum(L) / T,
-T = the (query, negative) pairs (triplet: the violators). At epoch end: save, val recall on
-``nTestSample`` fixed queries (``rng(43)``), train cache refresh. ``pick_best_net`` then
-``addPCA`` give the final model.
+interval doubling at each lr drop (epochs 6, 11, ...: lr halved). Each batch is one :class:`Step`
+(``step.py``). At epoch end: save, val recall on ``nTestSample`` fixed queries (``rng(43)``,
+``validation.py``), train cache refresh. ``pick_best_epoch`` then ``addPCA`` give the final model.
 
-Multi-process (torchrun, gloo/nccl): every rank mines every tuple (same RNG stream, same cache),
-rank r runs tuples r, r + W, ...; gradients and T are summed over ranks before the update, so it
-equals the single-process update. Cache refreshes are split across ranks and gathered.
+Multi-process (torchrun, gloo/nccl): the step sums gradients over ranks; cache refreshes are split
+across ranks and gathered.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,48 +31,42 @@ from ..losses import LOSSES
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
 from ..precision import exact_math
-from ..retrieval import test_from_fn
+from . import validation
 from .checkpoint import load_checkpoint, save_checkpoint
-from .mining import mine_tuple, sample_pair, sq_dists
-from .options import TrainOptions
+from .options import OPTIONS, TrainOptions
+from .samplers import SAMPLERS, MiningContext
+from .state import History, restore_state, run_state
+from .step import Step, TupleInputs, sample_batch
+from .terms import TermContext, build_terms
 from .trunk import TrunkCache
 from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups
 
-TRAIN_SEED, TEST_SEED = 42, 43
-
-
-@dataclass
-class History:
-    batch_loss: list[float] = field(default_factory=list)  # obj.train.loss: mean tuple loss per batch
-    val_recall: dict[int, list[float]] = field(default_factory=dict)  # epoch -> recall@recall_ns
-    val_rankloss: dict[int, float] = field(default_factory=dict)
-    train_recall: dict[int, list[float]] = field(default_factory=dict)
-    pretrain_val_recall: list[float] | None = None
-
-    def to_json(self):
-        return {
-            "batch_loss": self.batch_loss,
-            "val_recall": {str(k): v for k, v in self.val_recall.items()},
-            "val_rankloss": {str(k): v for k, v in self.val_rankloss.items()},
-            "train_recall": {str(k): v for k, v in self.train_recall.items()},
-            "pretrain_val_recall": self.pretrain_val_recall,
-        }
-
-    @classmethod
-    def from_json(cls, d):
-        return cls(
-            d["batch_loss"],
-            {int(k): v for k, v in d["val_recall"].items()},
-            {int(k): v for k, v in d["val_rankloss"].items()},
-            {int(k): v for k, v in d["train_recall"].items()},
-            d.get("pretrain_val_recall"),
-        )
+TRAIN_SEED = 42
 
 
 def _world():
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def image_paths(db) -> list[str]:
+    """Every image of a split as the trunk rows hold them: the db images, then the queries."""
+    return [str(db.db_image(i)) for i in range(db.num_images)] + [str(db.q_image(i)) for i in range(db.num_queries)]
+
+
+def check_loss_params(loss, params: dict) -> None:
+    """Refuse ``--loss-param`` names the loss function does not take, before anything is computed."""
+    sig = inspect.signature(loss.fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+        return
+    takes = [n for n, p in list(sig.items())[3:] if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+    takes = [n for n in takes if n != "labels"]
+    for name in params:
+        if name not in takes:
+            raise NetVladPortError(
+                f"--loss-param {name}: --loss {loss.name} takes {', '.join(takes) or 'no parameters'}"
+            )
 
 
 class Trainer:
@@ -87,27 +78,11 @@ class Trainer:
         self.rank, self.world = _world()
         self.progress, self.log = progress and self.rank == 0, log if self.rank == 0 else (lambda *a, **k: None)
         self._tb = None
-        self.loss = LOSSES[opts.loss]
-        if opts.exclude_very_hard and self.loss.mining != "violators":
-            raise NetVladPortError(
-                f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
-                f"so it has no meaning for --loss {opts.loss}"
-            )
+        self._setup_objective(opts)
         exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
-        self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
-        self.mining_margin = None
-        if self.loss.mining == "violators-l2":
-            self.mining_margin = self.loss.mining_margin if opts.mining_margin is None else opts.mining_margin
-        elif opts.mining_margin is not None:
-            raise NetVladPortError(f"--mining-margin is for the losses mined by plain distances (stml, triplet-stml, "
-                                   f"triplet-nanne), not --loss {opts.loss}")  # fmt: skip
         self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
-        self.guidance, self.deatt = self._guidance(opts, db_train)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
-        if self.deatt is not None and list(self.model.layers).index(self.deatt) < self.first:
-            raise NetVladPortError(f"--guidance trains the de-attention mask, but '{self.deatt.name}' is below "
-                                   f"backPropToLayer {opts.back_prop_to_layer} (frozen)")  # fmt: skip
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
         groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
         self.optimizer = deepibl_sgd(groups, opts.learning_rate, opts.momentum, opts.weight_decay)
@@ -122,56 +97,42 @@ class Trainer:
         self.history = History()
         self.train_feats: np.ndarray | None = None  # rows: db images, then queries
         self.timing = {"cache_refresh": 0.0, "tuples": 0.0, "trunk": 0.0}
+        self.terms = build_terms(TermContext(self.model, self.first, opts, db_train, image_paths(db_train)))
         t = time.perf_counter()
-        self.trunks = {}
-        for key, db in (("train", db_train), ("val", db_val)):
-            if db is None:
-                continue
-            names = [str(db.db_image(i)) for i in range(db.num_images)] + [
-                str(db.q_image(i)) for i in range(db.num_queries)
-            ]
-            self.trunks[key] = TrunkCache(
-                self.model,
-                self.first,
-                Path(""),
-                names,
-                mode=opts.trunk_cache,
-                fp16=opts.trunk_fp16,
-                batch_size=opts.compute_batch_size,
-                device=opts.device,
-                cache_dir=Path(opts.trunk_dir) if opts.trunk_dir else self.out_dir / "trunk_cache",
-                progress=self.progress,
-            )
+        self.trunks = {key: self._trunk(db) for key, db in (("train", db_train), ("val", db_val)) if db is not None}
         self.timing["trunk"] = time.perf_counter() - t
+        inputs = TupleInputs(self.trunks["train"], opts, self.device, self.model)
+        self.step_fn = Step(self.model, self.first, self.params, self.optimizer, self.loss, self.loss_params,
+                            self.terms, inputs, opts.precision, self.rank, self.world)  # fmt: skip
+        self.jitter = inputs.jitter
+        self.last_terms: dict[str, float] = {}
 
-    def _guidance(self, opts: TrainOptions, db):
-        """The de-attention mask's supervision (``--guidance``), or (None, None)."""
-        from ..guidance import LOSSES as GUIDANCE_LOSSES
-        from ..guidance import Guidance, dataset_root, deattention_layer
-
-        if not opts.guidance:
-            return None, None
-        layer = deattention_layer(self.model)
-        if layer is None:
-            raise NetVladPortError("--guidance supervises a de-attention mask: add --attention deattention-v1 (or -v2)")
-        if opts.guidance_loss not in GUIDANCE_LOSSES:
+    def _setup_objective(self, opts: TrainOptions) -> None:
+        """The loss, its sampler and parameters, checked before anything is computed. The margin that
+        drives the loss (``--loss-param margin`` or ``margin``) also drives mining and the rank loss."""
+        self.loss = LOSSES[opts.loss]
+        self.sampler = SAMPLERS[self.loss.mining]
+        if opts.exclude_very_hard and self.loss.mining != "violators":
             raise NetVladPortError(
-                f"guidance loss must be one of {', '.join(GUIDANCE_LOSSES)}, got {opts.guidance_loss!r}"
+                f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
+                f"so it has no meaning for --loss {opts.loss}"
             )
-        return Guidance(opts.guidance, dataset_root(db), opts.guidance_reject), layer
+        check_loss_params(self.loss, opts.loss_params)
+        if self.sampler.check is not None:
+            self.sampler.check(opts, self.loss)
+        for name in opts.extras:  # a plug-in's option that means nothing for this run
+            if (option := OPTIONS[name]).check is not None:
+                option.check(opts, self.loss)
+        self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
+        self.margin = float(opts.loss_params.get("margin", opts.margin))
 
-    def guidance_term(self, tup, ids, scale: float) -> torch.Tensor:
-        """``scale`` x the mean over pixels of the squared error (or BCE) of the de-attention masks of one
-        tuple's images against their targets (flipped with the images when jittered)."""
-        from ..guidance import guidance_loss
-
-        m = self.deatt.last_mask[:, 0]
-        scale = scale / m[0].numel()
-        names = self.trunks["train"].names
-        t = torch.stack([self.guidance.target(names[i], tuple(m.shape[1:])) for i in ids]).to(m)
-        if tup.jitter[1]:
-            t = t.flip(-1)
-        return scale * guidance_loss(m, t, self.opts.guidance_loss)
+    def _trunk(self, db) -> TrunkCache:
+        o = self.opts
+        names = image_paths(db)
+        cache_dir = Path(o.trunk_dir) if o.trunk_dir else self.out_dir / "trunk_cache"
+        return TrunkCache(self.model, self.first, Path(""), names, mode=o.trunk_cache, fp16=o.trunk_fp16,
+                          batch_size=o.compute_batch_size, device=o.device, cache_dir=cache_dir,
+                          progress=self.progress)  # fmt: skip
 
     # --- features ------------------------------------------------------------------------
     @torch.no_grad()
@@ -229,221 +190,48 @@ class Trainer:
         self.train_feats = self.all_feats("train")
         self.timing["cache_refresh"] += time.perf_counter() - t
 
-    # --- validation (testNet: testCore + testCoreRank) ------------------------------------
     def evaluate(self, key: str = "val", feats: np.ndarray | None = None):
+        """``testNet`` on the val (or train) split: (recalls, rank loss)."""
         db = self.db_val if key == "val" else self.db_train
-        feats = self.all_feats(key) if feats is None else feats
-        n_db = db.num_images
-        qids = self.test_sample(db.num_queries, self.opts.n_test_sample)
-        res = test_from_fn(db, feats[:n_db], feats[n_db:][qids], recall_ns=self.opts.recall_ns, query_ids=qids)
-        return res.recalls, self.rank_loss(db, feats[:n_db], feats[n_db:])
-
-    def test_sample(self, n_queries: int, n_sample: int) -> np.ndarray:
-        """``rng(43); randsample(nQueries, nSample)`` (0-based) when there are more queries, else all
-        (``recallAtN``, ``testCoreRank``)."""
-        if n_sample >= n_queries:
-            return np.arange(n_queries)
-        return make_rng(self.opts.rng, TEST_SEED).randsample(n_queries, n_sample) - 1
-
-    def rank_loss(self, db, db_feats, q_feats) -> float:
-        """``testCoreRank``, a diagnostic: over ``nTestRankSample`` queries with a non-trivial
-        positive, the mean over ``nNegChoice`` random negatives of max(0, d^2_pos + margin - d^2_neg),
-        d^2_pos the nearest non-trivial positive; the negatives drawn after a second ``rng(43)``."""
-        qids = self.test_sample(db.num_queries, self.opts.n_test_rank_sample)
-        rng = make_rng(self.opts.rng, TEST_SEED)
-        vals = []
-        for iq in qids:
-            pos = db.nontrivial_pos_q(iq)
-            if len(pos) == 0:
-                continue
-            negs = db.sample_negs_q(iq, self.opts.n_neg_choice, rng)
-            d_p = sq_dists(q_feats[iq], db_feats[pos]).min()
-            if len(negs):
-                vals.append(np.maximum(0, d_p + self.opts.margin - sq_dists(q_feats[iq], db_feats[negs])).mean())
-        return float(np.mean(vals)) if vals else float("nan")
+        return validation.evaluate(db, self.all_feats(key) if feats is None else feats, self.opts, self.margin)
 
     # --- one batch --------------------------------------------------------------------------
-    def tuple_images(self, tup) -> list[int]:
-        n_db = self.db_train.num_images
-        return [n_db + tup.query, tup.positive] + [int(j) for j in tup.negatives]
-
     def step(self, query_ids) -> float:
-        """Mine, forward and backward the batch's tuples; one SGD update. Returns the mean tuple loss
+        """Sample, forward and backward the batch's tuples; one SGD update. Returns the mean tuple loss
         (``obj.train.loss``: 0 when no query of the batch has a tuple)."""
-        o = self.opts
         t0 = time.perf_counter()
-        n_db = self.db_train.num_images
-        tuples = []
-        violators = self.loss.mining == "violators"
-        for iq in query_ids:  # every rank mines every tuple: identical RNG stream and negative cache
-            if self.loss.mining == "pairs":
-                tup = sample_pair(self.db_train, int(iq), self.rng, self.loss.labels or "graded")
-                if tup is not None:
-                    tup.jitter = self.jitter()
-                tuples.append(tup)
-                continue
-            tup = mine_tuple(
-                self.db_train,
-                int(iq),
-                self.train_feats[n_db + iq],
-                self.train_feats[:n_db],
-                self.neg_cache,
-                self.rng,
-                o.n_neg_choice,
-                o.n_neg_cap,
-                o.n_neg_cache,
-                margin=o.margin if violators else None,
-                exclude_very_hard=o.exclude_very_hard,
-                l2_margin=self.mining_margin,
-            )
-            if tup is not None:
-                if self.loss.labels:
-                    ids = [tup.positive, *tup.negatives]
-                    tup.labels = self.db_train.similarity(tup.query, ids, self.loss.labels)
-                tup.jitter = self.jitter()  # drawn per tuple after its negatives, as MATLAB does
-            tuples.append(tup)
-        self.model.train()
-        for p in self.params:
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-            else:
-                p.grad.zero_()
-        loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of tuples)
-        pairs = torch.zeros(1, dtype=torch.float64)
-        if self.guidance is not None:  # STML: sum(l) / nNeg + w * MSE over the batch's mask pixels
-            done = [t for t in tuples if t is not None]
-            n_pix = sum(len(self.tuple_images(t)) for t in done)
-            guide_scale = o.guidance_weight * sum(len(t.negatives) for t in done) / max(n_pix, 1)
-            guided = torch.zeros(1, dtype=torch.float64)
-        for k, tup in enumerate(tuples):
-            if k % self.world != self.rank:
-                continue
-            if tup is None:  # no positive: skipped; trainWeakly without violators: loss 0 is recorded
-                if violators and self.nontrivial(query_ids[k]):
-                    loss_sum[1] += 1
-                continue
-            ids = self.tuple_images(tup)
-            x = self.trunk_input(ids, *tup.jitter)
-            with self._autocast():
-                out = self.model.run(x, self.first)
-            feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
-            res = self.loss(feats[0], feats[1], feats[2:], labels=tup.labels, **self.loss_params)
-            total = res.loss if res.n_pairs > 0 else None
-            if self.guidance is not None:
-                g = self.guidance_term(tup, ids, guide_scale)
-                guided += g.item()
-                total = g if total is None else total + g
-            if total is not None:
-                total.backward()
-            pairs += res.n_pairs
-            loss_sum += torch.tensor([res.logged.item(), 1.0], dtype=torch.float64)
-        grads = [p.grad for p in self.params]
-        if self.world > 1:
-            for g in grads:
-                dist.all_reduce(g)
-            dist.all_reduce(pairs)
-            dist.all_reduce(loss_sum)
-            if self.guidance is not None:
-                dist.all_reduce(guided)
-            for name, b in self.model.named_buffers():  # BatchNorm statistics (attention modules): the mean
-                if name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
-                    dist.all_reduce(b)
-                    b.div_(self.world)
-        if self.guidance is not None:
-            self.last_guidance = guided.item() / max(pairs.item(), 1.0)  # w * MSE of the batch's masks
-        if pairs.item() > 0:
-            for g in grads:
-                g.div_(pairs.item())
-            self.optimizer.step()
-        self.timing["tuples"] += time.perf_counter() - t0
-        return loss_sum[0].item() / loss_sum[1].item() if loss_sum[1].item() else 0.0  # MATLAB: 0 if none
-
-    def nontrivial(self, iq) -> bool:
-        return len(self.db_train.nontrivial_pos_q(int(iq))) > 0
-
-    def _autocast(self):
-        import contextlib
-
-        if self.opts.precision in ("fp32", "tf32"):
-            return contextlib.nullcontext()
-        return torch.autocast(
-            self.device.type, dtype=torch.bfloat16 if self.opts.precision == "bf16" else torch.float16
+        ctx = MiningContext(
+            self.db_train, self.train_feats, self.neg_cache, self.rng, self.opts, self.margin, self.loss
         )
-
-    def jitter(self) -> tuple[int | None, bool]:
-        """jitterScale and jitterFlip draws of one tuple: the shorter side round(s * that of the first
-        db image) for ``s = jitterScale(randsample(numel, 1))``, and a flip when ``rand() > 0.5``."""
-        o = self.opts
-        shorter = None
-        if o.jitter_scale:
-            h, w = self.trunks["train"].sizes[0]
-            s = o.jitter_scale[int(self.rng.randsample(len(o.jitter_scale), 1)[0]) - 1]
-            shorter = matlab_round(s * min(h, w))
-        flip = bool(o.jitter_flip and self.rng.rand()[0, 0] > 0.5)
-        return shorter, flip
-
-    def trunk_input(self, ids, shorter: int | None = None, flip: bool = False) -> torch.Tensor:
-        """The frozen layers' output for a tuple's images, rescaled or flipped first when jittered."""
-        if shorter is None and not flip:
-            x = self.trunks["train"].get(ids)
-        else:
-            x = self._jittered(ids, shorter, flip)
-        return x.to(next(self.model.parameters()).dtype)
-
-    def _jittered(self, ids, shorter, flip) -> torch.Tensor:
-        from ..images import read_image
-
-        trunk = self.trunks["train"]
-        ims = [read_image(trunk.root / trunk.names[i], shorter) for i in ids]
-        x = torch.stack([im.flip(-1) if flip else im for im in ims]).to(self.device)
-        with torch.no_grad():
-            return trunk.frozen(x)
+        tuples = sample_batch(self.sampler, ctx, query_ids, self.loss, self.jitter)
+        counts = [self.sampler.empty_counts and t is None and len(self.db_train.nontrivial_pos_q(int(iq))) > 0
+                  for iq, t in zip(query_ids, tuples)]  # fmt: skip
+        loss, self.last_terms = self.step_fn(self.db_train, tuples, np.asarray(counts, bool))
+        self.timing["tuples"] += time.perf_counter() - t0
+        return loss
 
     # --- the run ----------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Everything a resume needs besides the weights: (JSON-able state, tensors)."""
-        tensors = {
-            f"momentum.{i}": self.optimizer.state[p]["momentum_buffer"].detach().cpu().numpy()
-            for i, p in enumerate(self.params)
-            if "momentum_buffer" in self.optimizer.state.get(p, {})
-        }
-        if self.train_feats is not None:
-            tensors["train_feats"] = self.train_feats
-        state = {
-            "epoch": self.epoch,
-            "batch": self.batch,
-            "lr": self.lr,
-            "comp_freq": self.comp_freq,
-            "rng": self.rng.get_state(),
-            "neg_cache": [c.tolist() for c in self.neg_cache],
-            "history": self.history.to_json(),
-            "options": self.opts.to_json(),
-            "param_dtype": str(self.params[0].dtype) if self.params else "torch.float32",
-        }
-        return state, tensors
+        return run_state(self)
 
     def load_state_dict(self, state: dict, tensors: dict[str, np.ndarray]) -> None:
-        if state["param_dtype"] == "torch.float64":
-            self.model.double()
-        self.epoch, self.batch, self.lr, self.comp_freq = (
-            state["epoch"],
-            state["batch"],
-            state["lr"],
-            state["comp_freq"],
-        )
-        self.set_lr()
-        self.rng.set_state(state["rng"])
-        self.neg_cache = [np.asarray(c, np.int64) for c in state["neg_cache"]]
-        self.history = History.from_json(state["history"])
-        for i, p in enumerate(self.params):
-            if f"momentum.{i}" in tensors:
-                self.optimizer.state[p]["momentum_buffer"] = torch.from_numpy(tensors[f"momentum.{i}"]).to(p)
-        self.train_feats = tensors.get("train_feats")
+        restore_state(self, state, tensors)
 
     def save(self, tag: str = "latest") -> None:
         if self.rank == 0:
             state, tensors = self.state_dict()
             save_checkpoint(self.out_dir / f"checkpoint_{tag}", self.model.to_spec(), state, tensors)
+
+    def _start(self) -> None:
+        """The start network's val recall (``test0``) and train cache, unless resumed past them."""
+        o = self.opts
+        if self.train_feats is None:
+            if o.test0 and self.db_val is not None and self.history.pretrain_val_recall is None:
+                feats = self.start_feats("val", o.db_checkpoint0_val, o.q_checkpoint0_val)
+                self.history.pretrain_val_recall = self.evaluate("val", feats)[0]
+                self.log(f"off-the-shelf val recall@1/5/10: {self._fmt(self.history.pretrain_val_recall)}")
+            self.train_feats = self.start_feats("train", o.db_checkpoint0, o.q_checkpoint0)
 
     def run(self, stop_after: int | None = None) -> Trainer:
         """Train until ``n_epoch`` (or until ``stop_after`` more batches have run)."""
@@ -451,12 +239,7 @@ class Trainer:
         n_batches = self.db_train.num_queries // o.batch_size
         if n_batches == 0:
             raise NetVladPortError(f"{self.db_train.name}: fewer queries ({self.db_train.num_queries}) than one batch")
-        if self.train_feats is None:
-            if o.test0 and self.db_val is not None and self.history.pretrain_val_recall is None:
-                feats = self.start_feats("val", o.db_checkpoint0_val, o.q_checkpoint0_val)
-                self.history.pretrain_val_recall = self.evaluate("val", feats)[0]
-                self.log(f"off-the-shelf val recall@1/5/10: {self._fmt(self.history.pretrain_val_recall)}")
-            self.train_feats = self.start_feats("train", o.db_checkpoint0, o.q_checkpoint0)
+        self._start()
         ran = 0
         while self.epoch <= o.n_epoch:
             e = self.epoch
@@ -469,34 +252,39 @@ class Trainer:
             bar = tqdm(total=n_batches * o.batch_size, initial=(self.batch - 1) * o.batch_size, unit="query",
                        desc=f"epoch {e}/{o.n_epoch}", disable=not self.progress, leave=False)  # fmt: skip
             try:
-                while self.batch <= n_batches:
-                    b = self.batch
-                    if b % o.save_batch_frequency == 0 and ran:
-                        self.save()
-                    if stop_after is not None and ran >= stop_after:
-                        return self
-                    if b % self.comp_freq == 0 and b != 1 and b != n_batches and self.loss.mining != "pairs":
-                        t = time.perf_counter()
-                        self.refresh_train_cache()
-                        msg = f"epoch {e} batch {b}: train cache refreshed ({time.perf_counter() - t:.1f} s)"
-                        if self.progress:
-                            bar.write(msg)
-                        else:
-                            self.log(msg)
-                    loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
-                    self.history.batch_loss.append(loss)
-                    record = {"epoch": e, "batch": b, "lr": self.lr, "loss": loss}
-                    if self.guidance is not None:
-                        record["guidance_loss"] = self.last_guidance
-                    self.event(record)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:g}", refresh=False)
-                    bar.update(o.batch_size)
-                    self.batch += 1
-                    ran += 1
+                ran, stopped = self._batches(order, n_batches, bar, ran, stop_after)
             finally:
                 bar.close()
+            if stopped:
+                return self
             self.end_epoch()
         return self
+
+    def _batches(self, order, n_batches: int, bar, ran: int, stop_after: int | None) -> tuple[int, bool]:
+        """The rest of this epoch's batches; returns (batches run so far, stopped by ``stop_after``)."""
+        o, e = self.opts, self.epoch
+        while self.batch <= n_batches:
+            b = self.batch
+            if b % o.save_batch_frequency == 0 and ran:
+                self.save()
+            if stop_after is not None and ran >= stop_after:
+                return ran, True
+            if b % self.comp_freq == 0 and b != 1 and b != n_batches and self.sampler.uses_cache:
+                t = time.perf_counter()
+                self.refresh_train_cache()
+                msg = f"epoch {e} batch {b}: train cache refreshed ({time.perf_counter() - t:.1f} s)"
+                if self.progress:
+                    bar.write(msg)
+                else:
+                    self.log(msg)
+            loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
+            self.history.batch_loss.append(loss)
+            self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss, **self.last_terms})
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:g}", refresh=False)
+            bar.update(o.batch_size)
+            self.batch += 1
+            ran += 1
+        return ran, False
 
     def lr_drop(self, e: int) -> None:
         """At the start of epoch e != 1 with rem(e, lrDownFreq) == 1: lr / lrDownFactor and the cache
@@ -547,13 +335,8 @@ class Trainer:
             self.history.val_recall[e], self.history.val_rankloss[e] = recalls, rank
             self.log(f"epoch {e}: val recall@1/5/10 {self._fmt(recalls)}, rank loss {rank:.4f}")
             ns = list(self.opts.recall_ns)
-            self.event(
-                {
-                    "epoch": e,
-                    **{f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns},
-                    "val_rankloss": rank,
-                }
-            )
+            at = {f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns}
+            self.event({"epoch": e, **at, "val_rankloss": rank})
         self.refresh_train_cache()
         if test_now:
             self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
@@ -562,8 +345,7 @@ class Trainer:
         self.save()
 
     def _fmt(self, recalls) -> str:
-        ns = list(self.opts.recall_ns)
-        return " ".join(f"{recalls[ns.index(n)] * 100:.1f}" for n in (1, 5, 10) if n in ns)
+        return validation.recall_text(recalls, self.opts.recall_ns)
 
     @classmethod
     def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print, **changes) -> Trainer:
@@ -576,25 +358,3 @@ class Trainer:
         trainer = cls(spec, db_train, db_val, opts, out_dir, progress, log)
         trainer.load_state_dict(state, tensors)
         return trainer
-
-
-def pick_best_epoch(history: History, recall_ns) -> int:
-    """``getBestEpoch``: max val recall@5; ties (|diff| < 1e-6) by recall@4, 3, 2, 1, then 10, 15, ..."""
-    ns = list(recall_ns)
-    order = [5, 4, 3, 2, 1] + [n for n in ns if n > 5]
-    keys = [ns.index(n) for n in order if n in ns]
-    best = None
-    for e in sorted(history.val_recall):
-        r = history.val_recall[e]
-        if best is None:
-            best = e
-            continue
-        rb = history.val_recall[best]
-        for k in keys:
-            if abs(r[k] - rb[k]) >= 1e-6:
-                if r[k] > rb[k]:
-                    best = e
-                break
-    if best is None:
-        raise NetVladPortError("no epoch has a validation recall (epochTestFrequency must be 1)")
-    return best

@@ -5,49 +5,42 @@ Distances are squared L2 on the cache. Positive: the nearest of the query's non-
 Negatives: the per-query cache of ``nNegCache`` plus ``nNegChoice`` random db images beyond
 posDistThr; of the ``10 * nNegCap`` nearest candidates the first ``nNegCache`` become the new cache
 (regardless of any margin); SARE takes the ``nNegCap`` hardest; the triplet trainer keeps only those
-violating d_n < d_p + margin (none: the query is skipped).
+violating d_n < d_p + margin (none: the query is skipped). Other rules pass their own ``keep``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+# keep(d2_negatives, d2_positive) -> which candidate negatives a rule keeps (squared distances, nearest first)
+KeepRule = Callable[[np.ndarray, float], np.ndarray]
+
 
 @dataclass
-class Tuple:
+class TrainingTuple:
     query: int
     positive: int
     negatives: np.ndarray
-    labels: np.ndarray | None = None  # graded similarity of [positive, *negatives] to the query
+    labels: np.ndarray | None = None  # similarity of [positive, *negatives] to the query (losses with labels)
     jitter: tuple = (None, False)  # (shorter side, flip) drawn for this tuple
-
-
-PAIR_FRACTIONS = (0.5, 0.25, 0.25)  # GCL src/datasets.py:377: psi >= 0.5, 0 < psi < 0.5, psi = 0
-
-
-def sample_pair(db, iq: int, rng, kind: str = "graded", fractions=PAIR_FRACTIONS) -> Tuple | None:
-    """GCL's pair sampler, no mining (src/datasets.py:374-395): a bucket drawn by ``rand`` -- graded:
-    psi >= 0.5, 0 < psi < 0.5, psi = 0 with ``fractions``; binary: a positive or not, half and half --
-    then a partner uniform in it (``randsample``). An empty bucket drops the query for this step,
-    without a redraw, as the original does."""
-    psi = db.similarity(iq, np.arange(db.num_images), kind)
-    u = float(rng.rand()[0, 0])
-    if kind == "binary":
-        members = np.flatnonzero(psi == 1 if u < 0.5 else psi == 0)
-    else:
-        bucket = int(np.searchsorted(np.cumsum(fractions), u, side="right"))
-        members = np.flatnonzero([psi >= 0.5, (psi > 0) & (psi < 0.5), psi == 0][min(bucket, 2)])
-    if len(members) == 0:
-        return None
-    partner = int(members[int(rng.randsample(len(members), 1)[0]) - 1])
-    return Tuple(iq, partner, np.zeros(0, np.int64), np.array([psi[partner]], np.float32))
 
 
 def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     q64, x64 = q.astype(np.float64), x.astype(np.float64)
     return ((x64 - q64[None]) ** 2).sum(1)
+
+
+def violators(margin: float, exclude_very_hard: bool = False) -> KeepRule:
+    """trainWeakly's rule: d_n < d_p + margin (squared); ``excludeVeryHard`` also drops d_n < d_p."""
+
+    def keep(dn: np.ndarray, d_p: float) -> np.ndarray:
+        k = dn < d_p + margin
+        return k & ~(dn < d_p) if exclude_very_hard else k
+
+    return keep
 
 
 def mine_tuple(
@@ -62,12 +55,11 @@ def mine_tuple(
     n_neg_cache: int = 10,
     margin: float | None = None,
     exclude_very_hard: bool = False,
-    l2_margin: float | None = None,
-) -> Tuple | None:
-    """One query's tuple, or None (no non-trivial positive; triplet: no violating negative).
-    Updates ``neg_cache[iq]``. ``exclude_very_hard`` (trainWeakly): drop negatives closer than the positive.
-    ``l2_margin`` (NAN's ``pittsburgh.py``, STML's ``--dataloader_margin``): keep the negatives with
-    d(q, n) < d(q, p) + l2_margin in plain distances."""
+    keep: KeepRule | None = None,
+) -> TrainingTuple | None:
+    """One query's tuple, or None (no non-trivial positive; a ``keep`` rule that keeps nothing).
+    Updates ``neg_cache[iq]``. ``margin``: trainWeakly's violators (:func:`violators`); ``keep``: any
+    other rule on the candidates' squared distances."""
     pos = db.nontrivial_pos_q(iq)
     if len(pos) == 0:
         return None
@@ -79,16 +71,10 @@ def mine_tuple(
     order = np.argsort(dn, kind="stable")[: min(10 * n_neg_cap, len(cand))]
     cand, dn = cand[order], dn[order]
     neg_cache[iq] = cand[:n_neg_cache].copy()
-    if l2_margin is not None:  # NAN / STML: plain distances, d(q, n) < d(q, p) + margin
-        keep = np.sqrt(dn) < np.sqrt(d_p) + l2_margin
-        cand = cand[keep]
+    if keep is None and margin is not None:
+        keep = violators(margin, exclude_very_hard)
+    if keep is not None:
+        cand = cand[keep(dn, d_p)]
         if len(cand) == 0:
             return None
-    elif margin is not None:  # trainWeakly: violators only
-        keep = dn < d_p + margin
-        if exclude_very_hard:
-            keep &= ~(dn < d_p)
-        cand = cand[keep]
-        if len(cand) == 0:
-            return None
-    return Tuple(iq, best, cand[:n_neg_cap])
+    return TrainingTuple(iq, best, cand[:n_neg_cap])

@@ -1,32 +1,63 @@
 """``trainWeakly`` / deepIBL ``train*.m`` options with their MATLAB defaults
-([docs/matlab.md#training-options](../../docs/matlab.md#training-options)).
+([docs/matlab.md#training-options](../../docs/matlab.md#training-options)), and the options plug-ins add.
 
-The network options of the MATLAB trainers (netID, layerName, method) describe the network they
-build; here the network comes built (``netvlad-port cluster``), so they are not options."""
+The dataclass defaults are the MATLAB functions' own; the scripts that trained the published models
+chose other values, kept as named recipes (``recipes.py``). The network options of the MATLAB trainers
+(netID, layerName, method) describe the network they build; here the network comes built
+(``netvlad-port cluster``), so they are not options. A plug-in's options (:func:`register_option`) live
+in ``extras`` and are given like any other: ``train(..., guidance="ids:DIR")``, ``--guidance ids:DIR``.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 from ..errors import NetVladPortError
+from ..registry import Registry
 from ..retrieval import RECALL_NS
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 # options that may change on --resume (they do not change the numbers of the epochs already run)
 RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim")
-TUPLES = ("recall_ns", "fix_layers", "jitter_scale", "attention", "guidance_reject")  # lists in JSON
+TUPLES = ("recall_ns", "fix_layers", "jitter_scale", "attention")  # lists in JSON
+
+
+@dataclass(frozen=True)
+class PluginOption:
+    """A training option a plug-in adds: its keyword, default, help and value kind (``"str"``,
+    ``"float"``, ``"int"``, ``"flag"``, ``"names"`` (comma-separated), or a tuple of choices);
+    ``check(opts, loss)`` refuses it, when given, for a run it means nothing to."""
+
+    name: str
+    default: Any
+    help: str
+    kind: Any = "str"
+    check: Callable[[Any, Any], None] | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: Registry[PluginOption] = Registry("training option", builtins="netvlad_port.train.options")
+
+
+def register_option(option: PluginOption, replace: bool = False) -> PluginOption:
+    return OPTIONS.register(option.name, option, replace=replace)
 
 
 @dataclass
 class TrainOptions:
     batch_size: int = 4  # tuples per SGD step
-    learning_rate: float = 1e-4  # the recipes use 0.001 for Pitts30k (datasets.DATASETS recipe_lr)
+    learning_rate: float = 1e-4  # recipes: Pitts30k 0.001 (recipes.py)
     lr_down_freq: int = 5  # epochs
     lr_down_factor: float = 2
     weight_decay: float = WEIGHT_DECAY
     momentum: float = MOMENTUM
-    back_prop_to_layer: str | int = 1  # the README scripts use 'conv5_1'
+    back_prop_to_layer: str | int = 1  # the README scripts (and every recipe) use 'conv5_1'
     fix_layers: tuple[str, ...] = ()
     n_neg_choice: int = 1000
     n_neg_cap: int = 10
@@ -47,12 +78,7 @@ class TrainOptions:
     start_epoch: int = 1
     # not in MATLAB
     loss: str = "sare-ind"
-    mining_margin: float | None = None  # NAN/STML mining: d(q,n) < d(q,p) + this (default: the loss's)
-    attention: tuple[str, ...] = ()  # modules inserted before the aggregation (layers/attention.py)
-    guidance: str = ""  # the de-attention mask's supervision: masks:DIR, ids:DIR or h5:FILE (guidance.py)
-    guidance_reject: tuple[str, ...] = ("human", "vehicle", "sky")  # Cityscapes categories of ids:DIR
-    guidance_weight: float = 0.1  # STML's --w_deatt_loss in the published script
-    guidance_loss: str = "mse"  # or bce
+    attention: tuple[str, ...] = ()  # modules inserted before the aggregation (networks.ATTENTION)
     rng: str = "matlab"  # MATLAB's generator and calls (docs/matlab.md#random-numbers), or "numpy"
     trunk_cache: str = "auto"  # memory | disk | none (recompute the frozen layers, as other ports do)
     trunk_fp16: bool = False
@@ -66,6 +92,7 @@ class TrainOptions:
     db_checkpoint0_val: str = ""
     q_checkpoint0_val: str = ""
     loss_params: dict = field(default_factory=dict)  # keyword hyperparameters of the loss function
+    extras: dict = field(default_factory=dict)  # plug-ins' options (register_option), by name
 
     @property
     def save_batch_frequency(self) -> int:
@@ -74,6 +101,36 @@ class TrainOptions:
     @property
     def comp_feats_batch_frequency(self) -> int:
         return math.ceil(self.comp_feats_frequency / self.batch_size)
+
+    def extra(self, name: str) -> Any:
+        """A plug-in option's value (its default when not given)."""
+        return self.extras[name] if name in self.extras else OPTIONS[name].default
+
+    @classmethod
+    def create(cls, **options) -> TrainOptions:
+        """Options from keywords: the dataclass fields, and plug-ins' options into ``extras``. An unknown
+        name is one line listing what would have been accepted."""
+        known = {f.name for f in fields(cls)}
+        core = {k: v for k, v in options.items() if k in known}
+        extras = dict(core.pop("extras", {}))
+        for k, v in options.items():
+            if k in known:
+                continue
+            if OPTIONS.get(k) is None:
+                raise NetVladPortError(f"unknown training option {k!r}: expected one of "
+                                       f"{', '.join(sorted(known | set(OPTIONS)))}")  # fmt: skip
+            extras[k] = list(v) if isinstance(v, tuple) else v
+        for k in TUPLES:
+            if k in core:
+                core[k] = tuple(core[k])
+        return cls(**core, extras=extras)
+
+    @classmethod
+    def from_recipe(cls, recipe: str | None = None, **options) -> TrainOptions:
+        """A recipe's options (``recipes.RECIPES``) with ``options`` over them."""
+        from .recipes import recipe_options
+
+        return cls.create(**{**recipe_options(recipe), **options})
 
     def to_json(self) -> dict:
         d = asdict(self)
@@ -85,15 +142,17 @@ class TrainOptions:
         """These options with ``changes`` for a resume: RESUMABLE ones are applied, any other that
         differs is refused with the list of differences."""
         current, diffs = self.to_json(), []
+        flat = {**current, **current["extras"]}
         for k, v in changes.items():
-            if k not in current:
+            if k not in flat and OPTIONS.get(k) is None:
                 raise NetVladPortError(f"unknown training option {k!r}")
             new = list(v) if isinstance(v, (tuple, list)) else v
-            if new != current[k]:
+            old = flat[k] if k in flat else OPTIONS[k].default
+            if new != (list(old) if isinstance(old, tuple) else old):
                 if k in RESUMABLE:
                     current[k] = new
                 else:
-                    diffs.append(f"{k} {current[k]!r} -> {new!r}")
+                    diffs.append(f"{k} {old!r} -> {new!r}")
         if diffs:
             raise NetVladPortError(
                 f"{where}: --resume with options that differ from the run's: {'; '.join(diffs)} (only "
@@ -104,6 +163,7 @@ class TrainOptions:
     @classmethod
     def from_json(cls, d: dict) -> TrainOptions:
         d = {k: v for k, v in d.items() if k not in ("net_id", "layer_name", "method", "extra")}  # older runs
-        for k in TUPLES:
-            d[k] = tuple(d.get(k, getattr(cls, k, ())))
-        return cls(**d)
+        known = {f.name for f in fields(cls)}
+        extras = dict(d.pop("extras", {}))
+        extras.update({k: d.pop(k) for k in list(d) if k not in known})  # runs written before plug-in options
+        return cls.create(**d, extras={k: v for k, v in extras.items() if v is not None})

@@ -1,4 +1,4 @@
-"""Semantic guidance for the de-attention mask ([docs/stml.md](../docs/stml.md#semantic-guidance)).
+"""Semantic guidance for the de-attention mask ([docs/stml.md](../../../docs/stml.md#semantic-guidance)).
 
 STML supervises the mask with a segmentation: 1 where a pixel keeps its meaning for place recognition,
 0 on the rejected Cityscapes categories (the published script rejects human, vehicle and sky), resized to
@@ -12,7 +12,9 @@ by MSE with weight 0.1. No segmentation weights can be downloaded here, so the s
 * a callable (Python API): ImageNet-normalised N x 3 x H x W in, [N, 19, H, W] logits or [N, H, W]
   train-ids out.
 
-Targets are cached per image at the feature-map size, like the trunk.
+Targets are cached per image at the feature-map size, like the trunk. The mask reaches the term through
+a forward hook on the de-attention block's mask branch. The term and its options (``--guidance``,
+``--guidance-reject``, ``--guidance-weight``, ``--guidance-loss``) are registered here.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import NetVladPortError
+from ...errors import NetVladPortError
+from ...train.options import PluginOption, register_option
+from ...train.terms import TermContext, TermEntry, register_term
 
 # Cityscapes train-ids by category (MobileNet/cityscapes.py of STML; Cityscapes' own table)
 CATEGORIES = {
@@ -115,7 +119,7 @@ class Guidance:
         return (a != 0).astype(np.float32) if self.kind == "masks" else keep_from_ids(a, self.reject)
 
     def _from_callable(self, image) -> np.ndarray:
-        from .images import read_image
+        from ...images import read_image
 
         x = read_image(image)[None] / 255.0  # 1 x 3 x H x W, RGB 0..1
         x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
@@ -150,22 +154,101 @@ def deattention_layer(model):
     return None
 
 
+class MaskCatcher:
+    """Keeps the mask m of each forward pass of a de-attention layer (a forward hook on its branch)."""
+
+    def __init__(self, layer):
+        self.mask: torch.Tensor | None = None
+        self._handle = layer.block.mask.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self.mask = output
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
 @torch.no_grad()
 def mask_iou(model, guidance: Guidance, images, threshold: float = 0.5) -> float:
     """IoU of the rejected regions: the de-attention mask below ``threshold`` against the target below
     it, over ``images`` (each at the feature map's size)."""
-    from .images import read_image
+    from ...images import read_image
 
     layer = deattention_layer(model)
     if layer is None:
         raise NetVladPortError("the network has no de-attention layer")
     model.eval()
+    catcher = MaskCatcher(layer)
     inter = union = 0.0
-    for image in images:
-        model(read_image(image)[None])
-        m = layer.last_mask[0, 0]
-        t = guidance.target(image, tuple(m.shape))
-        a, b = m < threshold, t < threshold
-        inter += float((a & b).sum())
-        union += float((a | b).sum())
+    try:
+        for image in images:
+            model(read_image(image)[None])
+            m = catcher.mask[0, 0]
+            t = guidance.target(image, tuple(m.shape))
+            a, b = m < threshold, t < threshold
+            inter += float((a & b).sum())
+            union += float((a | b).sum())
+    finally:
+        catcher.remove()
     return inter / union if union else 1.0
+
+
+class GuidanceTerm:
+    """STML's batch objective sum(l) / nNeg + w * MSE over the batch's mask pixels, as a term: each tuple
+    adds ``w * nNeg / images`` x the mean over pixels of the squared error (or BCE) of its images' masks
+    against their targets (flipped with the images when jittered)."""
+
+    name = "guidance_loss"
+
+    def __init__(self, guidance: Guidance, layer, weight: float, kind: str, image_paths: list[str]):
+        self.guidance, self.weight, self.kind, self.paths = guidance, weight, kind, image_paths
+        self.catcher = MaskCatcher(layer)
+        self.scale = 0.0
+
+    def begin_batch(self, tuples: list) -> None:
+        n_images = sum(2 + len(t.negatives) for t in tuples)
+        self.scale = self.weight * sum(len(t.negatives) for t in tuples) / max(n_images, 1)
+
+    def __call__(self, tup, image_ids: list[int]) -> torch.Tensor:
+        m = self.catcher.mask[:, 0]
+        scale = self.scale / m[0].numel()
+        t = torch.stack([self.guidance.target(self.paths[i], tuple(m.shape[1:])) for i in image_ids]).to(m)
+        if tup.jitter[1]:
+            t = t.flip(-1)
+        return scale * guidance_loss(m, t, self.kind)
+
+
+def build_guidance(ctx: TermContext) -> GuidanceTerm | None:
+    """The de-attention mask's supervision of a run (``--guidance``), or None."""
+    opts = ctx.opts
+    if not opts.extra("guidance"):
+        return None
+    layer = deattention_layer(ctx.model)
+    if layer is None:
+        raise NetVladPortError("--guidance supervises a de-attention mask: add --attention deattention-v1 (or -v2)")
+    kind = opts.extra("guidance_loss")
+    if kind not in LOSSES:
+        raise NetVladPortError(f"guidance loss must be one of {', '.join(LOSSES)}, got {kind!r}")
+    if list(ctx.model.layers).index(layer) < ctx.first:
+        raise NetVladPortError(f"--guidance trains the de-attention mask, but '{layer.name}' is below "
+                               f"backPropToLayer {opts.back_prop_to_layer} (frozen)")  # fmt: skip
+    guidance = Guidance(opts.extra("guidance"), dataset_root(ctx.db), opts.extra("guidance_reject"))
+    return GuidanceTerm(guidance, layer, opts.extra("guidance_weight"), kind, ctx.image_paths)
+
+
+register_term(TermEntry("guidance", build_guidance, "STML's semantic guidance of the de-attention mask"))
+register_option(
+    PluginOption(
+        "guidance",
+        "",
+        "the de-attention mask's supervision: masks:DIR (keep masks), ids:DIR "
+        "(Cityscapes train-ids) or h5:FILE, per image path under the dataset root + .png",
+    )
+)
+register_option(
+    PluginOption(
+        "guidance_reject", REJECT, "Cityscapes categories of ids:DIR the mask rejects [human,vehicle,sky]", "names"
+    )
+)
+register_option(PluginOption("guidance_weight", 0.1, "weight of the mask loss (STML's --w_deatt_loss) [0.1]", "float"))
+register_option(PluginOption("guidance_loss", "mse", "mask loss [mse]", LOSSES))

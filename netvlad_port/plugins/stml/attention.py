@@ -1,5 +1,5 @@
 """Attention between the encoder and NetVLAD: STML's semantic-guided de-attention and the baselines
-of its table, CRN, SE, BAM and CBAM ([docs/stml.md](../../docs/stml.md#modules)), from
+of its table, CRN, SE, BAM and CBAM ([docs/stml.md](../../../docs/stml.md#modules)), from
 deepguider/deattention_with_stml_for_vpr ``networks/`` (``deattention_model.py``, ``senet.py``,
 ``bam.py``, ``cbam.py``).
 
@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import NetFormatError
-from ..matconvnet.spec import LayerSpec, LayerType, register_layer
-from .base import MatLayer
+from ...errors import NetFormatError
+from ...layers.base import MatLayer
+from ...matconvnet.spec import LayerSpec, LayerType, register_layer
+from ...networks import register_attention
 
 DEATT_BRANCHES = (32, 32, 20)  # deattention_model.py:135-138 (version 3: 32, 32, 32)
 REDUCTION = 16  # SE, BAM, CBAM (senet.py:5, bam.py:11, cbam.py:35)
@@ -44,18 +45,17 @@ class _Branches(nn.Module):
 
 
 class DeAttentionBlock(nn.Module):
-    """Semantic-guided de-attention: the mask m from the channel-L2-normalised input x̂, then x·m (v1)
-    or x + x·m (v2) of the raw input; ``last_mask`` keeps m for the guidance loss."""
+    """Semantic-guided de-attention: the mask m = ``self.mask(x̂)`` from the channel-L2-normalised input
+    x̂, then x·m (v1) or x + x·m (v2) of the raw input. The guidance reads m with a forward hook on
+    ``mask``."""
 
     def __init__(self, c: int, version: int = 1, padding_mode: str = "reflect"):
         super().__init__()
         self.version = version
         self.mask = _Branches(c, (32, 32, 32) if version == 3 else DEATT_BRANCHES, padding_mode)
-        self.last_mask: torch.Tensor | None = None
 
     def forward(self, x):
         m = self.mask(F.normalize(x, p=2, dim=1))
-        self.last_mask = m
         return x + x * m if self.version == 2 else x * m
 
 
@@ -128,15 +128,6 @@ BLOCKS = {
     "bam": lambda c, params: BAMBlock(c),
     "cbam": lambda c, params: CBAMBlock(c),
 }
-# the --attention names: a layer type and its params
-ATTENTION = {
-    "deattention-v1": ("deattention", {"version": 1}),
-    "deattention-v2": ("deattention", {"version": 2}),
-    "crn": ("crn", {}),
-    "se": ("se", {}),
-    "bam": ("bam", {}),
-    "cbam": ("cbam", {}),
-}
 ATTENTION_SEED = 0
 
 
@@ -182,18 +173,6 @@ class AttentionLayer(MatLayer):
     def params(self):
         return dict(self._params)
 
-    @property
-    def last_mask(self) -> torch.Tensor | None:
-        return getattr(self.block, "last_mask", None)
-
-
-def attention_layer(kind: str, name: str | None = None) -> LayerSpec:
-    """A fresh attention layer of an ``--attention`` name (``deattention-v1``, ``se``, ...)."""
-    if kind not in ATTENTION:
-        raise NetFormatError(f"unknown attention {kind!r}: expected one of {', '.join(ATTENTION)}")
-    layer_type_name, params = ATTENTION[kind]
-    return LayerSpec(layer_type_name, name or kind, [], dict(params))
-
 
 def _canonical(layer: LayerSpec, where: str, previous) -> None:
     if layer.type == "deattention" and int(layer.params.get("version", 1)) not in (1, 2, 3):
@@ -215,3 +194,8 @@ def _shape(layer: LayerSpec, s, where: str):
 for _name in BLOCKS:
     register_layer(LayerType(_name, AttentionLayer, n_weights=tuple(range(0, 64)), canonical=_canonical,
                              shape=_shape))  # fmt: skip
+# the --attention names: a layer type and its params
+register_attention("deattention-v1", "deattention", {"version": 1})
+register_attention("deattention-v2", "deattention", {"version": 2})
+for _name in ("crn", "se", "bam", "cbam"):
+    register_attention(_name, _name)

@@ -1,5 +1,5 @@
 """The sharpened triplet marginal loss (sTML, Choi et al., Pattern Recognition 141, 2023) and the triplet
-losses of the rows it is compared with ([docs/stml.md](../../docs/stml.md#losses)); from
+losses of the rows it is compared with ([docs/stml.md](../../../docs/stml.md#losses)); from
 deepguider/deattention_with_stml_for_vpr ``utils/custom_loss.py`` and Nanne/pytorch-NetVlad ``main.py``.
 
 Distances are plain Euclidean, d(a, b) = ||a - b|| (not squared). Each tuple's loss is the sum over its
@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor
 
-from .base import LossOutput, register_loss
+from ...losses.base import LossOutput, register_loss
 
 MARGIN, MARGIN_PN = 0.1, 1.4  # 1run_train_our_deattention_with_sTML.sh: --tml2_margin, --tml2_pn_margin
 STML_MINING_MARGIN = 1.5  # the same script's --dataloader_margin
@@ -40,7 +40,7 @@ def stml_loss(q: Tensor, p: Tensor, negs: Tensor, margin=MARGIN, margin_pn=MARGI
     return (l2(q, p) + margin - l2(q[None], negs) + margin_pn - d_pn).clamp_min(0)
 
 
-@register_loss("stml", mining="violators-l2", mining_margin=STML_MINING_MARGIN)
+@register_loss("stml", mining="violators-l2", sampler_params={"margin": STML_MINING_MARGIN})
 def stml(q: Tensor, p: Tensor, negs: Tensor, *, margin=MARGIN, margin_pn=MARGIN_PN, version: int = 1) -> LossOutput:
     """The sharpened triplet marginal loss (``--loss-param version=2`` for v2), summed over the negatives."""
     return LossOutput(stml_loss(q, p, negs, margin, margin_pn, version).sum(), len(negs))
@@ -53,13 +53,13 @@ def triplet_margin(q: Tensor, p: Tensor, negs: Tensor, margin: float) -> Tensor:
     return (d(q[None], p[None]) - d(q[None].expand_as(negs), negs) + margin).clamp_min(0)
 
 
-@register_loss("triplet-stml", mining="violators-l2", mining_margin=TRIPLET_MARGIN)
+@register_loss("triplet-stml", mining="violators-l2", sampler_params={"margin": TRIPLET_MARGIN})
 def triplet_stml(q: Tensor, p: Tensor, negs: Tensor, *, margin=TRIPLET_MARGIN) -> LossOutput:
     """STML's triplet rows (baseline, attention baselines): margin 0.1, summed over the negatives."""
     return LossOutput(triplet_margin(q, p, negs, margin).sum(), len(negs))
 
 
-@register_loss("triplet-nanne", mining="violators-l2", mining_margin=NAN_MARGIN)
+@register_loss("triplet-nanne", mining="violators-l2", sampler_params={"margin": NAN_MARGIN})
 def triplet_nanne(q: Tensor, p: Tensor, negs: Tensor, *, margin=NAN_MARGIN) -> LossOutput:
     """Nanne's pytorch-NetVlad triplet (the published baseline): margin sqrt(0.1), summed over the negatives."""
     return LossOutput(triplet_margin(q, p, negs, margin).sum(), len(negs))

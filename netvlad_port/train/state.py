@@ -1,0 +1,76 @@
+"""A run's state besides the weights: the history (``obj`` of the MATLAB trainers) and what a resume
+needs -- epoch, batch, lr, refresh interval, the generator, the negative caches, momentum, the train
+feature cache ([docs/formats.md#checkpoint](../../docs/formats.md#checkpoint))."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+@dataclass
+class History:
+    batch_loss: list[float] = field(default_factory=list)  # obj.train.loss: mean tuple loss per batch
+    val_recall: dict[int, list[float]] = field(default_factory=dict)  # epoch -> recall@recall_ns
+    val_rankloss: dict[int, float] = field(default_factory=dict)
+    train_recall: dict[int, list[float]] = field(default_factory=dict)
+    pretrain_val_recall: list[float] | None = None
+
+    def to_json(self):
+        return {
+            "batch_loss": self.batch_loss,
+            "val_recall": {str(k): v for k, v in self.val_recall.items()},
+            "val_rankloss": {str(k): v for k, v in self.val_rankloss.items()},
+            "train_recall": {str(k): v for k, v in self.train_recall.items()},
+            "pretrain_val_recall": self.pretrain_val_recall,
+        }
+
+    @classmethod
+    def from_json(cls, d):
+        return cls(
+            d["batch_loss"],
+            {int(k): v for k, v in d["val_recall"].items()},
+            {int(k): v for k, v in d["val_rankloss"].items()},
+            {int(k): v for k, v in d["train_recall"].items()},
+            d.get("pretrain_val_recall"),
+        )
+
+
+def run_state(t) -> tuple[dict, dict[str, np.ndarray]]:
+    """(JSON-able state, tensors) of trainer ``t``."""
+    tensors = {
+        f"momentum.{i}": t.optimizer.state[p]["momentum_buffer"].detach().cpu().numpy()
+        for i, p in enumerate(t.params)
+        if "momentum_buffer" in t.optimizer.state.get(p, {})
+    }
+    if t.train_feats is not None:
+        tensors["train_feats"] = t.train_feats
+    state = {
+        "epoch": t.epoch,
+        "batch": t.batch,
+        "lr": t.lr,
+        "comp_freq": t.comp_freq,
+        "rng": t.rng.get_state(),
+        "neg_cache": [c.tolist() for c in t.neg_cache],
+        "history": t.history.to_json(),
+        "options": t.opts.to_json(),
+        "param_dtype": str(t.params[0].dtype) if t.params else "torch.float32",
+    }
+    return state, tensors
+
+
+def restore_state(t, state: dict, tensors: dict[str, np.ndarray]) -> None:
+    """Put :func:`run_state`'s output back into trainer ``t``."""
+    if state["param_dtype"] == "torch.float64":
+        t.model.double()
+    t.epoch, t.batch, t.lr, t.comp_freq = state["epoch"], state["batch"], state["lr"], state["comp_freq"]
+    t.set_lr()
+    t.rng.set_state(state["rng"])
+    t.neg_cache = [np.asarray(c, np.int64) for c in state["neg_cache"]]
+    t.history = History.from_json(state["history"])
+    for i, p in enumerate(t.params):
+        if f"momentum.{i}" in tensors:
+            t.optimizer.state[p]["momentum_buffer"] = torch.from_numpy(tensors[f"momentum.{i}"]).to(p)
+    t.train_feats = tensors.get("train_feats")
