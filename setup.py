@@ -3,7 +3,8 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-VERSION = re.search(r'__version__ = "(.+?)"', Path(__file__).with_name("netvlad_port").joinpath("version.py").read_text())[1]
+VERSION_FILE = Path(__file__).with_name("netvlad_port") / "version.py"
+VERSION = re.search(r'__version__ = "(.+?)"', VERSION_FILE.read_text())[1]  # written once, in version.py
 
 setup(
     name="netvlad-port",

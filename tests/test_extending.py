@@ -136,11 +136,15 @@ def test_a_registered_layer_type_works_through_the_cli(gem_layer, tmp_path, enco
 # --- a dataset family -------------------------------------------------------------------------------
 @pytest.fixture
 def mini_family():
+    from netvlad_port.train import RECIPES, register_recipe
+
+    register_recipe("mini-recipe", {"learning_rate": 2e-3, "n_neg_choice": 20}, "the family's recipe", base="deepibl")
     register_dataset(
-        "Mini_Set", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"), recipe_lr=2e-3
+        "Mini_Set", lambda split, root, spec_dir: load_synthetic(root, split), ("train", "val", "test"), "mini-recipe"
     )
     yield
     DATASETS.unregister("Mini_Set")
+    RECIPES.unregister("mini-recipe")
 
 
 def test_a_registered_dataset_works_through_the_cli(mini_family, tiny_world, tmp_path):
@@ -172,6 +176,11 @@ def test_a_registered_dataset_works_through_the_cli(mini_family, tiny_world, tmp
         tmp_path / "white",
     )
     assert res.exit_code == 0, res.output and netvlad_port.load(tmp_path / "white").output_dim == 8
+    res = run("train", tiny_world.net, "--dataset", "mini_set", "--root", tiny_world.data, "--epochs", "1",
+              "--pca-dim", "0", "--out", tmp_path / "run", "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    options = json.loads((tmp_path / "run" / "checkpoint_latest" / "state.json").read_text())["options"]
+    assert options["learning_rate"] == 2e-3 and options["n_neg_choice"] == 20  # the family's recipe
 
 
 def test_dataset_names_are_forgiving_and_errors_list_the_valid_ones(tiny_world):

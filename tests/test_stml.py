@@ -249,9 +249,9 @@ def test_each_attention_baseline_trains(masked_world, tmp_path, attention):
 def test_the_deattention_mask_learns_the_synthetic_masks(masked_world, tmp_path):
     from netvlad_port import load
     from netvlad_port.datasets import load_synthetic
-    from netvlad_port.plugins.stml.guidance import Guidance, mask_iou
     from netvlad_port.model import SimpleNN
     from netvlad_port.networks import insert_attention
+    from netvlad_port.plugins.stml.guidance import Guidance, mask_iou
     from netvlad_port.train import train
 
     data = masked_world / "data"

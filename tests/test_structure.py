@@ -121,3 +121,25 @@ def test_readme_command_reference_matches_the_cli():
     readme = (ROOT / "README.md").read_text()
     rows = re.findall(r"^\| `([\w-]+)` \| (.+?) \|$", readme, re.M)
     assert rows == list(COMMANDS.items()) and sorted(COMMANDS) == sorted(main.commands)
+
+
+def test_the_core_never_imports_a_plugin():
+    """Only the wings under netvlad_port/plugins may import netvlad_port.plugins.* (they register through the
+    entry-point group, docs/extending.md#plug-ins); the runtime side is tests/test_plugins.py."""
+    graph = _import_graph()
+    assert "netvlad_port.plugins.stml.guidance" in graph  # the parser sees the wings
+    core = {m: deps for m, deps in graph.items() if not m.startswith("netvlad_port.plugins")}
+    hits = sorted(f"{m} -> {d}" for m, deps in core.items() for d in deps if d.startswith("netvlad_port.plugins"))
+    assert not hits
+
+
+def test_no_function_in_train_is_long():
+    """The trainer stays split along its seams: no function of netvlad_port/train over 60 lines."""
+    long = [
+        f"{p.name}:{n.name} ({n.end_lineno - n.lineno + 1} lines)"
+        for p in (PACKAGE / "train").glob("*.py")
+        for n in ast.walk(ast.parse(p.read_text()))
+        if isinstance(n, ast.FunctionDef) and n.end_lineno - n.lineno + 1 > 60
+    ]
+    assert not long
+    assert len((PACKAGE / "train" / "loop.py").read_text().splitlines()) < 350

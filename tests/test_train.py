@@ -100,7 +100,9 @@ OPTS = {
 
 def test_schedule_and_objective(setup, tmp_path):
     _, tr, va, spec = setup
-    t = Trainer(spec, tr, va, TrainOptions.create(**{**OPTS, "n_epoch": 6, "lr_down_freq": 2}), tmp_path, log=lambda *a: None)
+    t = Trainer(
+        spec, tr, va, TrainOptions.create(**{**OPTS, "n_epoch": 6, "lr_down_freq": 2}), tmp_path, log=lambda *a: None
+    )
     refreshes = []
     real = t.refresh_train_cache
     t.refresh_train_cache = lambda: (refreshes.append((t.epoch, t.batch)), real())[1]
@@ -294,7 +296,9 @@ def test_two_processes_make_the_single_process_update(setup, tmp_path, attention
         (p - q).abs().sum().item()
         for (_, p), q in zip(
             single.model.named_parameters(),
-            Trainer(spec, tr, None, TrainOptions.create(**OPTS), tmp_path / "x", log=lambda *a: None).model.parameters(),
+            Trainer(
+                spec, tr, None, TrainOptions.create(**OPTS), tmp_path / "x", log=lambda *a: None
+            ).model.parameters(),
         )
     )
     assert moved > 0  # the update did something

@@ -32,7 +32,7 @@ from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
 from ..precision import exact_math
 from . import validation
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_start_feats, save_checkpoint, write_start_feats
 from .options import OPTIONS, TrainOptions
 from .samplers import SAMPLERS, MiningContext
 from .state import History, restore_state, run_state
@@ -156,33 +156,19 @@ class Trainer:
         return feats
 
     def start_feats(self, key: str, db_fn: str, q_fn: str) -> np.ndarray:
-        """The start network's features (``dbCheckpoint0`` / ``qCheckpoint0``): read from MATLAB's
-        float32 .bin files (D x N column-major) when both exist, else computed (and written when
-        named, as MATLAB writes them)."""
+        """The start network's features (``dbCheckpoint0`` / ``qCheckpoint0``): read from MATLAB's .bin
+        files when both exist, else computed (and written when named, as MATLAB writes them)."""
         db = self.db_train if key == "train" else self.db_val
-        paths = [Path(db_fn), Path(q_fn)] if db_fn and q_fn else []
-        if (db_fn or q_fn) and not paths:
-            raise NetVladPortError("dbCheckpoint0 and qCheckpoint0 (and their val pair) go together")
-        if paths and all(p.is_file() for p in paths):
-            dim = self.model.output_dim
-            parts = []
-            for path, n in zip(paths, (db.num_images, db.num_queries)):
-                flat = np.fromfile(path, np.float32)
-                if flat.size != n * dim:
-                    raise NetVladPortError(f"{path}: {flat.size} values; expected {n} images x {dim} dimensions")
-                parts.append(flat.reshape(n, dim))
-            return np.concatenate(parts)
+        feats = read_start_feats(db, db_fn, q_fn, self.model.output_dim)
+        if feats is not None:
+            return feats
         if key == "train":
             self.refresh_train_cache()
             feats = self.train_feats
         else:
             feats = self.all_feats(key)
-        if paths and self.rank == 0:
-            from ..io_utils import atomic_file
-
-            for path, rows in zip(paths, (feats[: db.num_images], feats[db.num_images :])):
-                with atomic_file(path) as tmp:
-                    np.ascontiguousarray(rows, np.float32).tofile(tmp)
+        if db_fn and self.rank == 0:
+            write_start_feats(db, db_fn, q_fn, feats)
         return feats
 
     def refresh_train_cache(self) -> None:
