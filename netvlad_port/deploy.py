@@ -92,9 +92,9 @@ def export_model(
 ) -> dict:
     """Export the network at ``model_path`` to ``out`` (``fmt`` onnx or torchscript), verify the
     written file on random images of ``sizes``, and return its metadata (also stored in the file)."""
-    from . import load
     from .feature_store import model_fingerprint
     from .io_utils import atomic_file
+    from .loading import load
     from .version import __version__
 
     if fmt not in FORMATS:
