@@ -37,8 +37,8 @@ class Deployable(nn.Module):
         self.register_buffer("average_rgb", model.average_rgb.float().clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from .extract import crop_to_dim
         from .layers import matlab_flatten
+        from .layers.netvlad import crop_to_dim
 
         x = images.to(torch.float32) - self.average_rgb
         for layer in self.layers:

@@ -32,7 +32,7 @@ from .errors import NetVladPortError
 from .feature_store import check_tag, descriptor_tag, h5_names, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
-from .layers import WHOLE_L2_EPS
+from .layers.netvlad import crop_to_dim  # re-exported: retrieval and callers import it from here
 from .precision import precision_mode
 
 FORMATS = ("h5", "bin", "npy")
@@ -50,15 +50,6 @@ class ExtractReport:
     @property
     def images_per_second(self) -> float:
         return self.extracted / self.seconds if self.seconds else 0.0
-
-
-def crop_to_dim(desc: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """``testFromFn``'s ``cropToDim``: first ``dim`` components, L2 again (eps outside;
-    [docs/matlab.md#addpca](../docs/matlab.md#addpca))."""
-    if not dim or dim >= desc.shape[1]:
-        return desc
-    d = desc[:, :dim]
-    return d / (d.norm(dim=1, keepdim=True) + WHOLE_L2_EPS)
 
 
 def _utf8(name: str, where: Path) -> None:
