@@ -8,6 +8,7 @@ call ``acts``: the input of every layer and the network output, in MATLAB layer 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -54,6 +55,17 @@ class SimpleNN(nn.Module):
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of every layer's name, MATLAB type and weights (MATLAB layout, float32): the tag of
+        the features this model makes (``deploy.OnnxRuntimeModel.fingerprint`` is its source's)."""
+        h = hashlib.sha256()
+        for layer in self.layers:
+            h.update(f"{layer.name}:{layer.matlab_type};".encode())
+            for w in layer.matlab_weights():
+                h.update(np.ascontiguousarray(w).tobytes())
+        return h.hexdigest()
 
     @property
     def method(self) -> str:
