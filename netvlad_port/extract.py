@@ -17,6 +17,7 @@ Files that cannot be read stop the run (``on_error="stop"``) or are listed in
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import OrderedDict
@@ -316,7 +317,8 @@ def skipped_path(out: Path) -> Path:
 
 def compute_representation(model, image, resize_shorter: int | None = None) -> torch.Tensor:
     """MATLAB ``computeRepresentation(net, im)``: the descriptor (D,) of one image, given as a path,
-    an H x W x 3 array in 0..255, or a 3 x H x W tensor."""
+    an H x W x 3 array in 0..255, or a 3 x H x W tensor; ``model`` a :class:`SimpleNN` or an exported
+    ``deploy.OnnxRuntimeModel``."""
     if isinstance(image, (str, os.PathLike)):
         x = read_image(image, resize_shorter)
     else:
@@ -325,6 +327,12 @@ def compute_representation(model, image, resize_shorter: int | None = None) -> t
             x = x[None].expand(3, -1, -1)
         elif x.shape[0] != 3 and x.shape[-1] in (1, 3):
             x = x.permute(2, 0, 1).expand(3, -1, -1)
-    device = next(model.parameters()).device
     with torch.inference_mode():
-        return model(x[None].to(device))[0]
+        return model(x[None].to(model_device(model)))[0]
+
+
+def model_device(model) -> torch.device:
+    """Where a model's tensors are; the CPU for a model without any (``deploy.OnnxRuntimeModel``)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")
