@@ -2,41 +2,8 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 from .errors import NetFormatError, NetVladPortError
+from .loading import load, load_spec
 from .version import __version__
-
-
-def load_spec(path: str | os.PathLike):
-    """The :class:`~netvlad_port.matconvnet.NetSpec` of a ``.mat`` file, a converted folder, or a
-    released model by name (``hub.RELEASES``: downloaded and converted on first use)."""
-    from .converted import load_converted
-    from .hub import RELEASES, load_release
-    from .matconvnet import read_net
-
-    path = Path(path)
-    if not path.exists() and str(path) in RELEASES:
-        path = load_release(str(path), progress=True)
-    return load_converted(path) if path.is_dir() else read_net(path)
-
-
-def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None):
-    """Load a MatConvNet ``.mat`` (any encoding), a converted folder or a released model by name
-    (``"vd16_pitts30k_conv5_3_vlad_preL2_intra_white"``) as a :class:`SimpleNN`.
-
-    ``normalize="matconvnet-cpu"`` reproduces MatConvNet's CPU ``vl_nnnormalize`` (fast_pow), to
-    match features MATLAB computed on a CPU. The model is in eval mode.
-    """
-    from .model import SimpleNN
-
-    model = SimpleNN(load_spec(path), normalize=normalize).eval()
-    if device is None:
-        return model
-    from .devices import resolve_device
-
-    return model.to(resolve_device(device))
-
 
 __all__ = ["__version__", "load", "load_spec", "NetFormatError", "NetVladPortError"]

@@ -208,7 +208,7 @@ def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
 @_friendly
 def info(model: Path, image_size: str):
     """Print the layer table of MODEL (.mat or converted folder), like vl_simplenn_display."""
-    from . import load_spec
+    from .loading import load_spec
     from .converted import config_of
 
     spec = load_spec(model)
@@ -243,7 +243,7 @@ def info(model: Path, image_size: str):
 @_friendly
 def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, force: bool):
     """Write MODEL (converted folder or .mat) as a MatConvNet SimpleNN .mat file."""
-    from . import load_spec
+    from .loading import load_spec
     from .matconvnet import write_net
 
     _refuse_existing(out_path, force, "output file")
@@ -368,7 +368,7 @@ def extract(
     force,
 ):
     """Extract descriptors of many images (MATLAB serialAllFeats)."""
-    from . import load
+    from .loading import load
     from .extract import serial_all_feats, skipped_path
 
     if backend == "onnxruntime":
@@ -431,7 +431,7 @@ def parity(files, model_opt, images, normalize, double, rtol, atol, loss_rtol, n
     if len(files) != (1 if model_opt else 2):
         raise click.UsageError("give the network and the dump: MODEL DUMP, or --model MODEL DUMP")
     model, dump = (model_opt, files[0]) if model_opt else files
-    from . import load
+    from .loading import load
     from .parity import format_report, load_dump, run_parity
 
     net = load(model, normalize=normalize).to(torch.float64 if double else torch.float32)
@@ -505,7 +505,7 @@ class DatasetOption(click.Option):
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
              resize_queries, protocol, quiet):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
-    from . import load
+    from .loading import load
     from .datasets import open_dataset
     from .evaluate import run_evaluation
     from .feature_store import model_fingerprint
@@ -618,7 +618,7 @@ def cluster(
     force,
 ):
     """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
-    from . import load_spec
+    from .loading import load_spec
     from .converted import save_converted
     from .datasets import open_dataset
     from .matconvnet.spec import LAYER_TYPES
@@ -660,7 +660,7 @@ def cluster(
 def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, workers, quiet,
         force):  # fmt: skip
     """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
-    from . import load_spec
+    from .loading import load_spec
     from .converted import save_converted
     from .datasets import open_dataset
     from .pca import add_pca
@@ -727,7 +727,7 @@ TRAIN_OPTIONS = {
     "--trunk-dir": ("trunk_dir", str, "where a disk trunk cache goes (default OUT/trunk_cache)"),
     "--precision": ("precision", LazyChoice(_precisions),
                     "fp32 is exact; tf32 (GPU matmuls and convolutions) or bf16/fp16 autocast are opt-in"),
-    "--device": ("device", str, "auto, cpu, cuda or cuda:N (default auto)"),
+    "--device": ("device", str, "auto, cpu, cuda or cuda:N"),
     "--rng": ("rng", click.Choice(RNGS), "random draws: MATLAB's generator and calls (rng/randperm/randsample), "
               "or numpy's"),
     "--attention": ("attention", _names, "modules inserted before the aggregation, in order (registered names, "
@@ -820,7 +820,7 @@ def _recipes():
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--lr", "--learning-rate", "learning_rate", type=float, default=None,
               help="learningRate [the recipe's: Pitts30k 0.001, Pitts250k/TokyoTM 0.0001].")  # fmt: skip
-@click.option("--epochs", "--n-epoch", "n_epoch", type=int, default=None, help="nEpoch [30].")
+@click.option("--epochs", "--n-epoch", "n_epoch", cls=TrainOption, type=int, default=None, help="nEpoch.")
 @_train_options
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint_latest (--epochs may extend the run).")
 @click.option("--force", is_flag=True, help="Start again in an OUT that holds a run.")

@@ -3,9 +3,10 @@
 50,000 descriptors of the network's current output (conv5_3 after ``preL2``), 100 per image
 from ``ceil(50000/100) = 500`` database images -- the **first 500 in file order**, as the original
 code really does (it draws ``trainIDs`` and never uses them); ``first_images=False`` uses the
-random sample it intended. k-means with faiss (100 iterations, seed 43, all points). Random draws
-use numpy's generator seeded 43, not MATLAB's ``rng(43)``: the samples differ from MATLAB's; the
-procedure does not. Results are cached under MATLAB's file names
+random sample it intended. The draws are MATLAB's, call for call: ``rng(43)``, ``randsample`` of
+the images, then ``randsample`` of each image's positions (``rng="numpy"``: the same calls on
+numpy's generator). k-means is faiss (100 iterations, seed 43, all points), not ``yael_kmeans``:
+the centres differ from MATLAB's. Results are cached under MATLAB's file names
 (``<db>_<netID>_<layer>[_preL2]_traindescs.mat``, ``..._k064_clst.mat``).
 """
 

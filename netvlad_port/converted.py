@@ -17,7 +17,7 @@ import numpy as np
 
 from .errors import NetFormatError
 from .io_utils import atomic_dir
-from .matconvnet.spec import LayerSpec, NetSpec, infer_method, output_dim, validate
+from .matconvnet.spec import LayerSpec, NetSpec, ensure_validated, infer_method, output_dim, validate
 from .version import __version__
 
 WEIGHTS_FILE, CONFIG_FILE = "model.safetensors", "config.json"
@@ -79,7 +79,7 @@ def save_converted(
     """Write ``spec`` to ``out_dir`` atomically (the folder appears only when complete)."""
     from safetensors.numpy import save_file
 
-    validate(spec)
+    spec = ensure_validated(spec)
     src = {"file": Path(source).name, "sha256": sha256_file(source)} if source else {}
     tensors = {
         f"layers.{i}.weights.{j}": np.ascontiguousarray(w, dtype=np.float32)
@@ -163,9 +163,7 @@ def load_converted(folder: str | os.PathLike) -> NetSpec:
     meta = dict(cfg.get("meta", {}))
     if "meta.averageImage" in tensors:
         meta["averageImage"] = tensors["meta.averageImage"]
-    spec = NetSpec(layers, meta)
     try:
-        validate(spec)
+        return validate(NetSpec(layers, meta))
     except NetFormatError as exc:
         raise NetFormatError(f"{folder}: {exc}") from None
-    return spec

@@ -52,7 +52,7 @@ TABLE_NS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
 
 def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None, force: bool = False, say=print):
     """Write everything under ``out_dir`` and print the before/after table."""
-    from . import load
+    from .loading import load
     from .converted import save_converted
     from .datasets import open_dataset
     from .datasets.synthetic import SyntheticConfig, make_synthetic

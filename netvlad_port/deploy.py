@@ -37,8 +37,8 @@ class Deployable(nn.Module):
         self.register_buffer("average_rgb", model.average_rgb.float().clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from .extract import crop_to_dim
         from .layers import matlab_flatten
+        from .layers.netvlad import crop_to_dim
 
         x = images.to(torch.float32) - self.average_rgb
         for layer in self.layers:
@@ -92,9 +92,8 @@ def export_model(
 ) -> dict:
     """Export the network at ``model_path`` to ``out`` (``fmt`` onnx or torchscript), verify the
     written file on random images of ``sizes``, and return its metadata (also stored in the file)."""
-    from . import load
-    from .feature_store import model_fingerprint
     from .io_utils import atomic_file
+    from .loading import load
     from .version import __version__
 
     if fmt not in FORMATS:
@@ -121,7 +120,7 @@ def export_model(
     meta = {
         "netvlad_port": __version__,
         "source": Path(model_path).name,
-        "model_sha256": model_fingerprint(model),
+        "model_sha256": model.fingerprint,
         "normalize": normalize,
         "dim": dim,
         "output_dim": dim or full,
@@ -207,8 +206,9 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 class OnnxRuntimeModel(nn.Module):
     """An exported ONNX network in onnxruntime, with what extraction needs of a model: call it on
-    N x 3 x H x W RGB 0..255, its descriptors come back. Tagged by the source network's fingerprint
-    and ``backend = onnxruntime``, so its features never mix with the torch backend's."""
+    N x 3 x H x W RGB 0..255, its descriptors come back. Tagged by ``fingerprint`` (the source network's
+    :attr:`SimpleNN.fingerprint`, from the file's metadata) and ``backend = onnxruntime``, so its features
+    never mix with the torch backend's."""
 
     backend = "onnxruntime"
 
@@ -218,7 +218,7 @@ class OnnxRuntimeModel(nn.Module):
         self.meta = read_metadata(self.path)
         self.session = onnx_session(self.path)
         self.normalize_mode = self.meta["normalize"]
-        self.fingerprint = self.meta["model_sha256"]
+        self.fingerprint: str = self.meta["model_sha256"]
 
     def input_error(self, h: int, w: int) -> str | None:
         return None

@@ -17,6 +17,7 @@ Files that cannot be read stop the run (``on_error="stop"``) or are listed in
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections import OrderedDict
@@ -32,7 +33,7 @@ from .errors import NetVladPortError
 from .feature_store import check_tag, descriptor_tag, h5_names, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
-from .layers import WHOLE_L2_EPS
+from .layers.netvlad import crop_to_dim  # re-exported: retrieval and callers import it from here
 from .precision import precision_mode
 
 FORMATS = ("h5", "bin", "npy")
@@ -50,15 +51,6 @@ class ExtractReport:
     @property
     def images_per_second(self) -> float:
         return self.extracted / self.seconds if self.seconds else 0.0
-
-
-def crop_to_dim(desc: torch.Tensor, dim: int | None) -> torch.Tensor:
-    """``testFromFn``'s ``cropToDim``: first ``dim`` components, L2 again (eps outside;
-    [docs/matlab.md#addpca](../docs/matlab.md#addpca))."""
-    if not dim or dim >= desc.shape[1]:
-        return desc
-    d = desc[:, :dim]
-    return d / (d.norm(dim=1, keepdim=True) + WHOLE_L2_EPS)
 
 
 def _utf8(name: str, where: Path) -> None:
@@ -325,7 +317,8 @@ def skipped_path(out: Path) -> Path:
 
 def compute_representation(model, image, resize_shorter: int | None = None) -> torch.Tensor:
     """MATLAB ``computeRepresentation(net, im)``: the descriptor (D,) of one image, given as a path,
-    an H x W x 3 array in 0..255, or a 3 x H x W tensor."""
+    an H x W x 3 array in 0..255, or a 3 x H x W tensor; ``model`` a :class:`SimpleNN` or an exported
+    ``deploy.OnnxRuntimeModel``."""
     if isinstance(image, (str, os.PathLike)):
         x = read_image(image, resize_shorter)
     else:
@@ -334,6 +327,12 @@ def compute_representation(model, image, resize_shorter: int | None = None) -> t
             x = x[None].expand(3, -1, -1)
         elif x.shape[0] != 3 and x.shape[-1] in (1, 3):
             x = x.permute(2, 0, 1).expand(3, -1, -1)
-    device = next(model.parameters()).device
     with torch.inference_mode():
-        return model(x[None].to(device))[0]
+        return model(x[None].to(model_device(model)))[0]
+
+
+def model_device(model) -> torch.device:
+    """Where a model's tensors are; the CPU for a model without any (``deploy.OnnxRuntimeModel``)."""
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        return t.device
+    return torch.device("cpu")

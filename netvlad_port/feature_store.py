@@ -43,19 +43,12 @@ def write_h5_descriptor(h5, name: str, desc: np.ndarray, hw: tuple[int, int]) ->
 
 
 def model_fingerprint(model) -> str:
-    """sha256 of the weights and layer names: tags stored features with the model that made them.
-    An exported model carries its source network's (``deploy.OnnxRuntimeModel.fingerprint``)."""
-    import hashlib
-
-    if getattr(model, "fingerprint", None):
-        return model.fingerprint
-
-    h = hashlib.sha256()
-    for layer in model.layers:
-        h.update(f"{layer.name}:{layer.matlab_type};".encode())
-        for w in layer.matlab_weights():
-            h.update(np.ascontiguousarray(w).tobytes())
-    return h.hexdigest()
+    """The model's ``fingerprint``: the sha256 that tags stored features with the model that made them
+    (:attr:`SimpleNN.fingerprint`; an exported ``deploy.OnnxRuntimeModel`` carries its source network's)."""
+    fingerprint = getattr(model, "fingerprint", None)
+    if not fingerprint:
+        raise NetVladPortError(f"{type(model).__name__}: the model has no fingerprint to tag its features with")
+    return fingerprint
 
 
 def read_h5_descriptors(path: str | os.PathLike, names: list[str]) -> np.ndarray:

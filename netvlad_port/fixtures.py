@@ -125,8 +125,7 @@ def make_net(
         if "intra" in tokens:
             layers.append(LayerSpec(NORMALIZE, "vlad:intranorm", [], {"param": [2 * d, 1e-12, 1, 0.5]}))
     layers.append(LayerSpec(WHOLE_L2, "postL2"))
-    head = NetSpec(list(layers))
-    validate(head)
+    head = validate(NetSpec(list(layers)))
     dim = infer_shapes(head, image_hw=None)[-1][2]
     last_conv = [l.name for l in layers if l.type == CONV][-1]
     session = f"{arch}_offtheshelf_{last_conv}_synthetic_{method}"
@@ -141,9 +140,7 @@ def make_net(
     avg = np.asarray(VGG_MEAN_RGB, np.float32).reshape(1, 1, 3)
     if average_image == "vgg":
         avg = np.broadcast_to(avg, (224, 224, 3)).copy()
-    spec = NetSpec(layers, {"averageImage": avg, "netID": arch, "sessionID": session, "epoch": 0})
-    validate(spec)
-    return spec
+    return validate(NetSpec(layers, {"averageImage": avg, "netID": arch, "sessionID": session, "epoch": 0}))
 
 
 def write_imagenet_model(path, arch: str = "vd16", width: float = 1.0, seed: int = 0, fc_width: int = 4096) -> None:

@@ -8,6 +8,7 @@ call ``acts``: the input of every layer and the network output, in MATLAB layer 
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 
 import numpy as np
@@ -17,13 +18,13 @@ from torch import nn
 from .devices import available_memory, human_bytes
 from .errors import NetFormatError
 from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
-from .matconvnet.spec import LayerSpec, NetSpec, infer_method, infer_shapes, output_dim, validate
+from .matconvnet.spec import LayerSpec, NetSpec, ensure_validated, infer_method, infer_shapes, output_dim
 
 
 class SimpleNN(nn.Module):
     def __init__(self, spec: NetSpec, normalize: str = "exact"):
         super().__init__()
-        validate(spec)
+        spec = ensure_validated(spec)  # a spec from load_spec / read_net / make_net is not checked again
         channels = [3] + [c for _, _, c in infer_shapes(spec, image_hw=None)]
         self.layers = nn.ModuleList(build_layer(l, channels[i]) for i, l in enumerate(spec.layers))
         self.meta = {k: v for k, v in spec.meta.items() if k != "averageImage"}
@@ -54,6 +55,17 @@ class SimpleNN(nn.Module):
     @property
     def names(self) -> list[str]:
         return [l.name for l in self.layers]
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of every layer's name, MATLAB type and weights (MATLAB layout, float32): the tag of
+        the features this model makes (``deploy.OnnxRuntimeModel.fingerprint`` is its source's)."""
+        h = hashlib.sha256()
+        for layer in self.layers:
+            h.update(f"{layer.name}:{layer.matlab_type};".encode())
+            for w in layer.matlab_weights():
+                h.update(np.ascontiguousarray(w).tobytes())
+        return h.hexdigest()
 
     @property
     def method(self) -> str:

@@ -110,8 +110,7 @@ def add_layers(
     layers.append(LayerSpec(WHOLE_L2, "postL2"))
     meta["sessionID"] = f"{meta.get('sessionID', '')}_{method}"
     meta["epoch"] = 0
-    validate(out)
-    return out
+    return validate(out)
 
 
 def aggregation_types() -> dict:
@@ -153,6 +152,4 @@ def insert_attention(spec: NetSpec, kinds) -> NetSpec:
         raise NetVladPortError(f"--attention: the network already has attention layers ({', '.join(present)})")
     new = [LayerSpec(a.layer_type, f"{k}:{i + 1}" if kinds.count(k) > 1 else k, [], dict(a.params))
            for i, (k, a) in enumerate(zip(kinds, entries))]  # fmt: skip
-    out = NetSpec(layers=spec.layers[:at] + new + spec.layers[at:], meta=dict(spec.meta))
-    validate(out)
-    return out
+    return validate(NetSpec(layers=spec.layers[:at] + new + spec.layers[at:], meta=dict(spec.meta)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import NetVladPortError
-from .matconvnet.spec import CONV, WHOLE_L2, LayerSpec, NetSpec, output_dim, validate
+from .matconvnet.spec import CONV, WHOLE_L2, LayerSpec, NetSpec, ensure_validated, output_dim, validate
 from .matlab_random import make_rng
 
 WHITEN_EPS = 1e-9
@@ -61,6 +61,7 @@ def pca_features(
     from .extract import iter_descriptors, plan_batches
     from .model import SimpleNN
 
+    spec = ensure_validated(spec)  # canonical, for _output_dim; SimpleNN does not check it again
     model = SimpleNN(spec).eval()
     ids = np.arange(db_train.num_images)
     if len(ids) > n_train_cap:
@@ -124,6 +125,4 @@ def add_pca(
     ]
     meta = dict(spec.meta)
     meta["sessionID"] = f"{meta.get('sessionID', '')}_{name}"
-    out = NetSpec(layers, meta)
-    validate(out)
-    return out
+    return validate(NetSpec(layers, meta))

@@ -96,6 +96,23 @@ def test_extract_with_onnxruntime_writes_the_same_h5(tiny_world, tmp_path):
     assert res.exit_code != 0 and "backend 'onnxruntime', not None" in res.output  # never mixed
 
 
+def test_compute_representation_and_the_fingerprint_with_onnxruntime(tiny_world, tmp_path):
+    """``computeRepresentation`` takes the exported model as it takes the network (no parameters to find
+    a device on), and both carry one ``fingerprint``: the exported model's is its source network's."""
+    from netvlad_port.deploy import OnnxRuntimeModel
+    from netvlad_port.extract import compute_representation
+    from netvlad_port.feature_store import model_fingerprint
+
+    export_model(tiny_world.net, tmp_path / "net.onnx")
+    model, exported = load(tiny_world.net), OnnxRuntimeModel(tmp_path / "net.onnx")
+    image = sorted((tiny_world.data / "queries").rglob("*.jpg"))[0]
+    array = np.random.default_rng(0).uniform(0, 255, (50, 70, 3)).astype(np.float32)
+    for x in (image, array):
+        ref, got = compute_representation(model, x), compute_representation(exported, x)
+        assert got.shape == ref.shape == (model.output_dim,) and _relative(got, ref.numpy()) <= TOLERANCE
+    assert exported.fingerprint == model.fingerprint == model_fingerprint(exported) == model_fingerprint(model)
+
+
 # --- released models by name, against a local server ---------------------------------------------
 
 

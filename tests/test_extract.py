@@ -276,3 +276,30 @@ def test_jpeg_decoding_matches_libjpeg_islow(tmp_path):
         ours = read_image(tmp_path / n).permute(1, 2, 0).numpy()
         worst = max(worst, np.abs(ours - ref).max())
     assert worst == 0
+
+
+def _old_fingerprint(model) -> str:
+    """``feature_store.model_fingerprint`` as it computed the tag before the model carried it."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for layer in model.layers:
+        h.update(f"{layer.name}:{layer.matlab_type};".encode())
+        for w in layer.matlab_weights():
+            h.update(np.ascontiguousarray(w).tobytes())
+    return h.hexdigest()
+
+
+def test_the_fingerprint_is_the_one_existing_tags_hold(data):
+    from pathlib import Path
+
+    from netvlad_port.feature_store import model_fingerprint
+
+    model = data[2]
+    assert model.fingerprint == _old_fingerprint(model) == model_fingerprint(model)
+    tiny = netvlad_port.load(Path(__file__).parent / "data" / "parity" / "tiny_vlad" / "net.mat")
+    tagged = "7f54d48296eb5fe7a7ae6ca580fc51f61581d969d6c883aa9d1c904434c4e156"  # by the previous version
+    assert tiny.fingerprint == tagged
+    with torch.no_grad():
+        tiny.layers[0].weight_params()[0][0, 0, 0, 0] += 1
+    assert tiny.fingerprint == _old_fingerprint(tiny) != tagged

@@ -125,3 +125,19 @@ def test_fast_pow_equals_the_bit_pattern_code():
     x = np.concatenate([10.0 ** rng.uniform(-9, 9, 200_000), [1.0, 2.0, 0.5, 4.0, np.nextafter(2.0, 0), 2.0**-30]])
     for y in (-0.75, -0.5, -1.0, 0.75):
         assert np.array_equal(fastpow.fast_pow(torch.from_numpy(x), y).numpy(), _fast_pow_bits(x, y))
+
+
+def test_crop_to_dim_is_the_whole_l2_layer_on_the_first_components():
+    """``cropToDim`` lives beside ``layerWholeL2Normalize`` (shared normalisation) and is still
+    importable from ``extract``; its numbers are those of the formula it had there."""
+    from netvlad_port.extract import crop_to_dim as from_extract
+    from netvlad_port.layers.netvlad import WHOLE_L2_EPS, crop_to_dim
+
+    assert from_extract is crop_to_dim
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(5, 40, generator=torch.Generator().manual_seed(2), dtype=dtype) * 3
+        d = x[:, :16]
+        assert torch.equal(crop_to_dim(x, 16), d / (d.norm(dim=1, keepdim=True) + WHOLE_L2_EPS))
+        whole = WholeL2Normalize(LayerSpec("layerWholeL2Normalize", "finalL2"))(d[:, :, None, None])[:, :, 0, 0]
+        assert torch.equal(crop_to_dim(x, 16), whole)
+        assert crop_to_dim(x, None) is x and crop_to_dim(x, 40) is x and crop_to_dim(x, 99) is x

@@ -82,9 +82,21 @@ class WholeL2Normalize(MatLayer):
     matlab_type = WHOLE_L2
 
     def forward(self, x):
-        flat = matlab_flatten(x)
-        y = flat / (torch.linalg.vector_norm(flat, dim=1, keepdim=True) + WHOLE_L2_EPS)
-        return y[:, :, None, None]
+        return l2_rows(matlab_flatten(x))[:, :, None, None]
+
+
+def l2_rows(x: torch.Tensor) -> torch.Tensor:
+    """``relja_l2normalize_col`` on N x D rows: x / (||x|| + 1e-12), eps outside the root."""
+    return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + WHOLE_L2_EPS)
+
+
+def crop_to_dim(desc: torch.Tensor, dim: int | None) -> torch.Tensor:
+    """``testFromFn``'s ``cropToDim``: the first ``dim`` components of N x D descriptors, L2 again
+    as ``layerWholeL2Normalize`` does ([docs/matlab.md#addpca](../../docs/matlab.md#addpca)).
+    ``dim`` None or >= D: the descriptors as they are."""
+    if not dim or dim >= desc.shape[1]:
+        return desc
+    return l2_rows(desc[:, :dim])
 
 
 class TotalMaxPool(MatLayer):

@@ -174,8 +174,7 @@ def read_net(path: str | os.PathLike, crop_at: str | None = None) -> NetSpec:
             )
         layers = layers[: hits[0] + 1]
     try:
-        spec = NetSpec(layers=[_layer(d, i) for i, d in enumerate(layers)], meta=_meta(variables))
-        validate(spec)
+        spec = validate(NetSpec(layers=[_layer(d, i) for i, d in enumerate(layers)], meta=_meta(variables)))
     except NetFormatError as exc:
         raise NetFormatError(f"{path}: {exc}") from None
     return spec

@@ -48,6 +48,19 @@ class LayerSpec:
 class NetSpec:
     layers: list[LayerSpec]
     meta: dict[str, Any] = field(default_factory=dict)  # averageImage, netID, sessionID, epoch
+    # set by validate() only: what it checked (see `validated`); a new or replace()d spec starts unchecked
+    _checked: tuple | None = field(default=None, init=False, repr=False, compare=False)
+
+    @property
+    def validated(self) -> bool:
+        """Whether :func:`validate` made this spec and its layers are still the ones it checked: the
+        same objects, weight arrays and field values (an array changed in place is not seen)."""
+        now = _contents(self.layers)
+        return (
+            self._checked is not None
+            and len(now) == len(self._checked)
+            and all(a is b for a, b in zip(now, self._checked))
+        )
 
     @property
     def average_rgb(self) -> np.ndarray:
@@ -195,7 +208,8 @@ def infer_method(spec: NetSpec) -> str:
 
 
 def canonicalise(layer: LayerSpec, where: str = "", previous: LayerSpec | None = None) -> None:
-    """Fill MatConvNet's defaults (``vl_simplenn_tidy``) and restore MATLAB shapes, in place."""
+    """Fill MatConvNet's defaults (``vl_simplenn_tidy``) and restore MATLAB shapes of one layer, in place
+    (:func:`validate` calls it on copies)."""
     entry = layer_type(layer.type, where)
     if len(layer.weights) not in entry.n_weights:
         raise NetFormatError(
@@ -216,10 +230,36 @@ def canonicalise(layer: LayerSpec, where: str = "", previous: LayerSpec | None =
             raise NetFormatError(f"{where}: {key} has {len(mults)} values for {len(layer.weights)} weight arrays")
 
 
-def validate(spec: NetSpec) -> None:
-    """Check every layer and that shapes chain; raise :class:`NetFormatError` naming the layer."""
+def _contents(layers: list[LayerSpec]) -> tuple:
+    """Every object a layer is made of, in order, for the identity check of :attr:`NetSpec.validated`."""
+    out: list = [layers]
+    for l in layers:
+        out += [l, l.type, l.name, l.weights, *l.weights, l.params, l.multipliers]
+        out += [x for fields in (l.params, l.multipliers) for item in fields.items() for x in item]
+    return tuple(out)
+
+
+def validate(spec: NetSpec) -> NetSpec:
+    """``vl_simplenn_tidy`` and the checks: a new, validated spec (:attr:`NetSpec.validated`) with
+    MatConvNet's defaults filled and MATLAB shapes restored in copies of the layers (the weight arrays
+    are shared, ``spec`` is left as it is), every layer checked and the shapes chained. Raises
+    :class:`NetFormatError` naming the layer. Always checks; :func:`ensure_validated` skips a validated spec."""
     if not spec.layers:
         raise NetFormatError("the network has no layers")
-    for i, layer in enumerate(spec.layers):
-        canonicalise(layer, layer.where(i), spec.layers[i - 1] if i else None)
-    infer_shapes(spec, image_hw=None)
+    layers: list[LayerSpec] = []
+    for i, l in enumerate(spec.layers):
+        layer = LayerSpec(
+            l.type, l.name, list(l.weights), dict(l.params), {k: list(v) for k, v in l.multipliers.items()}
+        )
+        canonicalise(layer, layer.where(i), layers[-1] if layers else None)
+        layers.append(layer)
+    out = NetSpec(layers, dict(spec.meta))
+    infer_shapes(out, image_hw=None)
+    out._checked = _contents(layers)
+    return out
+
+
+def ensure_validated(spec: NetSpec) -> NetSpec:
+    """``spec`` itself when :func:`validate` made it and it is unchanged, else ``validate(spec)``: what
+    ``SimpleNN`` and ``save_converted`` call, so a load followed by either validates once."""
+    return spec if spec.validated else validate(spec)

@@ -93,7 +93,7 @@ def train(
 def _new_run(net, db_train, db_val, opts: TrainOptions, out_dir: Path, force: bool, progress: bool, log) -> Trainer:
     import shutil
 
-    from .. import load_spec
+    from ..loading import load_spec
     from ..errors import NetVladPortError
 
     existing = [p for p in out_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("epoch_")]

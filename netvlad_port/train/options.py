@@ -84,7 +84,7 @@ class TrainOptions:
     trunk_fp16: bool = False
     trunk_dir: str = ""  # where a disk trunk cache goes (default OUT/trunk_cache)
     precision: str = "fp32"  # bf16 | fp16: autocast for the trainable layers (opt-in)
-    device: str = "cpu"
+    device: str = "auto"  # a GPU when there is one; train() records the device it resolved
     pca_dim: int = 4096  # addPCA on the best epoch; 0: skip
     # the start network's features (MATLAB's dbCheckpoint0 ...: float32 .bin); computed and written when absent
     db_checkpoint0: str = ""

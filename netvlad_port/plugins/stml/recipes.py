@@ -25,7 +25,7 @@ register_recipe("demo-stml", {**DEMO, "loss": "stml", "attention": ("deattention
 def _mask_iou_note(spec, final, options: dict, db) -> str:
     """How well the de-attention mask finds the rejected regions (IoU, test images) at the start of
     training (the inserted module's initialisation) and at the end."""
-    from ... import load
+    from ...loading import load
     from ...model import SimpleNN
     from ...networks import insert_attention
     from .guidance import REJECT, Guidance, dataset_root, mask_iou

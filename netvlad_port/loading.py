@@ -1,0 +1,43 @@
+"""Load a network by path or release name: MATLAB's ``load(fn, 'net')`` + ``relja_simplenn_tidy``
+([docs/matlab_names.md](../docs/matlab_names.md)), for any ``.mat`` encoding, a converted folder or a
+released model. Torch is imported on call, not at import: ``netvlad_port`` re-exports both functions."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .matconvnet.spec import NetSpec
+    from .model import SimpleNN
+
+
+def load_spec(path: str | os.PathLike) -> NetSpec:
+    """The validated :class:`~netvlad_port.matconvnet.NetSpec` of a ``.mat`` file, a converted folder,
+    or a released model by name (``hub.RELEASES``: downloaded and converted on first use)."""
+    from .converted import load_converted
+    from .hub import RELEASES, load_release
+    from .matconvnet import read_net
+
+    path = Path(path)
+    if not path.exists() and str(path) in RELEASES:
+        path = load_release(str(path), progress=True)
+    return load_converted(path) if path.is_dir() else read_net(path)
+
+
+def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None) -> SimpleNN:
+    """Load a MatConvNet ``.mat`` (any encoding), a converted folder or a released model by name
+    (``"vd16_pitts30k_conv5_3_vlad_preL2_intra_white"``) as a :class:`SimpleNN`.
+
+    ``normalize="matconvnet-cpu"`` reproduces MatConvNet's CPU ``vl_nnnormalize`` (fast_pow), to
+    match features MATLAB computed on a CPU. The model is in eval mode.
+    """
+    from .model import SimpleNN
+
+    model = SimpleNN(load_spec(path), normalize=normalize).eval()
+    if device is None:
+        return model
+    from .devices import resolve_device
+
+    return model.to(resolve_device(device))
