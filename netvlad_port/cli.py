@@ -208,8 +208,8 @@ def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
 @_friendly
 def info(model: Path, image_size: str):
     """Print the layer table of MODEL (.mat or converted folder), like vl_simplenn_display."""
-    from .loading import load_spec
     from .converted import config_of
+    from .loading import load_spec
 
     spec = load_spec(model)
     cfg = config_of(spec)
@@ -368,8 +368,8 @@ def extract(
     force,
 ):
     """Extract descriptors of many images (MATLAB serialAllFeats)."""
-    from .loading import load
     from .extract import serial_all_feats, skipped_path
+    from .loading import load
 
     if backend == "onnxruntime":
         from .deploy import OnnxRuntimeModel
@@ -505,10 +505,10 @@ class DatasetOption(click.Option):
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
              resize_queries, protocol, quiet):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
-    from .loading import load
     from .datasets import open_dataset
     from .evaluate import run_evaluation
     from .feature_store import model_fingerprint
+    from .loading import load
 
     db = open_dataset(dataset, root, spec_dir)
     model = load(model_path, normalize=normalize)
@@ -618,9 +618,9 @@ def cluster(
     force,
 ):
     """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
-    from .loading import load_spec
     from .converted import save_converted
     from .datasets import open_dataset
+    from .loading import load_spec
     from .matconvnet.spec import LAYER_TYPES
     from .networks import add_layers, load_net
 
@@ -660,9 +660,9 @@ def cluster(
 def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, workers, quiet,
         force):  # fmt: skip
     """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
-    from .loading import load_spec
     from .converted import save_converted
     from .datasets import open_dataset
+    from .loading import load_spec
     from .pca import add_pca
 
     _refuse_existing(out_dir, force)

@@ -52,12 +52,12 @@ TABLE_NS = (1, 2, 3, 4, 5, 10, 20, 50, 100)
 
 def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None, force: bool = False, say=print):
     """Write everything under ``out_dir`` and print the before/after table."""
-    from .loading import load
     from .converted import save_converted
     from .datasets import open_dataset
     from .datasets.synthetic import SyntheticConfig, make_synthetic
     from .evaluate import run_evaluation
     from .fixtures import write_imagenet_model
+    from .loading import load
     from .matconvnet import read_net, write_net
     from .networks import add_layers, load_net
     from .plots import plot_recall

@@ -93,8 +93,8 @@ def train(
 def _new_run(net, db_train, db_val, opts: TrainOptions, out_dir: Path, force: bool, progress: bool, log) -> Trainer:
     import shutil
 
-    from ..loading import load_spec
     from ..errors import NetVladPortError
+    from ..loading import load_spec
 
     existing = [p for p in out_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("epoch_")]
     if existing and not force:
