@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import NetVladPortError
+from .loading import BACKENDS
 
 
 def _friendly(fn):
@@ -343,7 +344,7 @@ def export_torchscript(model, out_path, dim, normalize, tolerance, force):
     show_default=True,
     help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.",
 )
-@click.option("--backend", type=click.Choice(["torch", "onnxruntime"]), default="torch", show_default=True,
+@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
               help="onnxruntime: MODEL is a file written by export-onnx.")  # fmt: skip
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace an output made by another model or with other options.")
@@ -371,14 +372,7 @@ def extract(
     from .extract import serial_all_feats, skipped_path
     from .loading import load
 
-    if backend == "onnxruntime":
-        from .deploy import OnnxRuntimeModel
-
-        model = OnnxRuntimeModel(model_path)
-        if normalize != model.normalize_mode:
-            raise NetVladPortError(f"{model_path}: exported with --normalize {model.normalize_mode}, not {normalize}")
-    else:
-        model = load(model_path, normalize=normalize)
+    model = load(model_path, normalize=normalize, backend=backend)
     report = serial_all_feats(
         model,
         images,

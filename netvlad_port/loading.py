@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .matconvnet.spec import NetSpec
-    from .model import SimpleNN
 
 
 def load_spec(path: str | os.PathLike) -> NetSpec:
@@ -26,13 +25,28 @@ def load_spec(path: str | os.PathLike) -> NetSpec:
     return load_converted(path) if path.is_dir() else read_net(path)
 
 
-def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None) -> SimpleNN:
+BACKENDS = ("torch", "onnxruntime")
+
+
+def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None, backend: str = "torch"):
     """Load a MatConvNet ``.mat`` (any encoding), a converted folder or a released model by name
-    (``"vd16_pitts30k_conv5_3_vlad_preL2_intra_white"``) as a :class:`SimpleNN`.
+    (``"vd16_pitts30k_conv5_3_vlad_preL2_intra_white"``) as a :class:`SimpleNN` in eval mode; with
+    ``backend="onnxruntime"``, a file ``export-onnx`` wrote, as a ``deploy.OnnxRuntimeModel``.
 
     ``normalize="matconvnet-cpu"`` reproduces MatConvNet's CPU ``vl_nnnormalize`` (fast_pow), to
-    match features MATLAB computed on a CPU. The model is in eval mode.
+    match features MATLAB computed on a CPU; an exported model must have been exported with it.
     """
+    from .errors import NetVladPortError
+
+    if backend == "onnxruntime":
+        from .deploy import OnnxRuntimeModel
+
+        model = OnnxRuntimeModel(path)
+        if normalize != model.normalize_mode:
+            raise NetVladPortError(f"{path}: exported with --normalize {model.normalize_mode}, not {normalize}")
+        return model
+    if backend != "torch":
+        raise NetVladPortError(f"backend {backend!r}: expected one of {', '.join(BACKENDS)}")
     from .model import SimpleNN
 
     model = SimpleNN(load_spec(path), normalize=normalize).eval()
