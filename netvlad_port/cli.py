@@ -432,6 +432,18 @@ def _losses():
     return LOSSES
 
 
+def _protocols():
+    from .retrieval import PROTOCOLS
+
+    return PROTOCOLS
+
+
+def _layouts():
+    from .datasets.synthetic import LAYOUTS
+
+    return LAYOUTS
+
+
 class DatasetOption(click.Option):
     """``--dataset``, whose help lists the registered dataset names when help is shown."""
 
@@ -474,7 +486,7 @@ class DatasetOption(click.Option):
 )
 @click.option(
     "--protocol",
-    type=click.Choice(["matlab", "gcl"]),
+    type=RegistryChoice(_protocols),
     default="matlab",
     show_default=True,
     help="matlab: recall@N over all queries (testFromFn); gcl: over queries with a positive, plus mAP@N.",
@@ -534,7 +546,7 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the scenes.")
 @click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
 @_mat_version_option
-@click.option("--layout", type=click.Choice(["dbstruct", "msls"]), default="dbstruct", show_default=True,
+@click.option("--layout", type=RegistryChoice(_layouts), default="dbstruct", show_default=True,
               help="dbstruct: synthetic_<split>.mat + images/, queries/; msls: MSLS's train_val/<city>/ folders "
                    "(train and val; dataset names msls-train, msls-val).")  # fmt: skip
 @click.option("--masks", is_flag=True, help="Cars along the streets and masks/<image>.png with each view's exact "

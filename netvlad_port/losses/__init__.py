@@ -9,7 +9,6 @@
 | trainExpKernalInd.m | exp_kernal_ind | exp-ind |
 | trainExpKernalJoint.m | exp_kernal_joint | exp-joint |
 | trainWeakly.m | triplet_weakly | triplet |
-| (GCL, src/criteria.py) | gcl, contrastive | gcl, contrastive |
 | (STML, utils/custom_loss.py) | stml, triplet_stml | stml, triplet-stml |
 | (Nanne's pytorch-NetVlad, main.py) | triplet_nanne | triplet-nanne |
 
@@ -17,7 +16,6 @@
 """
 
 from .base import LOSSES, LossEntry, LossOutput, by_matlab_name, register_loss, tuple_loss
-from .gcl import contrastive, gcl, gcl_loss
 from .sare import (
     cauchy_kernel_ind,
     cauchy_kernel_joint,
@@ -43,9 +41,6 @@ __all__ = [
     "exp_kernal_ind",
     "exp_kernal_joint",
     "triplet_weakly",
-    "gcl",
-    "contrastive",
-    "gcl_loss",
     "stml",
     "stml_loss",
     "triplet_stml",

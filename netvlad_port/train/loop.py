@@ -33,10 +33,11 @@ from ..layers import matlab_flatten
 from ..losses import LOSSES
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
+from ..plugins.gcl.sampler import sample_pair  # until the trainer takes samplers by name
 from ..precision import exact_math
 from ..retrieval import test_from_fn
 from .checkpoint import load_checkpoint, save_checkpoint
-from .mining import mine_tuple, sample_pair, sq_dists
+from .mining import mine_tuple, sq_dists
 from .options import TrainOptions
 from .trunk import TrunkCache
 from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups

@@ -24,27 +24,6 @@ class Tuple:
     jitter: tuple = (None, False)  # (shorter side, flip) drawn for this tuple
 
 
-PAIR_FRACTIONS = (0.5, 0.25, 0.25)  # GCL src/datasets.py:377: psi >= 0.5, 0 < psi < 0.5, psi = 0
-
-
-def sample_pair(db, iq: int, rng, kind: str = "graded", fractions=PAIR_FRACTIONS) -> Tuple | None:
-    """GCL's pair sampler, no mining (src/datasets.py:374-395): a bucket drawn by ``rand`` -- graded:
-    psi >= 0.5, 0 < psi < 0.5, psi = 0 with ``fractions``; binary: a positive or not, half and half --
-    then a partner uniform in it (``randsample``). An empty bucket drops the query for this step,
-    without a redraw, as the original does."""
-    psi = db.similarity(iq, np.arange(db.num_images), kind)
-    u = float(rng.rand()[0, 0])
-    if kind == "binary":
-        members = np.flatnonzero(psi == 1 if u < 0.5 else psi == 0)
-    else:
-        bucket = int(np.searchsorted(np.cumsum(fractions), u, side="right"))
-        members = np.flatnonzero([psi >= 0.5, (psi > 0) & (psi < 0.5), psi == 0][min(bucket, 2)])
-    if len(members) == 0:
-        return None
-    partner = int(members[int(rng.randsample(len(members), 1)[0]) - 1])
-    return Tuple(iq, partner, np.zeros(0, np.int64), np.array([psi[partner]], np.float32))
-
-
 def sq_dists(q: np.ndarray, x: np.ndarray) -> np.ndarray:
     q64, x64 = q.astype(np.float64), x.astype(np.float64)
     return ((x64 - q64[None]) ** 2).sum(1)
