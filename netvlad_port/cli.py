@@ -447,6 +447,18 @@ def _losses():
     return LOSSES
 
 
+def _protocols():
+    from .retrieval import PROTOCOLS
+
+    return PROTOCOLS
+
+
+def _layouts():
+    from .datasets.synthetic import LAYOUTS
+
+    return LAYOUTS
+
+
 class DatasetOption(click.Option):
     """``--dataset``, whose help lists the registered dataset names when help is shown."""
 
@@ -489,7 +501,7 @@ class DatasetOption(click.Option):
 )
 @click.option(
     "--protocol",
-    type=click.Choice(["matlab", "gcl"]),
+    type=LazyChoice(_protocols),
     default="matlab",
     show_default=True,
     help="matlab: recall@N over all queries (testFromFn); gcl: over queries with a positive, plus mAP@N.",
@@ -509,7 +521,7 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
     out_dir = out_dir or Path("results") / db.name / model_fingerprint(model)[:12]  # one folder per model
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
                          num_workers=workers, protocol=protocol)  # fmt: skip
-    left = "left out" if protocol == "gcl" else "counted as failures"
+    left = "counted as failures" if res.num_queries == db.num_queries else "left out"
     click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, {left}), "
                f"{res.dim}-D, {res.search}, protocol {protocol}")  # fmt: skip
     click.echo(res.table())
@@ -548,9 +560,9 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the scenes.")
 @click.option("--force", is_flag=True, help="Write into a folder that is not empty.")
 @_mat_version_option
-@click.option("--layout", type=click.Choice(["dbstruct", "msls"]), default="dbstruct", show_default=True,
-              help="dbstruct: synthetic_<split>.mat + images/, queries/; msls: MSLS's train_val/<city>/ folders "
-                   "(train and val; dataset names msls-train, msls-val).")  # fmt: skip
+@click.option("--layout", type=LazyChoice(_layouts), default="dbstruct", show_default=True,
+              help="A registered layout: dbstruct (synthetic_<split>.mat + images/, queries/), or a plug-in's "
+                   "(the GCL wing's msls: MSLS's train_val/<city>/ folders).")  # fmt: skip
 @click.option("--masks", is_flag=True, help="Cars along the streets and masks/<image>.png with each view's exact "
               "Cityscapes train-ids (for train --guidance ids:OUT/masks).")  # fmt: skip
 @_friendly
@@ -563,8 +575,9 @@ def make_synthetic_cmd(out, db_per_split, queries_per_split, size, seed, force, 
     cfg = SyntheticConfig(db_per_split=db_per_split, queries_per_split=queries_per_split,
                           image_hw=_image_size(size), seed=seed, masks=masks)  # fmt: skip
     make_synthetic(out, cfg, version=mat_version, layout=layout)
-    what = "synthetic_{train,val,test}.mat" if layout == "dbstruct" else "train_val/<city>/ (msls-train, msls-val)"
-    click.echo(f"{out}: {what}, {db_per_split} db + {queries_per_split} queries per split")
+    from .datasets.synthetic import LAYOUTS
+
+    click.echo(f"{out}: {LAYOUTS[layout].about}, {db_per_split} db + {queries_per_split} queries per split")
 
 
 def _dataset_options(fn):

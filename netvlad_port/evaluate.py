@@ -12,7 +12,7 @@ from .extract import serial_all_feats
 from .feature_store import read_h5_descriptors
 from .io_utils import atomic_file
 from .plots import plot_mosaic, plot_recall
-from .retrieval import GCL_RECALL_NS, RECALL_NS, Results, test_from_fn
+from .retrieval import PROTOCOLS, Results, test_from_fn
 
 
 def dataset_features(
@@ -64,8 +64,10 @@ def run_evaluation(
     num_workers: int | None = None,
     protocol: str = "matlab",
 ) -> Results:
-    """Recall@N of ``model`` on ``db``; features, ``results.json``, ``recall.png`` and ``mosaic.png``
-    go to ``out_dir``."""
+    """Recall@N of ``model`` on ``db`` under ``protocol`` (a name of ``retrieval.PROTOCOLS``, which also
+    picks the N for the dataset); features, ``results.json``, ``recall.png`` and ``mosaic.png`` go to
+    ``out_dir``."""
+    recall_ns = PROTOCOLS[protocol].recall_ns(db)
     out_dir = Path(out_dir)
     db.check_images()
     db_feats, q_feats = dataset_features(
@@ -79,7 +81,6 @@ def run_evaluation(
         precision=precision,
         num_workers=num_workers,
     )
-    recall_ns = (db.gcl_recall_ns or GCL_RECALL_NS) if protocol == "gcl" else RECALL_NS
     res, retrieved = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, return_ranks=True, protocol=protocol)
     save_results(res, out_dir)
     plot_recall([res], out_dir / "recall.png")

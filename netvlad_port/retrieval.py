@@ -5,19 +5,22 @@ Exhaustive squared-L2 search (``yael_nn``; here faiss ``IndexFlatL2``, on the GP
 and a GPU are present), the dataset's ``nnSearchPostprocess`` (Tokyo 24/7 panorama NMS, TokyoTM
 timestamps), and recall@N over **all** queries: a query without any ground-truth positive counts
 as a failure. Results within equal distances are ordered by database index.
+
+How the ranked retrievals become :class:`Results` is a protocol (:data:`PROTOCOLS`): ``matlab``
+(``testFromFn``) is built in; plug-ins register others with :func:`register_protocol`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .extract import crop_to_dim
+from .registry import Registry
 
 RECALL_NS = (1, 2, 3, 4, 5) + tuple(range(10, 101, 5))  # testFromFn's [1:5, 10:5:100]
-GCL_RECALL_NS = (1, 2, 3, 4, 5, 10, 15, 20, 25)  # GCL's K for Pitts and Tokyo
-PROTOCOLS = ("matlab", "gcl")
 N_TOP = 100
 
 
@@ -30,14 +33,14 @@ class Results:
     queries_without_positives: int
     dim: int
     search: str
-    protocol: str = "matlab"  # matlab: all queries count; gcl: queries with a positive, plus mAP@K
-    maps: list[float] | None = None  # mAP@N for each of recall_ns (protocol gcl)
+    protocol: str = "matlab"  # the name in PROTOCOLS that made these results (matlab: all queries count)
+    maps: list[float] | None = None  # mAP@N for each of recall_ns, where the protocol reports it
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]
 
     def table(self) -> str:
-        """Printed as MATLAB's testFromFn does: one line per N (and mAP@N under the GCL protocol)."""
+        """Printed as MATLAB's testFromFn does: one line per N (and mAP@N where the protocol has it)."""
         maps = self.maps or [None] * len(self.recalls)
         return "\n".join(f"{n:>4}: {r * 100:6.2f}" + (f"   mAP {m * 100:6.2f}" if m is not None else "")
                          for n, r, m in zip(self.recall_ns, self.recalls, maps))  # fmt: skip
@@ -64,22 +67,82 @@ def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: boo
     return np.take_along_axis(ids, order, 1), np.take_along_axis(ds, order, 1), where
 
 
+def search_groups(db) -> tuple[np.ndarray, np.ndarray] | None:
+    """The dataset's optional ``search_groups()`` capability (``DbBase``'s docstring): (group of each
+    database image, group of each query), or None when the whole database is searched."""
+    groups = getattr(db, "search_groups", None)
+    groups = groups() if callable(groups) else None
+    if groups is None:
+        return None
+    db_group, q_group = (np.asarray(g).ravel() for g in groups)
+    if len(db_group) != db.num_images or len(q_group) != db.num_queries:
+        raise ValueError(f"{db.name}: search_groups() gives {len(db_group)} / {len(q_group)} groups for "
+                         f"{db.num_images} / {db.num_queries} images")  # fmt: skip
+    return db_group, q_group
+
+
 def grouped_search(db, db_feats: np.ndarray, q_feats: np.ndarray, qids: np.ndarray, k: int, use_gpu=None):
     """:func:`faiss_search`, inside each query's group of the database when the dataset has groups
-    (``db_group`` / ``q_group``: MSLS's cities, searched one at a time as GCL's ``validate.py``).
-    Rows a group cannot fill are padded with id -1 and infinite distance."""
-    if getattr(db, "db_group", None) is None:
+    (:func:`search_groups`), one group at a time. Rows a group cannot fill are padded with id -1 and
+    infinite distance."""
+    groups = search_groups(db)
+    if groups is None:
         return faiss_search(db_feats, q_feats, k, use_gpu)
+    db_group, q_group = groups[0], groups[1][qids]
     ids, ds = np.full((len(qids), k), -1, np.int64), np.full((len(qids), k), np.inf, np.float32)
-    q_group = np.asarray(db.q_group)[qids]
     where = ""
     for g in np.unique(q_group):
-        rows, members = np.flatnonzero(q_group == g), np.flatnonzero(db.db_group == g)
+        rows, members = np.flatnonzero(q_group == g), np.flatnonzero(db_group == g)
         if len(members) == 0:
             continue
         g_ids, g_ds, where = faiss_search(db_feats[members], q_feats[rows], k, use_gpu)
         ids[rows, : g_ids.shape[1]], ds[rows, : g_ids.shape[1]] = members[g_ids], g_ds
-    return ids, ds, where + " per city"
+    return ids, ds, where + " per group"
+
+
+@dataclass
+class Ranking:
+    """What a protocol turns into :class:`Results`: the post-processed top results of each evaluated
+    query (``retrieved[row]``, database ids, for query ``query_ids[row]``), ``hits[row, j]``: a
+    ground-truth positive among its first ``recall_ns[j]``, and ``has_positive[row]``."""
+
+    db: object
+    query_ids: np.ndarray
+    retrieved: list[np.ndarray]
+    hits: np.ndarray
+    has_positive: np.ndarray
+    recall_ns: list[int]
+    dim: int
+    search: str
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """An evaluation protocol: ``results(ranking) -> Results``; ``recall_ns(db)`` the N it reports
+    for a dataset (``test``'s list); ``about`` a one-line description."""
+
+    name: str
+    results: Callable[[Ranking], Results]
+    recall_ns: Callable[[object], tuple[int, ...]]
+    about: str = ""
+
+
+PROTOCOLS: Registry[Protocol] = Registry("protocol", builtins="netvlad_port.retrieval", key=str.lower)
+
+
+def register_protocol(name: str, results: Callable[[Ranking], Results], recall_ns: Callable[[object], tuple[int, ...]],
+                      about: str = "", replace: bool = False) -> Protocol:  # fmt: skip
+    """Make ``results(ranking)`` the evaluation protocol ``name`` (see :class:`Protocol`)."""
+    return PROTOCOLS.register(name, Protocol(name, results, recall_ns, about), replace=replace)
+
+
+def matlab_results(r: Ranking) -> Results:
+    """MATLAB ``testFromFn``: recall@N over all queries; a query without positives is a failure."""
+    return Results(r.db.name, r.recall_ns, r.hits.mean(0).tolist(), len(r.query_ids), int((~r.has_positive).sum()),
+                   r.dim, r.search)  # fmt: skip
+
+
+register_protocol("matlab", matlab_results, lambda db: RECALL_NS, "recall@N over all queries (testFromFn)")
 
 
 def test_from_fn(
@@ -96,10 +159,9 @@ def test_from_fn(
 ):
     """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
     ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
-    then holds their features, in that order. ``protocol="gcl"``: GCL's evaluation instead -- the
-    queries without a ground-truth positive are left out, and mAP@N is reported (docs/gcl.md)."""
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    then holds their features, in that order. ``protocol``: a name of :data:`PROTOCOLS`, which turns
+    the ranking into the results (``matlab``: every query counts)."""
+    make_results = PROTOCOLS[protocol].results
     import torch
 
     db_feats, q_feats = np.asarray(db_feats, np.float32), np.asarray(q_feats, np.float32)
@@ -115,25 +177,18 @@ def test_from_fn(
     ids, ds, where = grouped_search(db, db_feats, q_feats, qids, n_top * db.retrieve_factor(), use_gpu)
     recall_ns = list(recall_ns)
     hits = np.zeros((len(qids), len(recall_ns)), bool)
-    retrieved, no_pos = [], 0
+    has_pos = np.zeros(len(qids), bool)
+    retrieved = []
     for row, iq in enumerate(qids):
-        found_row = ids[row] >= 0  # a city's search may return fewer than asked
+        found_row = ids[row] >= 0  # a group's search may return fewer than asked
         r_ids, _ = db.nn_search_postprocess(iq, ids[row][found_row], ds[row][found_row], n_top)
         is_pos = db.is_pos_q(iq, r_ids)
-        no_pos += len(db.pos_q(iq)) == 0
+        has_pos[row] = len(db.pos_q(iq)) > 0
         found = np.cumsum(is_pos) > 0
         if len(found):
             hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
         retrieved.append(r_ids)
-    if protocol == "matlab":
-        res = Results(db.name, recall_ns, hits.mean(0).tolist(), len(qids), int(no_pos), int(db_feats.shape[1]), where)
-        return (res, retrieved) if return_ranks else res
-    keep = [row for row, iq in enumerate(qids) if len(db.pos_q(iq))]
-    if not keep:
-        raise ValueError(f"{db.name}: no query has a ground-truth positive")
-    maps = [map_at_k([retrieved[r] for r in keep], [db.pos_q(qids[r]) for r in keep], n) for n in recall_ns]
-    res = Results(db.name, recall_ns, hits[keep].mean(0).tolist(), len(keep), int(no_pos), int(db_feats.shape[1]),
-                  where, "gcl", maps)  # fmt: skip
+    res = make_results(Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where))
     return (res, retrieved) if return_ranks else res
 
 
@@ -178,23 +233,3 @@ def retrieval_pairs(
         hits = [db_names[j] for j in row if j >= 0 and db_names[j] != qn]
         pairs += [(qn, d) for d in hits[:k]]
     return pairs, where
-
-
-def average_precision_at_k(ranked, positives, k: int) -> float:
-    """``apk`` of mapillary_sls (``mapillary_sls/utils/eval.py``): over the first k results, the mean
-    of precision at each new hit, divided by min(#positives, k)."""
-    positives = set(np.asarray(positives).ravel().tolist())
-    if not positives:
-        raise ValueError("average precision needs at least one positive")
-    hits, score, seen = 0, 0.0, set()
-    for i, r in enumerate(list(np.asarray(ranked).ravel())[:k]):
-        if r in positives and r not in seen:
-            hits += 1
-            score += hits / (i + 1)
-        seen.add(r)
-    return score / min(len(positives), k)
-
-
-def map_at_k(ranked: list, positives: list, k: int) -> float:
-    """``mapk`` of mapillary_sls: the mean average precision at k over the queries given."""
-    return float(np.mean([average_precision_at_k(r, p, k) for r, p in zip(ranked, positives)]))

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from netvlad_port.losses import LOSSES, gcl_loss
-from netvlad_port.retrieval import average_precision_at_k, map_at_k
+from netvlad_port.losses import LOSSES
+from netvlad_port.plugins.gcl.loss import gcl_loss
+from netvlad_port.plugins.gcl.protocol import average_precision_at_k, map_at_k
 
 
 def test_gcl_loss_hand_computed():
@@ -147,7 +148,7 @@ def test_gcl_protocol(tiny_world, tmp_path):
 
 
 def test_field_of_view_overlap_against_closed_forms_and_reference_values():
-    from netvlad_port.datasets.fov import distance_similarity, fov_overlap
+    from netvlad_port.plugins.gcl.labels import distance_similarity, fov_overlap
 
     deg = np.pi / 180
     for delta, expected in ((0, 1.0), (30, 2 / 3), (45, 0.5), (60, 1 / 3), (90, 0.0)):  # same position: 1 - |Δ|/θ
@@ -164,19 +165,19 @@ def test_field_of_view_overlap_against_closed_forms_and_reference_values():
 
 def test_dataset_similarity_graded_and_binary():
     from netvlad_port.datasets import DbBase
-    from netvlad_port.datasets.fov import distance_similarity
+    from netvlad_port.plugins.gcl.labels import distance_similarity
 
     from helpers import line, spec_fields
 
     db = DbBase("t", ".", ".", spec_fields(line(0, 10, 24, 40), line(0)))
     assert db.similarity(0, [0, 1, 2, 3], "binary").tolist() == [1, 1, 1, 0]
-    assert np.allclose(db.similarity(0, [0, 1, 2, 3]), distance_similarity([0, 10, 24, 40]), atol=1e-6)
+    assert np.allclose(db.similarity(0, [0, 1, 2, 3], "graded"), distance_similarity([0, 10, 24, 40]), atol=1e-6)
 
 
 def test_pair_sampler_fractions_hold_over_10000_draws():
     from netvlad_port.datasets import DbBase
     from netvlad_port.matlab_random import MatlabRandom
-    from netvlad_port.train.mining import sample_pair
+    from netvlad_port.plugins.gcl.sampler import sample_pair
 
     from helpers import line, spec_fields
 
@@ -196,7 +197,7 @@ def test_pair_sampler_fractions_hold_over_10000_draws():
 @pytest.mark.parametrize("seed", range(4))
 def test_field_of_view_overlap_equals_a_brute_force_count(seed):
     """Crafted pairs of views against a count of 0.25 m cells of the plane inside both sectors."""
-    from netvlad_port.datasets.fov import FOV, RADIUS, fov_overlap
+    from netvlad_port.plugins.gcl.labels import FOV, RADIUS, fov_overlap
 
     rng = np.random.default_rng(seed)
     ca = rng.uniform(-20, 20, 2)

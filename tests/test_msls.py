@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from netvlad_port.cli import main
 from netvlad_port.datasets import DatasetError, open_dataset
-from netvlad_port.datasets.fov import fov_overlap
-from netvlad_port.datasets.msls import CITY_SHIFT, DbMsls, read_msls_folder
-from netvlad_port.datasets.synthetic import PANO_EVERY, SyntheticConfig, make_synthetic
+from netvlad_port.datasets.synthetic import SyntheticConfig, make_synthetic
+from netvlad_port.plugins.gcl.labels import fov_overlap
+from netvlad_port.plugins.gcl.msls import PANO_EVERY, DbMsls, read_msls_folder
 
 
 @pytest.fixture(scope="module")
@@ -34,19 +34,19 @@ def test_layout_and_reader_leave_panoramas_out(msls_root):
     assert not {k for r in raw.values() for k in r["key"][r["pano"]]} & set(keys)
     db.check_images()  # names resolve to train_val/<city>/database/images/<key>.jpg
     assert db.db_image(0).parent == msls_root / "train_val" / "cph" / "database" / "images"
-    sf = db.db_group == 1  # the second city is shifted north, its own positions otherwise
-    assert np.allclose(db.utm_db[1, sf] - CITY_SHIFT, raw["sf"]["northing"][~raw["sf"]["pano"]])
+    sf = db.db_city == 1  # the second city keeps its own positions
+    assert np.allclose(db.utm_db[1, sf], raw["sf"]["northing"][~raw["sf"]["pano"]])
     assert np.allclose(db.heading_db, np.deg2rad(np.concatenate([r["ca"][~r["pano"]] for r in raw.values()])))
 
 
 def test_graded_labels_are_the_field_of_view_overlap_of_the_compass_angles(msls_root):
     db = open_dataset("msls-train", msls_root)
     iq = 3
-    psi = db.similarity(iq, np.arange(db.num_images))
+    psi = db.similarity(iq, np.arange(db.num_images), "graded")
     brute = [fov_overlap(db.utm_q[:, iq], db.heading_q[iq], db.utm_db[:, j], db.heading_db[j])
              for j in range(db.num_images)]  # fmt: skip
     assert np.allclose(psi, brute, atol=1e-6) and psi.max() > 0.5 and (psi == 0).sum() > db.num_images / 2
-    assert (psi[db.db_group != db.q_group[iq]] == 0).all()  # another city is never similar
+    assert (psi[db.db_city != db.q_city[iq]] == 0).all()  # another city is never similar
     assert db.similarity(iq, np.arange(db.num_images), "binary").tolist() == db.is_pos_q(iq, np.arange(
         db.num_images)).astype(float).tolist()  # fmt: skip
 
@@ -62,16 +62,17 @@ def test_released_gt_h5_gives_the_labels(msls_root, tmp_path):
     with h5py.File(root / "train_val" / "cph_gt.h5", "w") as f:
         f["fov"], f["sim"] = fov, (fov > 0.7).astype(np.float32)
     db = open_dataset("msls-val", root)
-    cph = np.flatnonzero(db.db_group == 0)
+    cph = np.flatnonzero(db.db_city == 0)
     for iq in (0, 5):  # rows by csv row, columns by csv row, panoramas skipped
-        assert np.allclose(db.similarity(iq, cph), fov[db.q_row[iq], db.db_row[cph]])
+        assert np.allclose(db.similarity(iq, cph, "graded"), fov[db.q_row[iq], db.db_row[cph]])
         assert np.allclose(db.similarity(iq, cph, "binary"), fov[db.q_row[iq], db.db_row[cph]] > 0.7)
-    sf_q = int(np.flatnonzero(db.q_group == 1)[0])  # no sf_gt.h5: computed labels as before
-    assert np.allclose(db.similarity(sf_q, np.arange(db.num_images)), db0.similarity(sf_q, np.arange(db.num_images)))
+    sf_q = int(np.flatnonzero(db.q_city == 1)[0])  # no sf_gt.h5: computed labels as before
+    everything = np.arange(db.num_images)
+    assert np.allclose(db.similarity(sf_q, everything, "graded"), db0.similarity(sf_q, everything, "graded"))
     with h5py.File(root / "train_val" / "cph_gt.h5", "w") as f:
         f["fov"] = fov[:, :-1]
     with pytest.raises(DatasetError, match=r"cph_gt.h5: fov is .* but cph has"):
-        open_dataset("msls-val", root).similarity(0, cph)
+        open_dataset("msls-val", root).similarity(0, cph, "graded")
 
 
 @pytest.mark.parametrize(
@@ -107,22 +108,23 @@ def test_absent_cities_and_the_test_split(msls_root, tmp_path):
 
 
 def test_search_stays_in_the_city_and_gcl_uses_msls_k(msls_root, tmp_path):
+    from netvlad_port.plugins.gcl.protocol import gcl_recall_ns
     from netvlad_port.retrieval import test_from_fn
 
     db = open_dataset("msls-val", msls_root)
     rng = np.random.default_rng(0)
     feats_db, feats_q = rng.random((db.num_images, 8), np.float32), rng.random((db.num_queries, 8), np.float32)
-    res, ranks = test_from_fn(db, feats_db, feats_q, DbMsls.gcl_recall_ns, return_ranks=True, protocol="gcl")
+    res, ranks = test_from_fn(db, feats_db, feats_q, gcl_recall_ns(db), return_ranks=True, protocol="gcl")
     for iq, r in enumerate(ranks):
-        assert len(r) == (db.db_group == db.q_group[iq]).sum() and (db.db_group[r] == db.q_group[iq]).all()
-        mine = np.flatnonzero(db.db_group == db.q_group[iq])  # the city's own exhaustive order
+        assert len(r) == (db.db_city == db.q_city[iq]).sum() and (db.db_city[r] == db.q_city[iq]).all()
+        mine = np.flatnonzero(db.db_city == db.q_city[iq])  # the city's own exhaustive order
         d = ((feats_db[mine] - feats_q[iq]) ** 2).sum(1)
         assert r[:5].tolist() == mine[np.argsort(d, kind="stable")][:5].tolist()
-    assert res.recall_ns == [1, 5, 10, 20] and res.search.endswith("per city")
+    assert res.recall_ns == [1, 5, 10, 20] and res.search.endswith("per group")
 
 
 def test_demo_gcl_raises_recall_and_map(tmp_path):
-    res = CliRunner().invoke(main, ["demo", "--loss", "gcl", "--out", str(tmp_path / "demo")])
+    res = CliRunner().invoke(main, ["demo", "--recipe", "gcl", "--out", str(tmp_path / "demo")])
     assert res.exit_code == 0, res.output
     before, after = (json.loads((tmp_path / "demo" / f"eval_{k}" / "results.json").read_text())
                      for k in ("offtheshelf", "trained"))  # fmt: skip

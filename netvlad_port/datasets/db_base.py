@@ -152,12 +152,16 @@ def write_db_struct(path: str | os.PathLike, fields: dict[str, Any], version: st
 
 
 class DbBase:
-    """MATLAB ``dbBase``: a database and queries with UTM ground truth."""
+    """MATLAB ``dbBase``: a database and queries with UTM ground truth.
+
+    Optional capability, looked up with ``getattr`` (``DbBase`` does not define it):
+    ``search_groups() -> (db_group, q_group) | None``, integer arrays with a group per database image
+    and per query; retrieval (``retrieval.grouped_search``) then searches each query's group of the
+    database only, as for datasets of separate regions whose coordinates may coincide. Such a dataset
+    also keeps its ground truth inside the group (``pos_q``, ``nontrivial_pos_q``, ``sample_negs_q``).
+    """
 
     nms_group: int | None = None  # Tokyo 24/7: 12 cutouts per panorama
-    gcl_recall_ns: tuple[int, ...] | None = None  # recall@K list of --protocol gcl, when not GCL's Pitts/Tokyo one
-    db_group: np.ndarray | None = None  # per image: retrieval stays inside the query's group (MSLS cities)
-    q_group: np.ndarray | None = None
 
     def __init__(
         self, name: str, db_path: str | os.PathLike, q_path: str | os.PathLike, db_struct: dict, source: str = ""
@@ -234,17 +238,15 @@ class DbBase:
         """MATLAB ``isPosQ``: which of ``ids`` are ground-truth positives of query ``iq``."""
         return np.isin(np.asarray(ids), self.pos_q(iq))
 
-    def similarity(self, iq: int, ids, kind: str = "graded") -> np.ndarray:
+    def similarity(self, iq: int, ids, kind: str = "binary") -> np.ndarray:
         """Similarity in [0, 1] of db images ``ids`` to query ``iq`` for losses with labels. ``binary``:
-        ground-truth positive or not (``isPosQ``). ``graded``: the dbStruct has positions only, so the
-        field-of-view overlap expected at their distance (``fov.distance_similarity``); datasets with
-        headings or graded ground truth override it."""
+        ground-truth positive or not (``isPosQ``); any other kind is the label provider of that name
+        (``datasets.labels.LABELS``, filled by plug-ins). Datasets with labels of their own override it."""
         if kind == "binary":
             return self.is_pos_q(iq, ids).astype(np.float32)
-        from .fov import distance_similarity
+        from .labels import LABELS
 
-        d = np.linalg.norm(self.utm_db[:, np.asarray(ids, np.int64)] - self.utm_q[:, iq : iq + 1], axis=0)
-        return distance_similarity(d).astype(np.float32)
+        return np.asarray(LABELS[kind](self, iq, ids), np.float32)
 
     def nontrivial_pos_q(self, iq: int) -> np.ndarray:
         """MATLAB ``nontrivialPosQ``: training positives, 1 < d^2 <= nonTrivPosDistSqThr."""

@@ -6,17 +6,20 @@ Database images are rendered every ``spacing`` metres along the street; queries 
 positions, with viewpoint (lateral shift), scale (distance to the facade), illumination (gain,
 gamma, colour cast) and noise changes, so that descriptor quality matters. Positions are UTM
 metres. The output is the official layout: ``images/`` (database), ``queries/`` and one
-``dbStruct`` spec per split (``synthetic_<split>.mat``, fields in MATLAB's order).
+``dbStruct`` spec per split (``synthetic_<split>.mat``, fields in MATLAB's order). Other layouts of the
+same views are registered in :data:`LAYOUTS` (plug-ins add theirs, e.g. the GCL wing's ``msls``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..registry import Registry
 from .db_base import DbBase, load_db_struct, write_db_struct
 from .registry import register_dataset
 
@@ -155,78 +158,71 @@ def _split_views(cfg: SyntheticConfig, rng: np.random.Generator, si: int, split:
 def make_synthetic(
     out: str | os.PathLike, config: SyntheticConfig | None = None, version: str = "v7", layout: str = "dbstruct"
 ) -> Path:
-    """Write the synthetic dataset to ``out``. ``layout="dbstruct"``: ``images/``, ``queries/`` and
-    ``synthetic_<split>.mat``; ``layout="msls"``: MSLS's ``train_val/<city>/{database,query}/`` with
-    csv files, each street a city (train: trondheim, london, ...; val: cph, sf; no test, MSLS's test
-    cities have no positions), compass angles near north (the facades face the camera), and every
-    tenth image a panorama, which readers must leave out. ``config.masks``: cars along the street, and
-    ``masks/<image path>.png`` with each view's exact Cityscapes train-ids (road 0, building 2, sky 10,
-    car 13), for ``--guidance ids:ROOT/masks``."""
-    from PIL import Image
-
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    """Write the synthetic dataset to ``out`` in the layout ``layout`` (a name of :data:`LAYOUTS`;
+    ``dbstruct``: ``images/``, ``queries/`` and ``synthetic_<split>.mat``). ``config.masks``: cars along
+    the street, and ``masks/<image path>.png`` with each view's exact Cityscapes train-ids (road 0,
+    building 2, sky 10, car 13), for ``--guidance ids:ROOT/masks``."""
+    write = LAYOUTS[layout].write
     cfg = config or SyntheticConfig()
     out = Path(out)
     rng = np.random.default_rng(cfg.seed)
     for si, split in enumerate(SPLITS):
-        db, queries = _split_views(cfg, rng, si, split)
-        if layout == "msls":
-            if split != "test":
-                _write_msls(out, split, db, queries, np.random.default_rng(cfg.seed + 1 + si))
-            continue
-        for sub, views, q in (("images", db, ""), ("queries", queries, "q")):
-            for st, i, _, image, lab in views:
-                _save(Image, image, out / sub / f"{split}/s{st}/{q}{i:05d}.jpg", lab, out / MASKS)
-        write_db_struct(
-            out / f"synthetic_{split}.mat",
-            {
-                "whichSet": split,
-                "dbImageFns": [f"{split}/s{v[0]}/{v[1]:05d}.jpg" for v in db],
-                "utmDb": np.array([v[2] for v in db]).T,
-                "qImageFns": [f"{split}/s{v[0]}/q{v[1]:05d}.jpg" for v in queries],
-                "utmQ": np.array([v[2] for v in queries]).T,
-                "numImages": len(db),
-                "numQueries": len(queries),
-                "posDistThr": cfg.pos_dist_thr,
-                "posDistSqThr": cfg.pos_dist_thr**2,
-                "nonTrivPosDistSqThr": cfg.non_triv_pos_dist_sq_thr,
-            },
-            version=version,
-        )
+        db, queries = _split_views(cfg, rng, si, split)  # every layout draws every split: the same scenes
+        write(out, split, si, db, queries, cfg, version)
     return out
 
 
-LAYOUTS = ("dbstruct", "msls")
-PANO_EVERY = 10
-# Metres of the MSLS layout per metre of the street: a synthetic camera sees 20 m of facade (FOV_M),
-# so two views 20 m apart share nothing, while fields of view of r = 50 m (docs/gcl.md#graded-labels)
-# still overlap at 34 m sideways; at 3x, views that share half their facade have psi about 0.5.
-MSLS_SCALE = 3.0
+@dataclass(frozen=True)
+class Layout:
+    """``write(out, split, split_index, db, queries, config, version)`` writes one split's views (each a
+    (street, index, (east, north), image, train-id map or None)); ``about`` is its one-line help."""
+
+    name: str
+    write: Callable[..., None]
+    about: str = ""
 
 
-def _write_msls(out: Path, split: str, db, queries, rng: np.random.Generator) -> None:
+LAYOUTS: Registry[Layout] = Registry("synthetic layout", builtins="netvlad_port.datasets.synthetic", key=str.lower)
+
+
+def register_layout(name: str, write: Callable[..., None], about: str = "", replace: bool = False) -> Layout:
+    """Make ``write`` the ``make-synthetic --layout`` ``name`` (see :class:`Layout`)."""
+    return LAYOUTS.register(name, Layout(name, write, about), replace=replace)
+
+
+def write_dbstruct(out: Path, split: str, split_index: int, db, queries, cfg: SyntheticConfig, version: str) -> None:
+    """The layout ``dbstruct``: ``images/<split>/``, ``queries/<split>/`` and ``synthetic_<split>.mat``."""
     from PIL import Image
 
-    from .msls import MSLS_CITIES, write_msls_city
+    for sub, views, q in (("images", db, ""), ("queries", queries, "q")):
+        for st, i, _, image, lab in views:
+            save_view(Image, image, out / sub / f"{split}/s{st}/{q}{i:05d}.jpg", lab, out / MASKS)
+    write_db_struct(
+        out / f"synthetic_{split}.mat",
+        {
+            "whichSet": split,
+            "dbImageFns": [f"{split}/s{v[0]}/{v[1]:05d}.jpg" for v in db],
+            "utmDb": np.array([v[2] for v in db]).T,
+            "qImageFns": [f"{split}/s{v[0]}/q{v[1]:05d}.jpg" for v in queries],
+            "utmQ": np.array([v[2] for v in queries]).T,
+            "numImages": len(db),
+            "numQueries": len(queries),
+            "posDistThr": cfg.pos_dist_thr,
+            "posDistSqThr": cfg.pos_dist_thr**2,
+            "nonTrivPosDistSqThr": cfg.non_triv_pos_dist_sq_thr,
+        },
+        version=version,
+    )
 
-    for sub, views, sd in (("database", db, 2.0), ("query", queries, 8.0)):
-        for st in sorted({v[0] for v in views}):
-            city = MSLS_CITIES[split][st]
-            mine = [v for v in views if v[0] == st]
-            keys = [f"{split}{st}{sub[0]}{v[1]:05d}" for v in mine]
-            for key, (_, _, _, image, lab) in zip(keys, mine):
-                _save(Image, image, out / "train_val" / city / sub / "images" / f"{key}.jpg", lab, out / MASKS)
-            ca = rng.normal(0.0, sd, len(mine)) % 360  # degrees, clockwise from north
-            pano = [v[1] % PANO_EVERY == PANO_EVERY - 1 for v in mine]
-            utm = [(ORIGIN[0] + MSLS_SCALE * (v[2][0] - ORIGIN[0]), v[2][1]) for v in mine]
-            write_msls_city(out, city, sub, keys, utm, ca, pano)
+
+register_layout("dbstruct", write_dbstruct, "synthetic_<split>.mat + images/, queries/ (train, val, test)")
 
 
 MASKS = "masks"  # with --masks: masks/<image path relative to the dataset root>.png, Cityscapes train-ids
 
 
-def _save(Image, arr: np.ndarray, path: Path, labels: np.ndarray | None = None, masks: Path | None = None) -> None:
+def save_view(Image, arr: np.ndarray, path: Path, labels: np.ndarray | None = None, masks: Path | None = None) -> None:
+    """One view as ``path`` (JPEG), and its train-ids as ``masks/<path relative to the root>.png``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, quality=92)
     if labels is not None:  # the exact train-ids of the view, for --guidance ids:ROOT/masks

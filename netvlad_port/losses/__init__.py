@@ -9,14 +9,13 @@
 | trainExpKernalInd.m | exp_kernal_ind | exp-ind |
 | trainExpKernalJoint.m | exp_kernal_joint | exp-joint |
 | trainWeakly.m | triplet_weakly | triplet |
-| (GCL, src/criteria.py) | gcl, contrastive | gcl, contrastive |
 
 :data:`LOSSES` is the single list of choices (CLI, docs, trainer); add one with :func:`register_loss`.
-The plug-in wings add theirs (``netvlad_port/plugins/stml/losses.py``: stml, triplet-stml, triplet-nanne).
+The plug-in wings add theirs: ``plugins/gcl/loss.py`` (gcl, contrastive) and ``plugins/stml/losses.py`` (stml,
+triplet-stml, triplet-nanne).
 """
 
 from .base import LOSSES, LossEntry, LossOutput, by_matlab_name, register_loss, tuple_loss
-from .gcl import contrastive, gcl, gcl_loss
 from .sare import (
     cauchy_kernel_ind,
     cauchy_kernel_joint,
@@ -41,7 +40,4 @@ __all__ = [
     "exp_kernal_ind",
     "exp_kernal_joint",
     "triplet_weakly",
-    "gcl",
-    "contrastive",
-    "gcl_loss",
 ]

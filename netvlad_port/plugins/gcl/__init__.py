@@ -1,9 +1,17 @@
 """The GCL wing: the Generalized Contrastive Loss of Leyva-Vallina, Strisciuglio & Petkov (CVPR 2023),
 marialeyvallina/generalized_contrastive_loss ([docs/gcl.md](../../../docs/gcl.md)).
 
-Registered through the ``netvlad_port.plugins`` entry point ``gcl`` (``register``)."""
+Registered through the ``netvlad_port.plugins`` entry point ``gcl`` (``register``):
+
+- ``loss``: the losses ``gcl`` and ``contrastive`` (``LOSSES``);
+- ``labels``: field-of-view overlap and the label kind ``graded`` (``datasets.labels.LABELS``);
+- ``msls``: the MSLS reader, the dataset ``msls`` (``DATASETS``) and the ``make-synthetic`` layout ``msls``;
+- ``protocol``: the evaluation protocol ``gcl`` (``retrieval.PROTOCOLS``), mAP@K;
+- ``sampler``: GCL's pair sampler, the sampler ``pairs`` (``train.samplers.SAMPLERS``);
+- ``recipes``: GCL's training recipe ``gcl`` and the demo's (``--recipe``, ``demo --recipe gcl``).
+"""
 
 
 def register() -> None:
     """Import the wing's modules; each registers its pieces on import."""
-    from ...losses import gcl  # noqa: F401  (moves into this wing)
+    from . import labels, loss, msls, protocol, recipes, sampler  # noqa: F401

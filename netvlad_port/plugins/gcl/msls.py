@@ -1,13 +1,16 @@
 """Mapillary Street-Level Sequences (MSLS) in its released layout, as ``mapillary_sls``
-(``datasets/msls.py``) and GCL (``src/datasets.py``) read it ([docs/gcl.md](../../docs/gcl.md#msls)).
+(``datasets/msls.py``) and GCL (``src/datasets.py``) read it ([docs/gcl.md](../../../docs/gcl.md#msls)).
 
 ``ROOT/train_val/<city>/{database,query}/`` each hold ``postprocessed.csv`` (``key``, ``easting``,
 ``northing``), ``raw.csv`` (``key``, compass angle ``ca`` in degrees, ``pano``) and ``images/<key>.jpg``;
 GCL's graded ground truth, where the user has it, is ``ROOT/train_val/<city>_gt.h5`` with datasets
 ``fov`` (graded) and ``sim`` (binary), one row per query and one column per database image of the city,
-in csv row order. Panoramas are left out of queries and database, as both originals do. Retrieval and
-ground truth stay inside a city: a city's positions are shifted ``CITY_SHIFT`` metres north per city
-index, so no two cities neighbour each other, and the search runs per city (``db_group``).
+in csv row order. Panoramas are left out of queries and database, as both originals do. Positions are
+the csv's own; retrieval and ground truth stay inside the query's city: ``search_groups`` gives the
+cities to the core's search, and positives, training positives and negatives come from the city's own
+``DbBase`` (GCL's ``validate.py`` and mapillary_sls search and label each city on its own).
+
+``make-synthetic --layout msls`` (the layout ``msls``, :func:`write_synthetic_msls`) writes the layout.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .db_base import DatasetError, DbBase
-from .registry import register_dataset
+from ...datasets.db_base import DatasetError, DbBase
+from ...datasets.registry import register_dataset
+from ...datasets.synthetic import MASKS, ORIGIN, register_layout, save_view
+from .labels import RADIUS, fov_overlaps
 
 # mapillary_sls datasets/msls.py default_cities; the test cities have no public positions.
 MSLS_CITIES = {
@@ -31,7 +36,7 @@ MSLS_CITIES = {
 }  # fmt: skip
 POS_DIST_THR = 25.0  # GCL evaluates with posDistThr=25 (src/validate.py:22); MSLS's negDistThr
 NON_TRIV_POS_DIST_SQ_THR = 100.0  # MSLS's training posDistThr, 10 m
-CITY_SHIFT = 1e7  # metres north between cities: more than any UTM northing range
+RECALL_NS = (1, 5, 10, 20)  # GCL src/validate.py:18, mapillary_sls eval.py:18
 GT_KEYS = {"graded": "fov", "binary": "sim"}
 
 
@@ -90,9 +95,10 @@ def read_msls_folder(folder: Path) -> dict[str, np.ndarray]:
 
 class DbMsls(DbBase):
     """MSLS ``train`` or ``val`` (or ``cities``) as a ``dbBase``: the cities of the split found under
-    ``root/train_val`` (a warning names the absent ones), panoramas left out, positives within 25 m."""
-
-    gcl_recall_ns = (1, 5, 10, 20)  # GCL src/validate.py, mapillary_sls eval
+    ``root/train_val`` (a warning names the absent ones), panoramas left out, positives within 25 m of
+    the query in its own city (``db_city`` / ``q_city``: the city index of each image). The per-query
+    methods (``pos_q``, ``nontrivial_pos_q``, ``sample_negs_q``, ``similarity``) are the ground truth;
+    ``get_pos_ids`` and ``sample_negs`` of a bare position know no city."""
 
     def __init__(self, root: str | os.PathLike, split: str = "val", cities: list[str] | None = None):
         base = Path(root) / "train_val"
@@ -106,7 +112,7 @@ class DbMsls(DbBase):
             if absent and split == "val":  # an evaluation on part of MSLS-val is not MSLS-val
                 warnings.warn(f"{base}: MSLS {split} without {', '.join(absent)}", stacklevel=2)
         self.cities = list(cities)
-        parts: dict[str, list] = {k: [] for k in ("names", "utm", "heading", "row", "group")}
+        parts: dict[str, list] = {k: [] for k in ("names", "utm", "heading", "row", "city")}
         per = {"db": {k: [] for k in parts}, "q": {k: [] for k in parts}}
         self._rows = {}  # city -> (query rows, database rows) in its csv files
         for ci, city in enumerate(self.cities):
@@ -117,10 +123,10 @@ class DbMsls(DbBase):
                 sizes.append(len(d["key"]))
                 p = per[kind]
                 p["names"] += [f"{city}/{sub}/images/{k}.jpg" for k in d["key"][keep]]
-                p["utm"].append(np.stack([d["easting"][keep], d["northing"][keep] + CITY_SHIFT * ci]))
+                p["utm"].append(np.stack([d["easting"][keep], d["northing"][keep]]))
                 p["heading"].append(np.deg2rad(d["ca"][keep]))
                 p["row"].append(keep)
-                p["group"].append(np.full(len(keep), ci))
+                p["city"].append(np.full(len(keep), ci))
             self._rows[city] = tuple(sizes)
         cat = {kind: {k: np.concatenate(v, axis=-1) for k, v in p.items() if k != "names"} for kind, p in per.items()}
         s = {
@@ -136,15 +142,60 @@ class DbMsls(DbBase):
         super().__init__(name, base, base, s, str(base))
         self.heading_db, self.heading_q = cat["db"]["heading"], cat["q"]["heading"]
         self.db_row, self.q_row = cat["db"]["row"], cat["q"]["row"]
-        self.db_group, self.q_group = cat["db"]["group"], cat["q"]["group"]
+        self.db_city, self.q_city = cat["db"]["city"], cat["q"]["city"]
+        self._db_ids = [np.flatnonzero(self.db_city == ci) for ci in range(len(self.cities))]
+        self._q_ids = [np.flatnonzero(self.q_city == ci) for ci in range(len(self.cities))]
+        self._q_local = np.zeros(self.num_queries, np.int64)  # a query's index among its city's queries
+        for ids in self._q_ids:
+            self._q_local[ids] = np.arange(len(ids))
+        self._city_dbs: dict[int, DbBase] = {}
         self._sim_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def search_groups(self) -> tuple[np.ndarray, np.ndarray]:
+        """The city of each database image and query: retrieval searches the query's city only."""
+        return self.db_city, self.q_city
+
+    def city_db(self, ci: int) -> DbBase:
+        """City ``ci`` alone as a ``dbBase`` (built on first use); its ids index ``_db_ids[ci]``."""
+        if ci not in self._city_dbs:
+            db, q = self._db_ids[ci], self._q_ids[ci]
+            s = {
+                "whichSet": self.which_set,
+                "dbImageFns": [self.db_image_fns[i] for i in db],
+                "qImageFns": [self.q_image_fns[i] for i in q],
+                "utmDb": self.utm_db[:, db],
+                "utmQ": self.utm_q[:, q],
+                "posDistThr": self.pos_dist_thr,
+                "nonTrivPosDistSqThr": self.non_triv_pos_dist_sq_thr,
+            }
+            self._city_dbs[ci] = DbBase(f"{self.name}:{self.cities[ci]}", self.db_path, self.q_path, s, self.source)
+        return self._city_dbs[ci]
+
+    def _in_city(self, iq: int) -> tuple[DbBase, int, np.ndarray]:
+        """(the query's city as a dbBase, the query's index there, the city's global database ids)."""
+        ci = int(self.q_city[iq])
+        return self.city_db(ci), int(self._q_local[iq]), self._db_ids[ci]
+
+    def pos_q(self, iq: int) -> np.ndarray:
+        """Ground-truth positives: the city's database images within posDistThr, ascending id."""
+        city, local, ids = self._in_city(iq)
+        return ids[city.pos_q(local)]
+
+    def nontrivial_pos_q(self, iq: int) -> np.ndarray:
+        city, local, ids = self._in_city(iq)
+        return ids[city.nontrivial_pos_q(local)]
+
+    def sample_negs_q(self, iq: int, n: int, rng) -> np.ndarray:
+        """``sampleNegs`` over the query's city: its database images beyond posDistThr."""
+        city, local, ids = self._in_city(iq)
+        return ids[city.sample_negs_q(local, n, rng)]
 
     def gt_file(self, city: str) -> Path:
         return self.db_path / f"{city}_gt.h5"
 
     def _gt_row(self, iq: int, kind: str) -> np.ndarray | None:
         """The query's row of ``<city>_gt.h5`` over the city's database rows, or None without the file."""
-        city = self.cities[self.q_group[iq]]
+        city = self.cities[self.q_city[iq]]
         path = self.gt_file(city)
         if not path.is_file():
             return None
@@ -170,26 +221,27 @@ class DbMsls(DbBase):
             return self._sim_cache[(iq, kind)]
         row = self._gt_row(iq, kind)
         if row is not None:
-            ids = np.flatnonzero(self.db_group == self.q_group[iq])
+            ids = self._db_ids[self.q_city[iq]]
             psi = row[self.db_row[ids]]
         elif kind == "binary":
             ids = self.pos_q(iq)
             psi = np.ones(len(ids), np.float32)
         else:
-            from .fov import RADIUS, fov_overlaps
-
-            ids = np.sort(np.asarray(self._tree.query_ball_point(self.utm_q[:, iq], 2 * RADIUS), np.int64))
+            city, local, members = self._in_city(iq)
+            ids = members[city.get_pos_ids(city.utm_q[:, local], (2 * RADIUS) ** 2)[0]]
             psi = fov_overlaps(self.utm_q[:, iq], self.heading_q[iq], self.utm_db[:, ids].T, self.heading_db[ids])
         keep = psi > 0
         self._sim_cache[(iq, kind)] = out = (ids[keep], psi[keep].astype(np.float32))
         return out
 
-    def similarity(self, iq: int, ids, kind: str = "graded") -> np.ndarray:
+    def similarity(self, iq: int, ids, kind: str = "binary") -> np.ndarray:
         """GCL's labels: the query's row of ``<city>_gt.h5`` (``fov`` graded, ``sim`` binary) when the
         file is there; otherwise the field-of-view overlap from positions and compass angles (graded)
-        or a position within posDistThr (binary)."""
-        if kind not in GT_KEYS:
-            raise ValueError(f"similarity kind must be graded or binary, got {kind!r}")
+        or a position within posDistThr (binary); 0 for another city's images. Other kinds: the label
+        providers (``DbBase.similarity``)."""
+        if kind.lower() not in GT_KEYS:
+            return super().similarity(iq, ids, kind)
+        kind = kind.lower()
         near, psi = self._similar(iq, kind)
         ids = np.asarray(ids, np.int64)
         out = np.zeros(len(ids), np.float32)
@@ -203,7 +255,7 @@ class DbMsls(DbBase):
 def write_msls_city(root: Path, city: str, sub: str, keys, east_north, ca_deg, pano) -> None:
     """``root/train_val/<city>/<sub>/postprocessed.csv`` and ``raw.csv`` in MSLS's columns (images go
     to ``images/<key>.jpg`` beside them)."""
-    from ..io_utils import atomic_file
+    from ...io_utils import atomic_file
 
     folder = root / "train_val" / city / sub
     folder.mkdir(parents=True, exist_ok=True)
@@ -217,4 +269,35 @@ def write_msls_city(root: Path, city: str, sub: str, keys, east_north, ca_deg, p
             csv.writer(f).writerows(rows)
 
 
+PANO_EVERY = 10  # make-synthetic --layout msls: every tenth image is a panorama
+# Metres of the MSLS layout per metre of the street: a synthetic camera sees 20 m of facade (FOV_M),
+# so two views 20 m apart share nothing, while fields of view of r = 50 m (docs/gcl.md#graded-labels)
+# still overlap at 34 m sideways; at 3x, views that share half their facade have psi about 0.5.
+MSLS_SCALE = 3.0
+
+
+def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, cfg, version: str) -> None:
+    """The layout ``msls`` of ``make-synthetic``: MSLS's ``train_val/<city>/{database,query}/`` with csv
+    files, each street a city (train: trondheim, london, ...; val: cph, sf; no test split, MSLS's test
+    cities have no positions), compass angles near north (the facades face the camera), every tenth
+    image a panorama, which readers must leave out."""
+    if split not in MSLS_CITIES:
+        return
+    from PIL import Image
+
+    rng = np.random.default_rng(cfg.seed + 1 + split_index)
+    for sub, views, sd in (("database", db, 2.0), ("query", queries, 8.0)):
+        for st in sorted({v[0] for v in views}):
+            city = MSLS_CITIES[split][st]
+            mine = [v for v in views if v[0] == st]
+            keys = [f"{split}{st}{sub[0]}{v[1]:05d}" for v in mine]
+            for key, (_, _, _, image, lab) in zip(keys, mine):
+                save_view(Image, image, out / "train_val" / city / sub / "images" / f"{key}.jpg", lab, out / MASKS)
+            ca = rng.normal(0.0, sd, len(mine)) % 360  # degrees, clockwise from north
+            pano = [v[1] % PANO_EVERY == PANO_EVERY - 1 for v in mine]
+            utm = [(ORIGIN[0] + MSLS_SCALE * (v[2][0] - ORIGIN[0]), v[2][1]) for v in mine]
+            write_msls_city(out, city, sub, keys, utm, ca, pano)
+
+
 register_dataset("msls", lambda split, root, spec_dir: DbMsls(root, split), ("train", "val"))
+register_layout("msls", write_synthetic_msls, "MSLS's train_val/<city>/ folders (datasets msls-train, msls-val)")

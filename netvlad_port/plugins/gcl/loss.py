@@ -1,5 +1,5 @@
 """The Generalized Contrastive Loss (Leyva-Vallina, Strisciuglio & Petkov, CVPR 2023;
-[docs/gcl.md](../../docs/gcl.md)): a graded similarity psi in [0, 1] weighs attraction against
+[docs/gcl.md](../../../docs/gcl.md)): a graded similarity psi in [0, 1] weighs attraction against
 repulsion, L = psi * d^2 / 2 + (1 - psi) * max(m - d, 0)^2 / 2, d the Euclidean distance
 (``src/criteria.py`` of marialeyvallina/generalized_contrastive_loss)."""
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import LossOutput, register_loss
+from ...losses.base import LossOutput, register_loss
 
 MARGIN = 0.5  # criteria.py:7, train.py:45
 EPS = 1e-6  # torch.nn.PairwiseDistance's eps, added to a - b (criteria.py:11)

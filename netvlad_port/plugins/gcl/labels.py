@@ -1,5 +1,5 @@
-"""Graded similarity of two views from their positions (and headings): the overlap of their 2D
-fields of view ([docs/gcl.md](../../docs/gcl.md#graded-labels)).
+"""GCL's graded labels: the overlap of two views' 2D fields of view, from their positions and headings
+([docs/gcl.md](../../../docs/gcl.md#graded-labels)), and the label kind ``graded`` (``LABELS``).
 
 A view at c with heading h (radians, clockwise from north, as a compass) sees the sector
 S(c, h) = {p : |p - c| <= r, angle(p - c, u_h) <= theta / 2}, u_h = (sin h, cos h) in (east, north).
@@ -14,6 +14,8 @@ from __future__ import annotations
 import functools
 
 import numpy as np
+
+from ...datasets.labels import register_labels
 
 RADIUS, FOV = 50.0, np.pi / 2
 _RHO, _PHI = 200, 180  # quadrature grid of a sector: about 2e-3 accuracy
@@ -73,3 +75,13 @@ def distance_similarity(d, r: float = RADIUS, theta: float = FOV) -> np.ndarray:
     same psi), the forward/lateral asymmetry, occlusion."""
     table = _distance_table(float(r), float(theta))
     return np.interp(np.asarray(d, np.float64), np.arange(len(table)) * STEP, table, right=0.0)
+
+
+def graded(db, iq: int, ids) -> np.ndarray:
+    """The label kind ``graded`` of a dataset with positions only: :func:`distance_similarity` of the
+    query's and the images' UTM positions (GCL labels by field-of-view overlap, ``src/datasets.py``)."""
+    d = np.linalg.norm(db.utm_db[:, np.asarray(ids, np.int64)] - db.utm_q[:, iq : iq + 1], axis=0)
+    return distance_similarity(d).astype(np.float32)
+
+
+register_labels("graded", graded)
