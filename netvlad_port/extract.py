@@ -318,7 +318,7 @@ def skipped_path(out: Path) -> Path:
 def compute_representation(model, image, resize_shorter: int | None = None) -> torch.Tensor:
     """MATLAB ``computeRepresentation(net, im)``: the descriptor (D,) of one image, given as a path,
     an H x W x 3 array in 0..255, or a 3 x H x W tensor; ``model`` a :class:`SimpleNN` or an exported
-    ``deploy.OnnxRuntimeModel``."""
+    ``exported.OnnxRuntimeModel``."""
     if isinstance(image, (str, os.PathLike)):
         x = read_image(image, resize_shorter)
     else:
@@ -332,7 +332,7 @@ def compute_representation(model, image, resize_shorter: int | None = None) -> t
 
 
 def model_device(model) -> torch.device:
-    """Where a model's tensors are; the CPU for a model without any (``deploy.OnnxRuntimeModel``)."""
+    """Where a model's tensors are; the CPU for a model without any (``exported.OnnxRuntimeModel``)."""
     for t in itertools.chain(model.parameters(), model.buffers()):
         return t.device
     return torch.device("cpu")

@@ -44,7 +44,7 @@ def write_h5_descriptor(h5, name: str, desc: np.ndarray, hw: tuple[int, int]) ->
 
 def model_fingerprint(model) -> str:
     """The model's ``fingerprint``: the sha256 that tags stored features with the model that made them
-    (:attr:`SimpleNN.fingerprint`; an exported ``deploy.OnnxRuntimeModel`` carries its source network's)."""
+    (:attr:`SimpleNN.fingerprint`; an exported ``exported.OnnxRuntimeModel`` carries its source network's)."""
     fingerprint = getattr(model, "fingerprint", None)
     if not fingerprint:
         raise NetVladPortError(f"{type(model).__name__}: the model has no fingerprint to tag its features with")

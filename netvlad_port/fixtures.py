@@ -108,7 +108,7 @@ def make_net(
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     tokens = method.split("_")
-    types = aggregation_types()
+    types = aggregation_types(tokens)
     aggs = [t for t in tokens if t in types]
     if len(aggs) != 1 or any(t not in types and t not in ("preL2", "intra") for t in tokens):
         raise ValueError(f"unsupported method {method!r} (addLayers tokens: {'|'.join(types)}, preL2, intra)")

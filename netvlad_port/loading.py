@@ -31,7 +31,7 @@ BACKENDS = ("torch", "onnxruntime")
 def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None, backend: str = "torch"):
     """Load a MatConvNet ``.mat`` (any encoding), a converted folder or a released model by name
     (``"vd16_pitts30k_conv5_3_vlad_preL2_intra_white"``) as a :class:`SimpleNN` in eval mode; with
-    ``backend="onnxruntime"``, a file ``export-onnx`` wrote, as a ``deploy.OnnxRuntimeModel``.
+    ``backend="onnxruntime"``, a file ``export-onnx`` wrote, as an ``exported.OnnxRuntimeModel``.
 
     ``normalize="matconvnet-cpu"`` reproduces MatConvNet's CPU ``vl_nnnormalize`` (fast_pow), to
     match features MATLAB computed on a CPU; an exported model must have been exported with it.
@@ -39,7 +39,7 @@ def load(path: str | os.PathLike, normalize: str = "exact", device: str | None =
     from .errors import NetVladPortError
 
     if backend == "onnxruntime":
-        from .deploy import OnnxRuntimeModel
+        from .exported import OnnxRuntimeModel
 
         model = OnnxRuntimeModel(path)
         if normalize != model.normalize_mode:

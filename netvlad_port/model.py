@@ -59,7 +59,7 @@ class SimpleNN(nn.Module):
     @property
     def fingerprint(self) -> str:
         """sha256 of every layer's name, MATLAB type and weights (MATLAB layout, float32): the tag of
-        the features this model makes (``deploy.OnnxRuntimeModel.fingerprint`` is its source's)."""
+        the features this model makes (``exported.OnnxRuntimeModel.fingerprint`` is its source's)."""
         h = hashlib.sha256()
         for layer in self.layers:
             h.update(f"{layer.name}:{layer.matlab_type};".encode())

@@ -71,7 +71,7 @@ def add_layers(
     ``clusters`` (D x K) and ``train_descs`` (D x N) for alpha, or ``db_train`` to compute them with
     :func:`netvlad_port.clusters.get_clusters`."""
     tokens = method.split("_")
-    types = aggregation_types()
+    types = aggregation_types(tokens)
     unknown = set(tokens) - {"preL2", "intra"} - set(types)
     if unknown:
         raise NetVladPortError(f"Unsupported options (method={method}): {', '.join(sorted(unknown))}")
@@ -86,7 +86,7 @@ def add_layers(
     out = NetSpec(layers, meta)
     if "preL2" in tokens:
         layers.append(LayerSpec(NORMALIZE, "preL2", [], {"param": [2 * d, 1e-12, 1, 0.5]}))
-    entry = aggregation_types()[aggs[0]]
+    entry = types[aggs[0]]
     if entry.alpha is None:
         layers.append(entry.aggregate(d, None, None))
     else:
@@ -113,9 +113,13 @@ def add_layers(
     return validate(out)
 
 
-def aggregation_types() -> dict:
-    """``addLayers`` method token -> the registered layer type it appends (vlad, vladv2, max, avg, ...)."""
-    return {e.token: e for _, e in LAYER_TYPES.items() if e.token}
+def aggregation_types(tokens=()) -> dict:
+    """``addLayers`` method token -> the registered layer type it appends (vlad, vladv2, max, avg, ...).
+    Plug-ins are loaded only when one of ``tokens`` is not a built-in's (or when ``tokens`` is empty)."""
+    types = {e.token: e for _, e in LAYER_TYPES.items(plugins=False) if e.token}
+    if not tokens or set(tokens) - {"preL2", "intra"} - set(types):
+        types = {e.token: e for _, e in LAYER_TYPES.items() if e.token}
+    return types
 
 
 @dataclass(frozen=True)

@@ -109,6 +109,7 @@ class Registry(Generic[T]):
         self._load(plugins=True)
         return iter(list(self._entries))
 
-    def items(self) -> list[tuple[str, T]]:
-        self._load(plugins=True)
+    def items(self, plugins: bool = True) -> list[tuple[str, T]]:
+        """(name, entry) pairs; ``plugins=False``: without loading plug-ins (those loaded already count)."""
+        self._load(plugins=plugins)
         return list(self._entries.items())

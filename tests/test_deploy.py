@@ -14,7 +14,8 @@ from click.testing import CliRunner
 
 from netvlad_port import load
 from netvlad_port.cli import main
-from netvlad_port.deploy import TOLERANCE, VERIFY_SIZES, Deployable, export_model, jit_load, read_metadata
+from netvlad_port.deploy import TOLERANCE, VERIFY_SIZES, Deployable, export_model
+from netvlad_port.exported import jit_load, read_metadata
 
 from helpers import SUITES, suite
 
@@ -99,7 +100,7 @@ def test_extract_with_onnxruntime_writes_the_same_h5(tiny_world, tmp_path):
 def test_compute_representation_and_the_fingerprint_with_onnxruntime(tiny_world, tmp_path):
     """``computeRepresentation`` takes the exported model as it takes the network (no parameters to find
     a device on), and both carry one ``fingerprint``: the exported model's is its source network's."""
-    from netvlad_port.deploy import OnnxRuntimeModel
+    from netvlad_port.exported import OnnxRuntimeModel
     from netvlad_port.extract import compute_representation
     from netvlad_port.feature_store import model_fingerprint
 

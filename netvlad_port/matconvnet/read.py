@@ -101,9 +101,10 @@ def _custom_class(d: dict, where: str) -> str:
     entry = LAYER_TYPES.get(cls) if cls else None
     if entry is not None and entry.custom:
         return entry.name
-    for name, entry in LAYER_TYPES.items():
-        if entry.custom and entry.recognise is not None and entry.recognise(d):
-            return name
+    for plugins in (False, True):  # a plug-in's types only when no built-in one recognises it
+        for name, entry in LAYER_TYPES.items(plugins):
+            if entry.custom and entry.recognise is not None and entry.recognise(d):
+                return name
     raise NetFormatError(f"unsupported layer type '{cls or 'custom'}' at {where}")
 
 
