@@ -11,6 +11,7 @@ import click
 
 from . import __version__
 from .errors import NetVladPortError
+from .io_utils import refuse_existing
 from .loading import BACKENDS
 
 
@@ -53,12 +54,6 @@ def _normalize_modes():
     from .layers.simplenn import NORMALIZE_MODES
 
     return NORMALIZE_MODES
-
-
-def _refuse_existing(path: Path, force: bool, what: str = "output folder") -> None:
-    """The one rule of every writing command: an existing output needs --force."""
-    if path.exists() and not force:
-        raise NetVladPortError(f"{path}: {what} exists (use --force to overwrite)")
 
 
 RNGS = ("matlab", "numpy")  # matlab_random.make_rng
@@ -177,7 +172,7 @@ def convert(model: Path, out_dir: Path, force: bool):
     from .converted import config_of, save_converted
     from .matconvnet import read_net
 
-    _refuse_existing(out_dir, force)
+    refuse_existing(out_dir, force)
     spec = read_net(model)
     save_converted(spec, out_dir, source=model, force=force)
     cfg = config_of(spec)
@@ -247,7 +242,7 @@ def export_mat(model: Path, out_path: Path, mat_version: str, encoding: str, for
     from .loading import load_spec
     from .matconvnet import write_net
 
-    _refuse_existing(out_path, force, "output file")
+    refuse_existing(out_path, force, "output file")
     spec = load_spec(model)
     write_net(spec, out_path, version=mat_version, encoding=encoding)
     click.echo(f"{model} -> {out_path} ({mat_version}, {encoding})")
@@ -545,7 +540,7 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
     from .io_utils import atomic_file
     from .retrieval import retrieval_pairs
 
-    _refuse_existing(out, force, "output file")
+    refuse_existing(out, force, "output file")
     pairs, where = retrieval_pairs(db_h5, q_h5, k, db_prefix, query_prefix, db_list)
     with atomic_file(out) as tmp:
         tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))
@@ -631,7 +626,7 @@ def cluster(
     from .matconvnet.spec import LAYER_TYPES
     from .networks import add_layers, load_net
 
-    _refuse_existing(out_dir, force)
+    refuse_existing(out_dir, force)
     try:
         spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
     except NetVladPortError as exc:
@@ -672,7 +667,7 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
     from .loading import load_spec
     from .pca import add_pca
 
-    _refuse_existing(out_dir, force)
+    refuse_existing(out_dir, force)
     db = open_dataset(dataset, root, spec_dir)
     spec = add_pca(
         load_spec(model_path),

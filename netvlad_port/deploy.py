@@ -74,15 +74,14 @@ def export_model(
 ) -> dict:
     """Export the network at ``model_path`` to ``out`` (``fmt`` onnx or torchscript), verify the
     written file on random images of ``sizes``, and return its metadata (also stored in the file)."""
-    from .io_utils import atomic_file
+    from .io_utils import atomic_file, refuse_existing
     from .loading import load
     from .version import __version__
 
     if fmt not in FORMATS:
         raise NetVladPortError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     out = Path(out)
-    if out.exists() and not force:
-        raise NetVladPortError(f"{out}: exists (use --force to replace it)")
+    refuse_existing(out, force, "output file")
     model = load(model_path, normalize=normalize)
     try:
         full = model.output_dim

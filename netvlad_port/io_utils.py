@@ -34,13 +34,18 @@ def atomic_file(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def refuse_existing(path: str | os.PathLike, force: bool, what: str = "output folder") -> None:
+    """The one rule of every writer: an existing output is replaced only with ``force`` (``--force``)."""
+    if Path(path).exists() and not force:
+        raise NetVladPortError(f"{path}: {what} exists (use --force to overwrite)")
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike, force: bool = False) -> Iterator[Path]:
     """Yield a temp folder beside ``path``; on success it replaces ``path`` (which must not exist
     unless ``force``)."""
     path = Path(path)
-    if path.exists() and not force:
-        raise NetVladPortError(f"{path}: output folder exists (use --force to overwrite)")
+    refuse_existing(path, force)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
