@@ -312,3 +312,11 @@ def test_guided_deattention_training_resumes_exactly(masked_world, tmp_path):
     frozen = {**opts, "back_prop_to_layer": "vlad:core"}
     with pytest.raises(Exception, match="below backPropToLayer"):
         Trainer(spec, tr, va, TrainOptions.create(**frozen), tmp_path / "frozen", log=lambda *a: None)
+
+
+def test_maps_too_small_for_the_deattention_are_refused_before_training(tiny_world, tmp_path):
+    res = CliRunner().invoke(main, ["train", str(tiny_world.net), "--dataset", "synthetic", "--root",
+                                    str(tiny_world.data), "--attention", "deattention-v1", "--loss", "stml",
+                                    "--out", str(tmp_path), "--quiet"])  # fmt: skip
+    assert res.exit_code == 1 and "48x64 image cannot go through the network" in res.output
+    assert "3x4 map is too small" in res.output and "Traceback" not in res.output

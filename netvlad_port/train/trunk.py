@@ -50,6 +50,11 @@ class TrunkCache:
         self._arrays: dict[tuple, np.ndarray] = {}  # output shape -> array of that shape's images
         self._where: list[tuple[tuple, int]] = []  # image -> (output shape, row)
         self.sizes = [image_size(self.root / n) for n in self.names]  # (H, W) of every image
+        for hw in dict.fromkeys(self.sizes):  # refuse what the network cannot take, before computing anything
+            if (error := model.input_error(*hw)) is not None:
+                first = self.names[self.sizes.index(hw)]
+                raise NetVladPortError(f"{self.root / first}: a {hw[0]}x{hw[1]} image cannot go through the network: "
+                                       f"{error}")  # fmt: skip
         if mode != "none":
             self._build(batch_size, cache_dir, progress)
 
