@@ -303,3 +303,25 @@ def test_the_fingerprint_is_the_one_existing_tags_hold(data):
     with torch.no_grad():
         tiny.layers[0].weight_params()[0][0, 0, 0, 0] += 1
     assert tiny.fingerprint == _old_fingerprint(tiny) != tagged
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no GPU here"))])  # fmt: skip
+@pytest.mark.parametrize("method", ["vlad_preL2_intra", "vladv2_preL2_intra", "max_preL2", "preL2_gem"])
+def test_fp16_and_bf16_descriptors_agree_with_fp32(method, device):
+    """The demo network's structure (VGG16 at 1/8 width, K = 16, WPCA) at 120 x 160: its conv5 sums of squares
+    (~1e7) overflow fp16, so norms, squared sums and VLAD sums run in fp32 under autocast."""
+    from netvlad_port.fixtures import make_net
+    from netvlad_port.model import SimpleNN
+    from netvlad_port.precision import precision_mode
+
+    pca = 64 if method.startswith("vlad_") else None
+    model = SimpleNN(make_net("vd16", method, width=1 / 8, k=16, pca_dim=pca, seed=0)).eval().to(device)
+    x = (torch.rand(3, 3, 120, 160, generator=torch.Generator().manual_seed(0)) * 255).to(device)
+    with torch.no_grad():
+        ref = model(x)
+        for precision in ("bf16", "fp16"):
+            with precision_mode(precision, torch.device(device)):
+                got = model(x).float()
+            cos = torch.nn.functional.cosine_similarity(ref, got).min().item()
+            assert cos >= 0.99, (precision, cos)

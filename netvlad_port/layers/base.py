@@ -6,6 +6,8 @@ Each module converts its weights from and to MATLAB layout (``__init__`` / ``to_
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 from torch import nn
@@ -20,6 +22,24 @@ def param(array: np.ndarray) -> nn.Parameter:
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().double().numpy()
+
+
+HALF = (torch.float16, torch.bfloat16)
+
+
+def in_fp32(forward):
+    """Run a layer's ``forward`` in float32 with autocast off when its input is fp16/bf16 or autocast is
+    on: its sums of squares and VLAD residual sums overflow fp16 (65504) on conv5 maps. fp32 and fp64
+    inputs run as they are, so exact runs are untouched."""
+
+    @functools.wraps(forward)
+    def wrapper(self, x):
+        if x.dtype in HALF or torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(x.device.type, enabled=False):
+                return forward(self, x.float())
+        return forward(self, x)
+
+    return wrapper
 
 
 def matlab_flatten(x: torch.Tensor) -> torch.Tensor:

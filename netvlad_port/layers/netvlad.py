@@ -16,7 +16,7 @@ import torch
 from ..errors import NetFormatError
 from ..matconvnet import mat
 from ..matconvnet.spec import TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2, LayerSpec, LayerType, Shape, register_layer
-from .base import MatLayer, matlab_flatten, param, to_numpy
+from .base import MatLayer, in_fp32, matlab_flatten, param, to_numpy
 
 # relja_l2normalize_col: x / (sqrt(sum x^2) + eps), eps outside the root.
 WHOLE_L2_EPS = 1e-12
@@ -51,6 +51,7 @@ class VLADCore(MatLayer):
     def D(self) -> int:
         return self.assign.shape[0]
 
+    @in_fp32
     def forward(self, x):
         n, d = x.shape[:2]
         xf = x.reshape(n, d, -1)  # N x D x M
@@ -81,6 +82,7 @@ class WholeL2Normalize(MatLayer):
 
     matlab_type = WHOLE_L2
 
+    @in_fp32
     def forward(self, x):
         return l2_rows(matlab_flatten(x))[:, :, None, None]
 

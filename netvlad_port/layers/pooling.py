@@ -10,7 +10,7 @@ import torch
 
 from ..errors import NetFormatError
 from ..matconvnet.spec import LayerSpec, LayerType, numbers, register_layer
-from .base import MatLayer, param, to_numpy
+from .base import MatLayer, in_fp32, param, to_numpy
 
 GEM = "gem"
 GEM_P, GEM_EPS = 3.0, 1e-6
@@ -29,6 +29,7 @@ class GeM(MatLayer):
         else:
             self.register_buffer("p", torch.tensor([float(spec.params["p"])]), persistent=False)
 
+    @in_fp32
     def forward(self, x):
         p = self.p.to(x.dtype)
         return x.clamp_min(GEM_EPS).pow(p).mean(dim=(2, 3), keepdim=True).pow(1 / p)

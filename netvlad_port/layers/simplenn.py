@@ -27,7 +27,7 @@ from ..matconvnet.spec import (
     register_layer,
     window_out,
 )
-from .base import MatLayer, param, to_numpy
+from .base import MatLayer, in_fp32, param, to_numpy
 
 NORMALIZE_MODES = ("exact", "matconvnet-cpu")
 
@@ -142,6 +142,7 @@ class Normalize(MatLayer):
         padded = F.pad(sq, (0, 0, 0, 0, before, after))
         return sum(padded[:, i : i + c] for i in range(n))
 
+    @in_fp32
     def forward(self, x):
         n, kappa, alpha, beta = self.param
         if self.mode == "matconvnet-cpu":
