@@ -479,7 +479,7 @@ class DatasetOption(click.Option):
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    help="Default: results/<dataset>/<model tag>, one folder per model.",
+    help="Default: results/<dataset>-<its identity>/<model>-<options>: one folder per dataset, model and options.",
 )
 @click.option("--batch-size", type=int, default=10, show_default=True, help="Images of equal size per batch.")
 @_workers_option
@@ -502,20 +502,21 @@ class DatasetOption(click.Option):
     help="matlab: recall@N over all queries (testFromFn); gcl: over queries with a positive, plus mAP@N.",
 )
 @_quiet_option
+@click.option("--force", is_flag=True, help="Replace features in OUT made by another model, with other options or "
+              "from other image files.")  # fmt: skip
 @_friendly
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
-             resize_queries, protocol, quiet):  # fmt: skip
+             resize_queries, protocol, quiet, force):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
     from .datasets import open_dataset
     from .evaluate import run_evaluation
-    from .feature_store import model_fingerprint
     from .loading import load
 
     db = open_dataset(dataset, root, spec_dir)
     model = load(model_path, normalize=normalize)
-    out_dir = out_dir or Path("results") / db.name / model_fingerprint(model)[:12]  # one folder per model
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
-                         num_workers=workers, protocol=protocol)  # fmt: skip
+                         num_workers=workers, protocol=protocol, force=force)  # fmt: skip
+    out_dir = Path(res.out_dir)
     left = "counted as failures" if res.num_queries == db.num_queries else "left out"
     click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, {left}), "
                f"{res.dim}-D, {res.search}, protocol {protocol}")  # fmt: skip

@@ -30,7 +30,7 @@ import torch
 
 from .devices import resolve_device
 from .errors import NetVladPortError
-from .feature_store import check_tag, descriptor_tag, h5_names, write_h5_descriptor, write_tag
+from .feature_store import check_tag, descriptor_tag, h5_names, images_stamp, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
 from .layers.netvlad import crop_to_dim  # re-exported: retrieval and callers import it from here
@@ -224,11 +224,14 @@ def serial_all_feats(
     channels_last: bool | None = None,
     progress: bool = True,
     force: bool = False,
+    stamp: bool = False,
 ) -> ExtractReport:
     """MATLAB ``serialAllFeats(net, imPath, imageFns, outFn, 'batchSize', 10)``: descriptors of many
     images to ``out_path``. ``images`` is a folder, a list file, or an iterable of paths (then
     ``root`` is their common root). The output is tagged with the model and every option that
-    changes descriptors; an existing output with another tag is refused (``force``: replaced)."""
+    changes descriptors; an existing output with another tag is refused (``force``: replaced). ``stamp``:
+    the tag also records which files the images are (``feature_store.images_stamp``), so an output of
+    other images with the same names is refused too (``test``'s feature cache)."""
     if on_error not in ("stop", "skip"):
         raise NetVladPortError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     out = Path(out_path)
@@ -239,6 +242,8 @@ def serial_all_feats(
         base, names = Path(root or "."), [str(n) for n in images]
     report = ExtractReport(out=out, device=str(resolve_device(device)))
     tag = descriptor_tag(model, dim=dim, resize_shorter=resize_shorter, precision=precision, half=half)
+    if stamp:
+        tag["images"] = images_stamp(base, names)
     check_tag(out, fmt, tag, force)
     todo = list(range(len(names)))
     if fmt == "h5":

@@ -62,6 +62,22 @@ def read_h5_descriptors(path: str | os.PathLike, names: list[str]) -> np.ndarray
         return np.stack([np.asarray(f[n][DESCRIPTOR], np.float32) for n in names])
 
 
+def images_stamp(root: str | os.PathLike, names) -> dict:
+    """What a set of image files is: their resolved root, how many, and a sha256 over each name, byte size
+    and modification time. In a descriptor tag it keeps features of other images with the same names
+    (another ``--root``, another VG folder called ``test``) from ever being reused."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for n in names:
+        try:
+            st = (Path(root) / n).stat()
+            h.update(f"{n}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{n}\0missing\n".encode())
+    return {"root": str(Path(root).resolve()), "count": len(names), "files_sha256": h.hexdigest()}
+
+
 def descriptor_tag(model, **options) -> dict:
     """What made a descriptor file: the model's fingerprint, its normalize mode and every option that
     changes descriptors (dim, resize_shorter, precision, half)."""
@@ -108,6 +124,9 @@ def check_tag(path: Path, fmt: str, tag: dict, force: bool = False) -> None:
         return
     if old is None:
         why = "descriptors without a netvlad-port tag (another tool or an older version)"
+    elif old.get("images", tag.get("images")) != tag.get("images"):
+        why = (f"descriptors of other image files ({old['images'].get('root')}, {old['images'].get('count')} images), "
+               f"not of {tag['images']['root']} as they are now")  # fmt: skip
     elif old.get("model_sha256") != tag["model_sha256"]:
         why = f"features of another model ({old.get('model_sha256', '?')[:12]}, not {tag['model_sha256'][:12]})"
     else:

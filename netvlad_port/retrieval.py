@@ -35,6 +35,7 @@ class Results:
     search: str
     protocol: str = "matlab"  # the name in PROTOCOLS that made these results (matlab: all queries count)
     maps: list[float] | None = None  # mAP@N for each of recall_ns, where the protocol reports it
+    out_dir: str = ""  # where run_evaluation wrote results.json, the features and the figures
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]

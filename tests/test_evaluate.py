@@ -150,3 +150,53 @@ def test_test_and_search_commands(tiny_world, tmp_path):
     write_net(make_net("vd16", "preL2_max", width=1 / 16, pca_dim=None), tmp_path / "other.mat")
     res = CliRunner().invoke(main, test_args(tmp_path / "other.mat"))
     assert res.exit_code == 1 and "features of another model" in res.output
+
+
+def _recall1(out: str) -> float:
+    return float(next(line for line in out.splitlines() if line.strip().startswith("1:")).split()[-1])
+
+
+def _vg_copy(db, dest):
+    """The synthetic test split as a VG-format folder (database/, queries/, UTM in the names)."""
+    import shutil
+
+    for sub, paths, utm in (("database", [db.db_image(i) for i in range(db.num_images)], db.utm_db),
+                            ("queries", [db.q_image(i) for i in range(db.num_queries)], db.utm_q)):  # fmt: skip
+        (dest / sub).mkdir(parents=True)
+        for i, p in enumerate(paths):
+            shutil.copy(p, dest / sub / f"@{utm[0, i]:.2f}@{utm[1, i]:.2f}@17@T@0@0@{i:04d}@.jpg")
+
+
+def test_test_never_reuses_features_of_other_images_with_the_same_names(tiny_world, tmp_path, monkeypatch):
+    """Issue 22's silent wrong recall: another --root with the same image names, and two VG folders both
+    called test, each got the first dataset's features from the shared default folder."""
+    from netvlad_port.datasets import load_synthetic, make_synthetic
+    from netvlad_port.datasets.synthetic import SyntheticConfig
+
+    other = tmp_path / "other"  # the same names, other scenes
+    make_synthetic(other, SyntheticConfig(db_per_split=40, queries_per_split=24, image_hw=(48, 64), seed=7))
+    monkeypatch.chdir(tmp_path)  # the default results/ folder goes here
+
+    def test(*args):
+        res = CliRunner().invoke(main, ["test", str(tiny_world.net), "--quiet", *map(str, args)])
+        return res
+
+    first = test("--dataset", "synthetic-test", "--root", tiny_world.data)
+    second = test("--dataset", "synthetic-test", "--root", other)
+    own = test("--dataset", "synthetic-test", "--root", other, "-o", tmp_path / "own")
+    assert first.exit_code == second.exit_code == own.exit_code == 0, (first.output, second.output, own.output)
+    assert _recall1(second.output) == _recall1(own.output) != _recall1(first.output)
+    assert len(list((tmp_path / "results").iterdir())) == 2  # one folder per dataset identity
+    shared = test("--dataset", "synthetic-test", "--root", other, "-o", tmp_path / "own2")
+    assert shared.exit_code == 0
+    again = test("--dataset", "synthetic-test", "--root", tiny_world.data, "-o", tmp_path / "own2")
+    assert again.exit_code == 1 and "other image files" in again.output and "--force" in again.output
+    forced = test("--dataset", "synthetic-test", "--root", tiny_world.data, "-o", tmp_path / "own2", "--force")
+    assert forced.exit_code == 0 and _recall1(forced.output) == _recall1(first.output)
+
+    for name, data in (("vg", tiny_world.data), ("vg3", other)):
+        _vg_copy(load_synthetic(data, "test"), tmp_path / name / "images" / "test")
+    vg = test("--dataset", tmp_path / "vg" / "images" / "test")
+    vg3 = test("--dataset", tmp_path / "vg3" / "images" / "test")
+    vg3_own = test("--dataset", tmp_path / "vg3" / "images" / "test", "-o", tmp_path / "vg3_own")
+    assert _recall1(vg3.output) == _recall1(vg3_own.output) != _recall1(vg.output)

@@ -65,8 +65,8 @@ def test_test_keeps_one_folder_per_model(tiny_world, two_models, tmp_path, monke
     for model in (tiny_world.net, two_models / "a.mat"):
         res = run("test", "--model", model, "--dataset", "synthetic-test", "--root", tiny_world.data, "--quiet")
         assert res.exit_code == 0, res.output
-    folders = sorted(p.parent.name for p in (tmp_path / "results" / "synthetic_test").glob("*/results.json"))
-    assert len(folders) == 2 and all(len(f) == 12 for f in folders)
+    folders = sorted(p.parent.name for p in (tmp_path / "results").glob("synthetic_test-*/*/results.json"))
+    assert len(folders) == 2 and len({f[:12] for f in folders}) == 2  # one per model (its SHA-256 first)
 
 
 def test_parity_skips_what_a_dump_does_not_hold(tmp_path):
