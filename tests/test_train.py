@@ -260,6 +260,7 @@ def _ddp_worker(rank, world, root, spec_path, out, port, extra):
         from safetensors.torch import save_file
 
         save_file({n: p.detach().contiguous() for n, p in t.model.named_parameters()}, str(out / "weights.safetensors"))
+    dist.barrier()  # neither rank tears the group down while the other still uses it
     dist.destroy_process_group()
 
 
