@@ -339,8 +339,8 @@ def export_torchscript(model, out_path, dim, normalize, tolerance, force):
     show_default=True,
     help="An unreadable image stops the run, or is skipped and listed in OUT.skipped.txt.",
 )
-@click.option("--backend", type=click.Choice(BACKENDS), default="torch", show_default=True,
-              help="onnxruntime: MODEL is a file written by export-onnx.")  # fmt: skip
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="onnxruntime: MODEL is a file written by export-onnx (auto: for a .onnx file).")  # fmt: skip
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace an output made by another model or with other options.")
 @_friendly

@@ -74,21 +74,24 @@ def export_model(
 ) -> dict:
     """Export the network at ``model_path`` to ``out`` (``fmt`` onnx or torchscript), verify the
     written file on random images of ``sizes``, and return its metadata (also stored in the file)."""
+    from .extract import check_dim
     from .io_utils import atomic_file, refuse_existing
     from .loading import load
     from .version import __version__
 
     if fmt not in FORMATS:
         raise NetVladPortError(f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "onnx":
+        import importlib.util
+
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise NetVladPortError(f"export-onnx needs {' and '.join(missing)}: pip install 'netvlad-port[onnx]' "
+                                   f"(from a checkout: pip install -e '.[onnx]')")  # fmt: skip
     out = Path(out)
     refuse_existing(out, force, "output file")
     model = load(model_path, normalize=normalize)
-    try:
-        full = model.output_dim
-    except ValueError:
-        full = None  # a cropped trunk: the output size follows the image size
-    if dim is not None and (dim < 1 or (full is not None and dim > full)):
-        raise NetVladPortError(f"--dim {dim}: must be between 1 and the descriptor dimension {full}")
+    full = check_dim(model, dim)
     for h, w in sizes:
         why = model.input_error(h, w)
         if why:

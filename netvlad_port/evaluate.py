@@ -13,7 +13,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .extract import serial_all_feats
+from .extract import check_dim, serial_all_feats
 from .feature_store import read_h5_descriptors
 from .io_utils import atomic_file
 from .plots import plot_mosaic, plot_recall
@@ -99,6 +99,7 @@ def run_evaluation(
     picks the N for the dataset); features, ``results.json``, ``recall.png`` and ``mosaic.png`` go to
     ``out_dir`` (default :func:`results_dir`). ``force``: replace features that cannot be reused."""
     recall_ns = PROTOCOLS[protocol].recall_ns(db)
+    check_dim(model, dim)
     if out_dir is None:
         out_dir = results_dir(model, db, dim=dim, resize_queries=resize_queries, precision=precision, protocol=protocol)
     out_dir = Path(out_dir)

@@ -207,6 +207,18 @@ def iter_descriptors(
         bar.close()
 
 
+def check_dim(model, dim: int | None) -> int | None:
+    """Refuse a ``--dim`` (cropToDim) outside 1..the model's descriptor dimension, before any work; return
+    that dimension (None when it follows the image size)."""
+    try:
+        full = model.output_dim if hasattr(model, "output_dim") else model.meta.get("output_dim")
+    except ValueError:
+        full = None  # a cropped trunk: the output size follows the image size
+    if dim is not None and (dim < 1 or (full is not None and dim > full)):
+        raise NetVladPortError(f"--dim {dim}: must be between 1 and the descriptor dimension {full}")
+    return full
+
+
 def serial_all_feats(
     model,
     images: str | os.PathLike | Iterable[str],
@@ -234,8 +246,13 @@ def serial_all_feats(
     other images with the same names is refused too (``test``'s feature cache)."""
     if on_error not in ("stop", "skip"):
         raise NetVladPortError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    if batch_size < 1:
+        raise NetVladPortError(f"--batch-size {batch_size}: must be at least 1")
+    check_dim(model, dim)
     out = Path(out_path)
     fmt = infer_format(out, fmt)
+    if half and fmt == "bin":
+        raise NetVladPortError(f"{out}: --half needs h5 or npy (serialAllFeats' .bin holds float32 only)")
     if isinstance(images, (str, os.PathLike)):
         base, names = list_images(images, root)
     else:

@@ -25,19 +25,33 @@ def load_spec(path: str | os.PathLike) -> NetSpec:
     return load_converted(path) if path.is_dir() else read_net(path)
 
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("auto", "torch", "onnxruntime")
 
 
-def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None, backend: str = "torch"):
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
+def load(path: str | os.PathLike, normalize: str = "exact", device: str | None = None, backend: str = "auto"):
     """Load a MatConvNet ``.mat`` (any encoding), a converted folder or a released model by name
     (``"vd16_pitts30k_conv5_3_vlad_preL2_intra_white"``) as a :class:`SimpleNN` in eval mode; with
-    ``backend="onnxruntime"``, a file ``export-onnx`` wrote, as an ``exported.OnnxRuntimeModel``.
+    ``backend="onnxruntime"`` (``auto``: for a ``.onnx`` file), a file ``export-onnx`` wrote, as an
+    ``exported.OnnxRuntimeModel``.
 
     ``normalize="matconvnet-cpu"`` reproduces MatConvNet's CPU ``vl_nnnormalize`` (fast_pow), to
     match features MATLAB computed on a CPU; an exported model must have been exported with it.
     """
     from .errors import NetVladPortError
 
+    path = Path(path)
+    if backend == "auto":
+        backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
+    if backend == "onnxruntime" and path.is_dir():
+        raise NetVladPortError(f"{path}: a folder; --backend onnxruntime takes the .onnx file export-onnx wrote")
+    if backend == "torch" and path.is_file() and _head(path) == b"PK\x03\x04":  # a zip archive: TorchScript
+        raise NetVladPortError(f"{path}: a TorchScript file (for torch.jit.load); give the .mat or converted "
+                               f"folder it was exported from, or an export-onnx file")  # fmt: skip
     if backend == "onnxruntime":
         from .exported import OnnxRuntimeModel
 

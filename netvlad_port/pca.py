@@ -19,6 +19,7 @@ from .matlab_random import make_rng
 
 WHITEN_EPS = 1e-9
 SEED = 43
+N_TRAIN_CAP = 10_000  # addPCA's nTrainCap
 
 
 def relja_pca(x: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -49,7 +50,7 @@ def relja_pca(x: np.ndarray, n_pcs: int) -> tuple[np.ndarray, np.ndarray, np.nda
 def pca_features(
     spec: NetSpec,
     db_train,
-    n_train_cap: int = 10_000,
+    n_train_cap: int = N_TRAIN_CAP,
     batch_size: int = 10,
     device: str = "cpu",
     seed: int = SEED,
@@ -80,6 +81,16 @@ def pca_features(
     return feats
 
 
+def check_pca_dim(pca_dim: int, d: int, n: int) -> None:
+    """Refuse a pcaDim the data cannot give: not below the descriptor dimension ``d``, or above the ``n``
+    training images (PCA of n points has at most n directions; MATLAB would return fewer, silently)."""
+    if pca_dim >= d:
+        raise NetVladPortError(f"pcaDim {pca_dim} must be smaller than the descriptor dimension {d}")
+    if pca_dim > n:
+        raise NetVladPortError(f"pcaDim {pca_dim}: PCA of {n} training images has at most {n} dimensions; "
+                               f"use --pca-dim {n} or less, or more images")  # fmt: skip
+
+
 def _output_dim(spec: NetSpec) -> int:
     """The descriptor dimension, which addPCA needs independent of the image size."""
     dim = output_dim(spec)
@@ -93,7 +104,7 @@ def add_pca(
     db_train=None,
     pca_dim: int = 4096,
     do_white: bool = True,
-    n_train_cap: int = 10_000,
+    n_train_cap: int = N_TRAIN_CAP,
     features: np.ndarray | None = None,
     **feature_kwargs,
 ) -> NetSpec:
@@ -102,13 +113,10 @@ def add_pca(
     if features is None:
         if db_train is None:
             raise NetVladPortError("add_pca needs db_train or features")
-        d = _output_dim(spec)
-        if pca_dim >= d:  # before extracting up to nTrainCap images
-            raise NetVladPortError(f"pcaDim {pca_dim} must be smaller than the descriptor dimension {d}")
+        check_pca_dim(pca_dim, _output_dim(spec), min(db_train.num_images, n_train_cap))  # before extracting
         features = pca_features(spec, db_train, n_train_cap=n_train_cap, **feature_kwargs)
     n, d = features.shape
-    if pca_dim >= d:
-        raise NetVladPortError(f"pcaDim {pca_dim} must be smaller than the descriptor dimension {d}")
+    check_pca_dim(pca_dim, d, n)
     u, lams, mu, _ = relja_pca(features, pca_dim)
     u, lams = u[:, :pca_dim], lams[:pca_dim]
     if do_white:

@@ -200,13 +200,16 @@ def retrieval_pairs(
     db_h5, q_h5, k: int, db_prefix: str | None = None, query_prefix: str | None = None, db_list=None
 ) -> tuple[list[tuple[str, str]], str]:
     """hloc's ``pairs_from_retrieval``: the k nearest database images of each query, from two feature
-    files (names filtered by prefix, or the database names listed in ``db_list``); a query never
-    retrieves an image of its own name. Returns ((query, db) pairs, search description)."""
+    files (names filtered by prefix, or the database names listed in ``db_list``). Within one file a
+    query never retrieves itself; between two files an image of the same name is another image and
+    counts, as in hloc. Returns ((query, db) pairs, search description)."""
     from pathlib import Path
 
     from .errors import NetVladPortError
     from .feature_store import h5_names, read_h5_descriptors, read_tag
 
+    if k < 1:
+        raise NetVladPortError(f"-k {k}: pairs per query must be at least 1")
     db_names, q_names = sorted(h5_names(db_h5)), sorted(h5_names(q_h5))
     if db_list is not None:
         listed = [line.strip() for line in Path(db_list).read_text().splitlines() if line.strip()]
@@ -227,10 +230,11 @@ def retrieval_pairs(
     db, q = read_h5_descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names)
     if db.shape[1] != q.shape[1]:
         raise NetVladPortError(f"{db_h5} has {db.shape[1]}-D descriptors but {q_h5} {q.shape[1]}-D")
-    overlap = bool(set(db_names) & set(q_names))
+    one_file = Path(db_h5).resolve() == Path(q_h5).resolve()
+    overlap = one_file and bool(set(db_names) & set(q_names))
     ids, _, where = faiss_search(db, q, k + overlap)
     pairs = []
     for qn, row in zip(q_names, ids):
-        hits = [db_names[j] for j in row if j >= 0 and db_names[j] != qn]
+        hits = [db_names[j] for j in row if j >= 0 and not (one_file and db_names[j] == qn)]
         pairs += [(qn, d) for d in hits[:k]]
     return pairs, where

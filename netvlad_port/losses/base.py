@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import NetVladPortError
 from ..registry import Registry
 
 if TYPE_CHECKING:
@@ -49,6 +50,18 @@ class LossEntry:
     labels: str | None = None  # a label kind: tuples carry the dataset's similarity of each pair
     doc: str = ""
     sampler_params: dict = field(default_factory=dict)
+
+    def check_params(self, params: dict) -> None:
+        """Refuse ``--loss-param`` names the function does not take, before a run computes anything."""
+        sig = inspect.signature(self.fn).parameters
+        if any(p.kind is p.VAR_KEYWORD for p in sig.values()):
+            return
+        keywords = [(n, p) for n, p in list(sig.items())[3:] if n != "labels"]  # after q, p, negs
+        takes = [n for n, p in keywords if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
+        for name in params:
+            if name not in takes:
+                what = ", ".join(takes) or "no parameters"
+                raise NetVladPortError(f"--loss-param {name}: --loss {self.name} takes {what}")
 
     def __call__(self, q: Tensor, p: Tensor, negs: Tensor, *, labels=None, **params) -> LossOutput:
         if labels is not None:

@@ -97,7 +97,8 @@ def _new_run(net, db_train, db_val, opts: TrainOptions, out_dir: Path, force: bo
     from ..loading import load_spec
 
     existing = [p for p in out_dir.glob("*") if p.name in RUN_OUTPUTS or p.name.startswith("epoch_")]
-    if existing and not force:
+    resumable = (out_dir / "checkpoint_latest").is_dir()  # a run stopped before its first checkpoint starts again
+    if existing and resumable and not force:
         raise NetVladPortError(f"{out_dir}: holds a training run ({existing[0].name}, ...); use --resume to "
                                f"continue it or --force to start again")  # fmt: skip
     for p in existing:

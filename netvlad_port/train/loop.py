@@ -14,7 +14,6 @@ across ranks and gathered.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from pathlib import Path
@@ -30,12 +29,13 @@ from ..layers import matlab_flatten
 from ..losses import LOSSES
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
+from ..pca import N_TRAIN_CAP, check_pca_dim
 from ..precision import exact_math
 from . import validation
 from .checkpoint import load_checkpoint, read_start_feats, save_checkpoint, write_start_feats
 from .options import OPTIONS, TrainOptions
 from .samplers import SAMPLERS, MiningContext
-from .state import History, restore_state, run_state
+from .state import History, restore_state, run_state, truncate_log
 from .step import Step, TupleInputs, sample_batch
 from .terms import TermContext, build_terms
 from .trunk import TrunkCache
@@ -55,20 +55,6 @@ def image_paths(db) -> list[str]:
     return [str(db.db_image(i)) for i in range(db.num_images)] + [str(db.q_image(i)) for i in range(db.num_queries)]
 
 
-def check_loss_params(loss, params: dict) -> None:
-    """Refuse ``--loss-param`` names the loss function does not take, before anything is computed."""
-    sig = inspect.signature(loss.fn).parameters
-    if any(p.kind is p.VAR_KEYWORD for p in sig.values()):
-        return
-    takes = [n for n, p in list(sig.items())[3:] if p.kind is p.KEYWORD_ONLY or p.default is not p.empty]
-    takes = [n for n in takes if n != "labels"]
-    for name in params:
-        if name not in takes:
-            raise NetVladPortError(
-                f"--loss-param {name}: --loss {loss.name} takes {', '.join(takes) or 'no parameters'}"
-            )
-
-
 class Trainer:
     """State of one training run; ``run()`` trains to the end (or ``stop_after`` batches)."""
 
@@ -82,6 +68,8 @@ class Trainer:
         exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
         self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
+        if opts.pca_dim and self.model.output_dim:  # addPCA comes after the last epoch: check it now
+            check_pca_dim(opts.pca_dim, self.model.output_dim, min(db_train.num_images, N_TRAIN_CAP))
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
         groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
@@ -117,7 +105,7 @@ class Trainer:
                 f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
                 f"so it has no meaning for --loss {opts.loss}"
             )
-        check_loss_params(self.loss, opts.loss_params)
+        self.loss.check_params(opts.loss_params)
         if self.sampler.check is not None:
             self.sampler.check(opts, self.loss)
         for name in opts.extras:  # a plug-in's option that means nothing for this run
@@ -216,7 +204,8 @@ class Trainer:
             if o.test0 and self.db_val is not None and self.history.pretrain_val_recall is None:
                 feats = self.start_feats("val", o.db_checkpoint0_val, o.q_checkpoint0_val)
                 self.history.pretrain_val_recall = self.evaluate("val", feats)[0]
-                self.log(f"off-the-shelf val recall@1/5/10: {self._fmt(self.history.pretrain_val_recall)}")
+                text = validation.recall_text(self.history.pretrain_val_recall, o.recall_ns)
+                self.log(f"off-the-shelf val recall@1/5/10: {text}")
             self.train_feats = self.start_feats("train", o.db_checkpoint0, o.q_checkpoint0)
 
     def run(self, stop_after: int | None = None) -> Trainer:
@@ -319,7 +308,8 @@ class Trainer:
         if self.db_val is not None and test_now:
             recalls, rank = self.evaluate("val")
             self.history.val_recall[e], self.history.val_rankloss[e] = recalls, rank
-            self.log(f"epoch {e}: val recall@1/5/10 {self._fmt(recalls)}, rank loss {rank:.4f}")
+            text = validation.recall_text(recalls, self.opts.recall_ns)
+            self.log(f"epoch {e}: val recall@1/5/10 {text}, rank loss {rank:.4f}")
             ns = list(self.opts.recall_ns)
             at = {f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns}
             self.event({"epoch": e, **at, "val_rankloss": rank})
@@ -329,9 +319,6 @@ class Trainer:
         self.epoch += 1
         self.batch = 1
         self.save()
-
-    def _fmt(self, recalls) -> str:
-        return validation.recall_text(recalls, self.opts.recall_ns)
 
     @classmethod
     def resume(cls, out_dir, db_train, db_val, progress: bool = False, log=print, **changes) -> Trainer:
@@ -343,4 +330,6 @@ class Trainer:
         state["options"] = opts.to_json()
         trainer = cls(spec, db_train, db_val, opts, out_dir, progress, log)
         trainer.load_state_dict(state, tensors)
+        if trainer.rank == 0:
+            truncate_log(Path(out_dir) / "log.jsonl", trainer.epoch, trainer.batch)
         return trainer

@@ -4,7 +4,9 @@ feature cache ([docs/formats.md#checkpoint](../../docs/formats.md#checkpoint))."
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,3 +76,19 @@ def restore_state(t, state: dict, tensors: dict[str, np.ndarray]) -> None:
         if f"momentum.{i}" in tensors:
             t.optimizer.state[p]["momentum_buffer"] = torch.from_numpy(tensors[f"momentum.{i}"]).to(p)
     t.train_feats = tensors.get("train_feats")
+
+
+def truncate_log(path: Path, epoch: int, batch: int) -> None:
+    """Drop the records of ``log.jsonl`` written after the checkpoint a run resumes from (batch records from
+    (epoch, batch) on, epoch records from ``epoch`` on), so the resumed run does not log them twice."""
+    if not path.is_file():
+        return
+    from ..io_utils import atomic_file
+
+    kept = []
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if ("batch" in r and (r["epoch"], r["batch"]) < (epoch, batch)) or ("batch" not in r and r["epoch"] < epoch):
+            kept.append(line + "\n")
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(kept))

@@ -1,0 +1,114 @@
+"""No wrong number without a word (issue 22): dimensions the data or the network cannot give are refused
+before any work, two files' same-named images are different images to `search`, a resumed run logs each
+batch once, and the backend follows the file. (The fp16 and feature-cache cases are in test_extract.py and
+test_evaluate.py.)"""
+
+import json
+import shutil
+
+import numpy as np
+from click.testing import CliRunner
+
+from netvlad_port.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_a_pca_dim_the_images_cannot_give_is_refused(tiny_world, tmp_path):
+    res = run("pca", tiny_world.net, "--dataset", "synthetic-train", "--root", tiny_world.data, "--pca-dim", "64",
+              "-o", tmp_path / "white")  # fmt: skip
+    assert res.exit_code == 1 and "PCA of 40 training images has at most 40 dimensions" in res.output
+    assert not (tmp_path / "white").exists()
+
+
+def test_train_checks_the_pca_dim_before_the_first_epoch(tiny_world, tmp_path):
+    res = run(
+        "train",
+        tiny_world.net,
+        "--dataset",
+        "synthetic",
+        "--root",
+        tiny_world.data,
+        "--epochs",
+        "1",
+        "-o",
+        tmp_path / "run",
+        "--quiet",
+    )  # fmt: skip  (the recipe's pcaDim 4096 on a 128-D network)
+    assert res.exit_code == 1 and "pcaDim 4096 must be smaller than the descriptor dimension 128" in res.output
+    assert not list(tmp_path.glob("run/epoch_*")) and not (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_dims_and_half_that_would_be_recorded_wrong_are_refused(tiny_world, tmp_path):
+    images = tiny_world.data / "images" / "test"
+    res = run("extract", tiny_world.net, "--images", images, "-o", tmp_path / "d.h5", "--dim", "1000", "--quiet")
+    assert res.exit_code == 1 and "--dim 1000: must be between 1 and the descriptor dimension 128" in res.output
+    res = run("test", tiny_world.net, "--dataset", "synthetic-test", "--root", tiny_world.data, "--dim", "1000",
+              "-o", tmp_path / "t", "--quiet")  # fmt: skip
+    assert res.exit_code == 1 and "--dim 1000" in res.output and not (tmp_path / "t").exists()
+    res = run("extract", tiny_world.net, "--images", images, "-o", tmp_path / "d.bin", "--half", "--quiet")
+    assert res.exit_code == 1 and "--half needs h5 or npy" in res.output and not (tmp_path / "d.bin").exists()
+    res = run("extract", tiny_world.net, "--images", images, "-o", tmp_path / "d.h5", "--batch-size", "0")
+    assert res.exit_code == 1 and "--batch-size 0: must be at least 1" in res.output
+
+
+def test_search_pairs_same_named_images_of_two_files(tiny_world, tmp_path):
+    images = tiny_world.data / "images" / "test"
+    assert run("extract", tiny_world.net, "--images", images, "-o", tmp_path / "a.h5", "--quiet").exit_code == 0
+    shutil.copy(tmp_path / "a.h5", tmp_path / "b.h5")  # the same images, described twice
+    res = run("search", "--db", tmp_path / "a.h5", "--queries", tmp_path / "b.h5", "-k", "1", "-o", tmp_path / "p")
+    assert res.exit_code == 0, res.output
+    pairs = [line.split() for line in (tmp_path / "p").read_text().splitlines()]
+    assert pairs and all(q == d for q, d in pairs)  # each image's nearest is itself, in the other file
+    res = run("search", "--db", tmp_path / "a.h5", "--queries", tmp_path / "a.h5", "-k", "1", "-o", tmp_path / "s")
+    assert all(q != d for q, d in (line.split() for line in (tmp_path / "s").read_text().splitlines()))
+    res = run("search", "--db", tmp_path / "a.h5", "--queries", tmp_path / "b.h5", "-k", "0", "-o", tmp_path / "z")
+    assert res.exit_code == 1 and "-k 0: pairs per query must be at least 1" in res.output
+
+
+def test_a_resumed_run_logs_each_batch_once(tiny_world, tmp_path):
+    from netvlad_port.datasets import load_synthetic
+    from netvlad_port.train import Trainer, TrainOptions
+
+    data = tiny_world.data
+    tr, va = load_synthetic(data, "train"), load_synthetic(data, "val")
+    opts = TrainOptions.create(back_prop_to_layer="conv5_1", n_neg_choice=20, n_epoch=2, pca_dim=0, save_frequency=8)
+    Trainer(tiny_world.spec, tr, va, opts, tmp_path, log=lambda *a: None).run(stop_after=3)  # saved before batch 4
+    with open(tmp_path / "log.jsonl", "a") as f:  # then killed after two more batches, not yet checkpointed
+        f.writelines(json.dumps({"epoch": 1, "batch": b, "lr": 1e-4, "loss": 9.0}) + "\n" for b in (4, 5))
+    Trainer.resume(tmp_path, tr, va, log=lambda *a: None).run()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").open()]
+    batches = [(r["epoch"], r["batch"]) for r in records if "batch" in r]
+    assert len(batches) == len(set(batches)) == 12  # 2 epochs x 6 batches, none twice
+    assert [r["epoch"] for r in records if "val_rankloss" in r] == [1, 2]
+
+
+def test_a_run_stopped_before_its_first_checkpoint_starts_again(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "log.jsonl").write_text('{"epoch": 1, "batch": 1, "lr": 0.001, "loss": 1.0}\n')  # Ctrl-C before any save
+    res = run("train", tiny_world.net, "--dataset", "synthetic", "--root", tiny_world.data, "--epochs", "1",
+              "--pca-dim", "0", "--n-neg-choice", "20", "-o", out, "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len([line for line in (out / "log.jsonl").open() if '"batch"' in line]) == 6
+
+
+def test_the_backend_follows_the_file(tiny_world, tmp_path):
+    images = tiny_world.data / "images" / "test"
+    assert run("export-onnx", tiny_world.net, "-o", tmp_path / "m.onnx").exit_code == 0
+    res = run("extract", tmp_path / "m.onnx", "--images", images, "-o", tmp_path / "o.h5", "--quiet")
+    assert res.exit_code == 0, res.output  # no --backend needed for a .onnx file
+    ref = run("extract", tiny_world.net, "--images", images, "-o", tmp_path / "t.h5", "--quiet")
+    assert ref.exit_code == 0
+    from netvlad_port.feature_store import h5_names, read_h5_descriptors
+
+    names = sorted(h5_names(tmp_path / "t.h5"))
+    a, b = (read_h5_descriptors(tmp_path / f, names) for f in ("o.h5", "t.h5"))
+    assert np.abs(a - b).max() <= 1e-4 * np.abs(b).max()
+    res = run("extract", tmp_path, "--backend", "onnxruntime", "--images", images, "-o", tmp_path / "x.h5")
+    assert res.exit_code == 1 and "a folder; --backend onnxruntime takes the .onnx file" in res.output
+    assert run("export-torchscript", tiny_world.net, "-o", tmp_path / "m.pt").exit_code == 0
+    res = run("extract", tmp_path / "m.pt", "--images", images, "-o", tmp_path / "y.h5")
+    assert res.exit_code == 1 and "a TorchScript file" in res.output and "Traceback" not in res.output
