@@ -201,10 +201,30 @@ def iter_descriptors(
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
                     out = forward(x) if forward is not None else crop_to_dim(model(x).float(), dim)
-                    yield [i for i, _ in ok], out.float().cpu().numpy()
+                    bad = (~torch.isfinite(out.reshape(len(ok), -1))).any(1).nonzero().flatten().tolist()
+                    for row in bad:  # a model that gives NaN or inf: say where, never store it
+                        fail(ok[row][0], f"{base / names[ok[row][0]]}: {nonfinite_origin(model, x[row : row + 1])}")
+                    keep = [r for r in range(len(ok)) if r not in bad]
+                    if keep:
+                        yield [ok[r][0] for r in keep], out[keep].float().cpu().numpy()
                 bar.update(len(items))
     finally:
         bar.close()
+
+
+def nonfinite_origin(model, x: torch.Tensor) -> str:
+    """Why a descriptor is not finite: the first layer whose output holds NaN or inf (``model.trace``)."""
+    if not hasattr(model, "trace"):
+        return "the exported network gives a non-finite descriptor (NaN or inf)"
+    with torch.autocast(x.device.type, enabled=False):
+        acts = model.trace(x.float())
+    if not torch.isfinite(acts[0]).all():
+        return "non-finite descriptor: the mean-subtracted image is already NaN or inf (averageImage?)"
+    for layer, act in zip(model.layers, acts[1:]):
+        if not torch.isfinite(act).all():
+            return (f"non-finite descriptor: layer '{layer.name}' ({layer.matlab_type}) is the first to give NaN "
+                    f"or inf (check its weights and parameters)")  # fmt: skip
+    return "non-finite descriptor (NaN or inf) at reduced precision; fp32 gives finite values"
 
 
 def check_dim(model, dim: int | None) -> int | None:
@@ -277,6 +297,7 @@ def serial_all_feats(
     results: dict[int, np.ndarray] = {}
     store_dtype = np.float16 if half else np.float32
     h5 = None
+    created = not out.exists()
     if fmt == "h5":
         import h5py
 
@@ -307,6 +328,13 @@ def serial_all_feats(
             if h5 is not None:
                 h5.flush()
             report.extracted += len(ids)
+    except BaseException:
+        if h5 is not None:
+            h5.close()
+            h5 = None
+            if created and report.extracted == 0:  # stopped before any descriptor: leave nothing behind
+                out.unlink(missing_ok=True)
+        raise
     finally:
         if h5 is not None:
             h5.close()

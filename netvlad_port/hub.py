@@ -35,6 +35,7 @@ class Release:
     sha256: str | None = None
     size: int | None = None
     how: str = ""  # where to get it by hand
+    arch: dict | None = None  # what the file must hold: output_dim, method, clusters (checked when sha256 is unknown)
 
 
 RELEASES: Registry[Release] = Registry("released model", builtins="netvlad_port.hub", key=str.lower)
@@ -44,18 +45,21 @@ def register_release(release: Release, replace: bool = False) -> Release:
     return RELEASES.register(release.name, release, replace=replace)
 
 
-for _name, _about in (
-    ("vd16_pitts30k_conv5_3_vlad_preL2_intra_white", "NetVLAD VGG16 + NetVLAD (K 64) + whitening, Pitts30k, 4096-D"),
-    ("vd16_tokyoTM_conv5_3_vlad_preL2_intra_white", "NetVLAD VGG16 + NetVLAD (K 64) + whitening, TokyoTM, 4096-D"),
-    ("vd16_offtheshelf_conv5_3_max", "VGG16 ImageNet conv5_3 + max pooling, 512-D"),
-    ("caffe_offtheshelf_conv5_max", "CaffeNet ImageNet conv5 + max pooling, 256-D"),
-):
-    register_release(Release(_name, f"{_name}.mat", NETVLAD_URL + f"{_name}.mat", _about))
+NETVLAD_64 = {"output_dim": 4096, "method": "vlad_preL2_intra", "clusters": 64}  # + whitening (the README's models)
+for _name, _about, _arch in (
+    ("vd16_pitts30k_conv5_3_vlad_preL2_intra_white", "NetVLAD VGG16 + NetVLAD (K 64) + whitening, Pitts30k, 4096-D",
+     NETVLAD_64),
+    ("vd16_tokyoTM_conv5_3_vlad_preL2_intra_white", "NetVLAD VGG16 + NetVLAD (K 64) + whitening, TokyoTM, 4096-D",
+     NETVLAD_64),
+    ("vd16_offtheshelf_conv5_3_max", "VGG16 ImageNet conv5_3 + max pooling, 512-D", {"output_dim": 512}),
+    ("caffe_offtheshelf_conv5_max", "CaffeNet ImageNet conv5 + max pooling, 256-D", {"output_dim": 256}),
+):  # fmt: skip
+    register_release(Release(_name, f"{_name}.mat", NETVLAD_URL + f"{_name}.mat", _about, arch=_arch))
 for _name, _file, _about in (
     ("hloc_pitts30k", "Pitts30K_struct.mat", "hloc's struct-ified copy of the Pitts30k NetVLAD model"),
     ("hloc_tokyotm", "TokyoTM_struct.mat", "hloc's struct-ified copy of the TokyoTM NetVLAD model"),
 ):
-    register_release(Release(_name, _file, HLOC_URL + _file, _about))
+    register_release(Release(_name, _file, HLOC_URL + _file, _about, arch=NETVLAD_64))
 register_release(
     Release(
         "deepibl_sare_ind",
@@ -63,6 +67,7 @@ register_release(
         None,
         "deepIBL 'Our-Ind.': SARE Gauss-Ind, VGG16 + NetVLAD + whitening, Pitts30k, 4096-D",
         how="from Google Drive, id 1riu7rJEH4Eh5vhQ_tM8dBtUfwhKilqhq, as the Liumouliu/deepIBL README says",
+        arch=NETVLAD_64,
     )
 )
 
@@ -137,7 +142,8 @@ def _resuming_downloader(part: Path, progress: bool):
 
 
 def fetch_release(name: str, progress: bool = False) -> Path:
-    """The downloaded file of release ``name`` (downloaded, checked and recorded when needed)."""
+    """The downloaded file of release ``name`` (downloaded and checked when needed; :func:`load_release`
+    records its sha256 once the file has proved to be the release)."""
     import pooch
     import requests
 
@@ -147,8 +153,6 @@ def fetch_release(name: str, progress: bool = False) -> Path:
     known = release.sha256 or _recorded().get(release.file)
     if dest.is_file() and (known is None or pooch.file_hash(str(dest)) == known):
         _check_size(release, dest)
-        if known is None:
-            _record(release.file, pooch.file_hash(str(dest)))
         return dest
     if release.url is None:
         raise NetVladPortError(f"{release.name}: no direct download; get {release.file} by hand, {release.how}, "
@@ -165,8 +169,6 @@ def fetch_release(name: str, progress: bool = False) -> Path:
     except ValueError as exc:  # pooch: checksum mismatch
         raise NetVladPortError(f"{release.url}: the download is not the released file ({exc}); nothing kept") from None
     _check_size(release, path)
-    if known is None:
-        _record(release.file, pooch.file_hash(str(path)))
     return path
 
 
@@ -184,10 +186,30 @@ def load_release(name: str, progress: bool = False) -> Path:
     out = home() / "models" / RELEASES[name].name
     if (out / "config.json").is_file():
         return out
+    import pooch
+
+    release = RELEASES[name]
     path = fetch_release(name, progress)
     try:
         spec = read_net(path)
     except NetVladPortError as exc:
         raise NetVladPortError(f"{exc} -- the download does not parse; delete {path} and fetch it again") from None
+    if not (release.sha256 or _recorded().get(release.file)):  # an unknown checksum: the file must fit the release
+        _check_arch(release, spec, path)
+        _record(release.file, pooch.file_hash(str(path)))
     save_converted(spec, out, source=path, force=True)
     return out
+
+
+def _check_arch(release: Release, spec, path: Path) -> None:
+    """Refuse a file whose network is not the release's (descriptor dimension, method, clusters)."""
+    from .matconvnet.spec import infer_method, output_dim
+
+    if not release.arch:
+        return
+    vlad = [layer for layer in spec.layers if layer.type in ("layerVLAD", "layerVLADv2")]
+    have = {"output_dim": output_dim(spec), "method": infer_method(spec),
+            "clusters": int(vlad[0].weights[0].shape[-1]) if vlad else None}  # fmt: skip
+    diff = [f"{k} {have[k]} (the release: {v})" for k, v in release.arch.items() if have.get(k) != v]
+    if diff:
+        raise NetVladPortError(f"{path}: not {release.name}: {', '.join(diff)}; delete it and fetch again")

@@ -228,6 +228,24 @@ def test_a_download_that_does_not_parse_is_refused(served, tmp_path):
     assert not (tmp_path / "home" / "models" / "fixture_net").exists()
 
 
+def test_a_hand_placed_file_of_another_network_is_not_pinned(served, tmp_path):
+    """A toy network placed where a release is expected (its sha256 unknown) is refused by its architecture,
+    and its checksum is not recorded."""
+    from netvlad_port.hub import RELEASES, Release, register_release
+
+    server, file = served
+    arch = {"output_dim": 4096, "method": "vlad_preL2_intra", "clusters": 64}
+    register_release(Release("fixture_net", "fixture.mat", server.url + "fixture.mat", "x", arch=arch), replace=True)
+    res = CliRunner().invoke(main, ["fetch", "fixture_net", "--quiet"])
+    assert res.exit_code == 1 and "not fixture_net: output_dim 8 (the release: 4096), clusters 4" in res.output
+    assert not (tmp_path / "home" / "sha256.json").exists() and not (tmp_path / "home" / "models").exists()
+    fits = {"output_dim": 8, "method": "vlad_preL2_intra", "clusters": 4}
+    register_release(Release("fixture_net", "fixture.mat", server.url + "fixture.mat", "x", arch=fits), replace=True)
+    assert CliRunner().invoke(main, ["fetch", "fixture_net", "--quiet"]).exit_code == 0
+    assert (tmp_path / "home" / "sha256.json").is_file()
+    RELEASES.unregister("fixture_net")
+
+
 def test_torch_hub_load_local(monkeypatch, tmp_path):
     from netvlad_port.fixtures import make_net
     from netvlad_port.matconvnet import write_net

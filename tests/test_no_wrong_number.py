@@ -112,3 +112,25 @@ def test_the_backend_follows_the_file(tiny_world, tmp_path):
     assert run("export-torchscript", tiny_world.net, "-o", tmp_path / "m.pt").exit_code == 0
     res = run("extract", tmp_path / "m.pt", "--images", images, "-o", tmp_path / "y.h5")
     assert res.exit_code == 1 and "a TorchScript file" in res.output and "Traceback" not in res.output
+
+
+def test_a_model_giving_nan_stops_at_the_first_image_and_names_the_layer(tmp_path):
+    from PIL import Image
+
+    from netvlad_port.fixtures import make_net
+    from netvlad_port.matconvnet import write_net
+
+    spec = make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=None, seed=1)
+    conv = next(layer for layer in spec.layers if layer.name == "conv3_1")
+    conv.weights[0] = np.full_like(conv.weights[0], 1e38)  # a tampered file: finite weights, infinite outputs
+    write_net(spec, tmp_path / "broken.mat")
+    (tmp_path / "images").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(tmp_path / "images" / f"{i}.jpg")
+    res = run("extract", tmp_path / "broken.mat", "--images", tmp_path / "images", "-o", tmp_path / "d.h5", "--quiet")
+    assert res.exit_code == 1 and "0.jpg" in res.output and "layer 'conv3_1' (conv) is the first" in res.output
+    assert not (tmp_path / "d.h5").exists()  # nothing half-written
+    res = run("extract", tmp_path / "broken.mat", "--images", tmp_path / "images", "-o", tmp_path / "s.h5", "--quiet",
+              "--on-error", "skip")  # fmt: skip
+    assert res.exit_code == 0 and "3 skipped" in res.output
