@@ -632,7 +632,11 @@ def cluster(
         spec = load_net(net_id, layer, model_path) if layer else load_spec(model_path)
     except NetVladPortError as exc:
         if layer is None and "unsupported layer type" in str(exc):  # an ImageNet model with its classifier
-            raise NetVladPortError(f"{exc}; an ImageNet model? crop it with --layer conv5_3 (loadNet)") from None
+            raise NetVladPortError(
+                str(exc)
+                if "cluster --layer" in str(exc)
+                else f"{exc}; an ImageNet model? crop it with --layer conv5_3 (loadNet)"
+            ) from None
         raise
     done = [l for l in spec.layers if (t := LAYER_TYPES.get(l.type)) is not None and t.token]
     if done:
@@ -642,7 +646,7 @@ def cluster(
         )
     db = open_dataset(dataset, root, spec_dir)
     spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images, rng=rng,
-                      device=device, progress=not quiet)  # fmt: skip
+                      device=device, progress=not quiet, say=click.echo)  # fmt: skip
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 
@@ -653,6 +657,7 @@ def cluster(
 @click.option("--pca-dim", type=int, default=4096, show_default=True, help="pcaDim: output dimension.")
 @click.option("--no-white", is_flag=True, help="PCA without whitening.")
 @click.option("--n-train-cap", type=int, default=10000, show_default=True, help="nTrainCap: at most this many images.")
+@click.option("--again", is_flag=True, help="Add (W)PCA to a network that has one already (MATLAB would).")
 @_device_option
 @_rng_option
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
@@ -660,8 +665,8 @@ def cluster(
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
-def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, device, rng, out_dir, workers, quiet,
-        force):  # fmt: skip
+def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, again, device, rng, out_dir, workers,
+        quiet, force):  # fmt: skip
     """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
     from .converted import save_converted
     from .datasets import open_dataset
@@ -676,6 +681,7 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, dev
         pca_dim=pca_dim,
         do_white=not no_white,
         n_train_cap=n_train_cap,
+        again=again,
         device=device,
         rng=rng,
         num_workers=workers,

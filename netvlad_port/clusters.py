@@ -88,9 +88,10 @@ def kmeans(train_descs: np.ndarray, k: int, niter: int = N_ITER, seed: int = SEE
 
 
 def get_clusters(
-    spec: NetSpec, db_train, k: int = 64, cache_dir: str | os.PathLike | None = None, **sample_kwargs
+    spec: NetSpec, db_train, k: int = 64, cache_dir: str | os.PathLike | None = None, say=None, **sample_kwargs
 ) -> tuple[np.ndarray, np.ndarray]:
-    """MATLAB ``getClusters``: (centres D x K, training descriptors D x N), cached in ``cache_dir``."""
+    """MATLAB ``getClusters``: (centres D x K, training descriptors D x N), cached in ``cache_dir``;
+    ``say(line)`` is told when a cached file is reused, naming it."""
     import scipy.io
 
     which = descriptor_name(spec)
@@ -106,6 +107,8 @@ def get_clusters(
         clst_fn = cache_dir / f"{db_train.name}_{which}_k{k:03d}_clst.mat"
     if desc_fn is not None and desc_fn.is_file():
         train_descs = scipy.io.loadmat(desc_fn)["trainDescs"].astype(np.float32)
+        if say:
+            say(f"reusing the cached training descriptors {desc_fn} (delete it to sample again)")
     else:
         train_descs = sample_train_descs(spec, db_train, **sample_kwargs)
         if desc_fn is not None:
@@ -115,6 +118,8 @@ def get_clusters(
         clusters = scipy.io.loadmat(clst_fn)["clsts"].astype(np.float32)
         if clusters.shape[1] != k:
             raise NetVladPortError(f"{clst_fn}: holds {clusters.shape[1]} clusters, not {k}")
+        if say:
+            say(f"reusing the cached clusters {clst_fn} (delete it to cluster again)")
     else:
         clusters = kmeans(train_descs, k)
         if clst_fn is not None:

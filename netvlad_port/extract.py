@@ -66,6 +66,10 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
     source = Path(source)
     if source.is_dir():
         base = Path(root) if root else source
+        if root and Path(root).is_absolute() != source.is_absolute():  # compare like with like
+            base, source = base.absolute(), source.absolute()
+        if not source.absolute().is_relative_to(base.absolute()):
+            raise NetVladPortError(f"--images {source}: not inside --root {base}; names are paths relative to the root")
         names = sorted(  # broken links are kept: they are reported like any unreadable image
             p.relative_to(base).as_posix()
             for p in source.rglob("*")

@@ -81,6 +81,14 @@ def pca_features(
     return feats
 
 
+def check_unwhitened(spec: NetSpec, again: bool = False) -> None:
+    """Refuse a second (W)PCA on top of one, unless asked (``again``, ``pca --again``)."""
+    done = [layer.name for layer in spec.layers if layer.name in ("WPCA", "PCA")]
+    if done and not again:
+        raise NetVladPortError(f"the network already ends in {done[-1]} (addPCA was applied); start from the network "
+                               f"before it, or pass --again to add another")  # fmt: skip
+
+
 def check_pca_dim(pca_dim: int, d: int, n: int) -> None:
     """Refuse a pcaDim the data cannot give: not below the descriptor dimension ``d``, or above the ``n``
     training images (PCA of n points has at most n directions; MATLAB would return fewer, silently)."""
@@ -106,10 +114,13 @@ def add_pca(
     do_white: bool = True,
     n_train_cap: int = N_TRAIN_CAP,
     features: np.ndarray | None = None,
+    again: bool = False,
     **feature_kwargs,
 ) -> NetSpec:
     """MATLAB ``addPCA(net, dbTrain, 'pcaDim', 4096, 'doWhite', true)``: appends WPCA (or PCA) and
-    finalL2. ``features`` (N x D, consumed: centred in place) skips the extraction."""
+    finalL2. ``features`` (N x D, consumed: centred in place) skips the extraction. A network that has
+    a (W)PCA already is refused unless ``again`` (MATLAB would append a second one)."""
+    check_unwhitened(spec, again)
     if features is None:
         if db_train is None:
             raise NetVladPortError("add_pca needs db_train or features")

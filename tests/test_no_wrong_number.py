@@ -134,3 +134,34 @@ def test_a_model_giving_nan_stops_at_the_first_image_and_names_the_layer(tmp_pat
     res = run("extract", tmp_path / "broken.mat", "--images", tmp_path / "images", "-o", tmp_path / "s.h5", "--quiet",
               "--on-error", "skip")  # fmt: skip
     assert res.exit_code == 0 and "3 skipped" in res.output
+
+
+def test_errors_that_lead_somewhere(tiny_world, tmp_path, monkeypatch):
+    """A whitened network is not whitened twice unless asked; reused cluster caches are named; an ImageNet
+    classifier gets the hint to crop it; --images outside --root is one line."""
+    from netvlad_port.fixtures import make_net, write_imagenet_model
+    from netvlad_port.matconvnet import write_net
+
+    write_net(make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=8, seed=1), tmp_path / "white.mat")
+    pca = ["pca", tmp_path / "white.mat", "--dataset", "synthetic-train", "--root", tiny_world.data, "--pca-dim", "4"]
+    res = run(*pca, "-o", tmp_path / "twice")
+    assert res.exit_code == 1 and "already ends in WPCA" in res.output and "--again" in res.output
+    assert run(*pca, "-o", tmp_path / "twice", "--again", "--quiet").exit_code == 0
+
+    cluster = ["cluster", tmp_path / "imagenet.mat", "--layer", "conv5_3", "--dataset", "synthetic-train", "--root",
+               tiny_world.data, "-k", "4", "--cache-dir", tmp_path / "cache", "--quiet"]  # fmt: skip
+    write_imagenet_model(tmp_path / "imagenet.mat", "vd16", width=1 / 16, seed=0)
+    assert run(*cluster, "-o", tmp_path / "c1").exit_code == 0
+    res = run(*cluster, "-o", tmp_path / "c2")
+    assert res.exit_code == 0 and "reusing the cached clusters" in res.output and "_k004_clst.mat" in res.output
+
+    res = run("info", tmp_path / "imagenet.mat")
+    assert res.exit_code == 1 and "unsupported layer type 'dropout'" in res.output and "--layer conv5_3" in res.output
+
+    monkeypatch.chdir(tiny_world.data)  # --images relative, --root absolute
+    res = run("extract", tiny_world.net, "--images", "images/test", "--root", tiny_world.data / "queries", "-o",
+              tmp_path / "r.h5")  # fmt: skip
+    assert res.exit_code == 1 and "not inside --root" in res.output and "Traceback" not in res.output
+    res = run("extract", tiny_world.net, "--images", "images/test", "--root", tiny_world.data, "-o",
+              tmp_path / "r.h5", "--quiet")  # fmt: skip
+    assert res.exit_code == 0, res.output

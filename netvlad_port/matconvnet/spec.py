@@ -121,10 +121,15 @@ def register_layer(entry: LayerType, aliases: tuple[str, ...] = (), replace: boo
     return LAYER_TYPES.register(entry.name, entry, aliases, replace)
 
 
+CLASSIFIER_TYPES = ("dropout", "softmax", "softmaxloss", "loss")  # an ImageNet model's head
+
+
 def layer_type(name: str, where: str = "") -> LayerType:
     entry = LAYER_TYPES.get(name)
     if entry is None:
-        raise NetFormatError(f"unsupported layer type '{name}'" + (f" at {where}" if where else ""))
+        hint = ("; an ImageNet model? `netvlad-port cluster --layer conv5_3` crops it (loadNet)"
+                if name in CLASSIFIER_TYPES else "")  # fmt: skip
+        raise NetFormatError(f"unsupported layer type '{name}'" + (f" at {where}" if where else "") + hint)
     return entry
 
 

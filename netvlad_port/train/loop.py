@@ -29,7 +29,7 @@ from ..layers import matlab_flatten
 from ..losses import LOSSES
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
-from ..pca import N_TRAIN_CAP, check_pca_dim
+from ..pca import N_TRAIN_CAP, check_pca_dim, check_unwhitened
 from ..precision import exact_math
 from . import validation
 from .checkpoint import load_checkpoint, read_start_feats, save_checkpoint, write_start_feats
@@ -69,6 +69,7 @@ class Trainer:
         self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
         if opts.pca_dim and self.model.output_dim:  # addPCA comes after the last epoch: check it now
+            check_unwhitened(spec)
             check_pca_dim(opts.pca_dim, self.model.output_dim, min(db_train.num_images, N_TRAIN_CAP))
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
