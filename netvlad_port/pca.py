@@ -120,14 +120,15 @@ def add_pca(
     """MATLAB ``addPCA(net, dbTrain, 'pcaDim', 4096, 'doWhite', true)``: appends WPCA (or PCA) and
     finalL2. ``features`` (N x D, consumed: centred in place) skips the extraction. A network that has
     a (W)PCA already is refused unless ``again`` (MATLAB would append a second one)."""
-    check_unwhitened(spec, again)
     if features is None:
         if db_train is None:
             raise NetVladPortError("add_pca needs db_train or features")
         check_pca_dim(pca_dim, _output_dim(spec), min(db_train.num_images, n_train_cap))  # before extracting
+        check_unwhitened(spec, again)
         features = pca_features(spec, db_train, n_train_cap=n_train_cap, **feature_kwargs)
     n, d = features.shape
     check_pca_dim(pca_dim, d, n)
+    check_unwhitened(spec, again)
     u, lams, mu, _ = relja_pca(features, pca_dim)
     u, lams = u[:, :pca_dim], lams[:pca_dim]
     if do_white:

@@ -273,7 +273,7 @@ def test_guidance_needs_a_deattention_layer(masked_world, tmp_path):
     masks = f"ids:{masked_world / 'data' / 'masks'}"
     res = CliRunner().invoke(main, ["train", str(masked_world / "net.mat"), "--dataset", "synthetic", "--root",
                                     str(masked_world / "data"), "--loss", "stml", "--guidance", masks,
-                                    "--out", str(tmp_path), "--quiet"])  # fmt: skip
+                                    "--pca-dim", "0", "--out", str(tmp_path), "--quiet"])  # fmt: skip
     assert res.exit_code != 0 and "add --attention deattention-v1" in res.output
     res = CliRunner().invoke(main, ["train", str(masked_world / "net.mat"), "--dataset", "synthetic", "--root",
                                     str(masked_world / "data"), "--loss", "sare-ind", "--mining-margin", "1",
@@ -317,6 +317,6 @@ def test_guided_deattention_training_resumes_exactly(masked_world, tmp_path):
 def test_maps_too_small_for_the_deattention_are_refused_before_training(tiny_world, tmp_path):
     res = CliRunner().invoke(main, ["train", str(tiny_world.net), "--dataset", "synthetic", "--root",
                                     str(tiny_world.data), "--attention", "deattention-v1", "--loss", "stml",
-                                    "--out", str(tmp_path), "--quiet"])  # fmt: skip
+                                    "--pca-dim", "0", "--out", str(tmp_path), "--quiet"])  # fmt: skip
     assert res.exit_code == 1 and "48x64 image cannot go through the network" in res.output
     assert "3x4 map is too small" in res.output and "Traceback" not in res.output

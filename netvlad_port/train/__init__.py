@@ -81,6 +81,7 @@ def train(
     out_dir = Path(out_dir)
     if resume:
         trainer = Trainer.resume(out_dir, db_train, db_val, progress=progress, log=log, **options)
+        check_final_pca(trainer.model.to_spec(), trainer.opts, db_train)
     else:
         if net is None:
             raise NetVladPortError("--model is required (the start network, e.g. from `netvlad-port cluster`)")
@@ -88,6 +89,16 @@ def train(
         trainer = _new_run(net, db_train, db_val, opts, out_dir, force, progress, log)
     trainer.run()
     return _finish(trainer, db_train, out_dir, progress, log)
+
+
+def check_final_pca(spec, opts: TrainOptions, db_train) -> None:
+    """addPCA runs after the last epoch: refuse a pcaDim the network or the images cannot give, now."""
+    from ..matconvnet.spec import output_dim
+    from ..pca import N_TRAIN_CAP, check_pca_dim, check_unwhitened
+
+    if opts.pca_dim and output_dim(spec):
+        check_pca_dim(opts.pca_dim, output_dim(spec), min(db_train.num_images, N_TRAIN_CAP))
+        check_unwhitened(spec)
 
 
 def _new_run(net, db_train, db_val, opts: TrainOptions, out_dir: Path, force: bool, progress: bool, log) -> Trainer:
@@ -101,13 +112,15 @@ def _new_run(net, db_train, db_val, opts: TrainOptions, out_dir: Path, force: bo
     if existing and resumable and not force:
         raise NetVladPortError(f"{out_dir}: holds a training run ({existing[0].name}, ...); use --resume to "
                                f"continue it or --force to start again")  # fmt: skip
-    for p in existing:
-        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    opts.objective()  # options without meaning are refused first
     spec = net if hasattr(net, "layers") else load_spec(net)
     if opts.attention:
         from ..networks import insert_attention
 
         spec = insert_attention(spec, opts.attention)
+    check_final_pca(spec, opts, db_train)  # before anything of an earlier run is removed
+    for p in existing:
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
     return Trainer(spec, db_train, db_val, opts, out_dir, progress, log)
 
 

@@ -26,15 +26,13 @@ from tqdm import tqdm
 from ..devices import resolve_device
 from ..errors import NetVladPortError
 from ..layers import matlab_flatten
-from ..losses import LOSSES
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
-from ..pca import N_TRAIN_CAP, check_pca_dim, check_unwhitened
 from ..precision import exact_math
 from . import validation
 from .checkpoint import load_checkpoint, read_start_feats, save_checkpoint, write_start_feats
-from .options import OPTIONS, TrainOptions
-from .samplers import SAMPLERS, MiningContext
+from .options import TrainOptions
+from .samplers import MiningContext
 from .state import History, restore_state, run_state, truncate_log
 from .step import Step, TupleInputs, sample_batch
 from .terms import TermContext, build_terms
@@ -68,9 +66,6 @@ class Trainer:
         exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
         self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
-        if opts.pca_dim and self.model.output_dim:  # addPCA comes after the last epoch: check it now
-            check_unwhitened(spec)
-            check_pca_dim(opts.pca_dim, self.model.output_dim, min(db_train.num_images, N_TRAIN_CAP))
         self.first = layer_index(self.model, opts.back_prop_to_layer)
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
         groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
@@ -99,19 +94,7 @@ class Trainer:
     def _setup_objective(self, opts: TrainOptions) -> None:
         """The loss, its sampler and parameters, checked before anything is computed. The margin that
         drives the loss (``--loss-param margin`` or ``margin``) also drives mining and the rank loss."""
-        self.loss = LOSSES[opts.loss]
-        self.sampler = SAMPLERS[self.loss.mining]
-        if opts.exclude_very_hard and self.loss.mining != "violators":
-            raise NetVladPortError(
-                f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
-                f"so it has no meaning for --loss {opts.loss}"
-            )
-        self.loss.check_params(opts.loss_params)
-        if self.sampler.check is not None:
-            self.sampler.check(opts, self.loss)
-        for name in opts.extras:  # a plug-in's option that means nothing for this run
-            if (option := OPTIONS[name]).check is not None:
-                option.check(opts, self.loss)
+        self.loss, self.sampler = opts.objective()
         self.loss_params = {**{k: getattr(opts, k) for k in self.loss.params}, **opts.loss_params}
         self.margin = float(opts.loss_params.get("margin", opts.margin))
 

@@ -102,6 +102,26 @@ class TrainOptions:
     def comp_feats_batch_frequency(self) -> int:
         return math.ceil(self.comp_feats_frequency / self.batch_size)
 
+    def objective(self):
+        """(loss, sampler) of the run, every option that has no meaning for them refused in one line."""
+        from ..losses import LOSSES
+        from .samplers import SAMPLERS
+
+        loss = LOSSES[self.loss]
+        sampler = SAMPLERS[loss.mining]
+        if self.exclude_very_hard and loss.mining != "violators":
+            raise NetVladPortError(
+                f"excludeVeryHard is trainWeakly's (--loss triplet); deepIBL's train*.m accept it and ignore it, "
+                f"so it has no meaning for --loss {self.loss}"
+            )
+        loss.check_params(self.loss_params)
+        if sampler.check is not None:
+            sampler.check(self, loss)
+        for name in self.extras:  # a plug-in's option that means nothing for this run
+            if (option := OPTIONS[name]).check is not None:
+                option.check(self, loss)
+        return loss, sampler
+
     def extra(self, name: str) -> Any:
         """A plug-in option's value (its default when not given)."""
         return self.extras[name] if name in self.extras else OPTIONS[name].default
