@@ -105,7 +105,8 @@ def grouped_search(db, db_feats: np.ndarray, q_feats: np.ndarray, qids: np.ndarr
 class Ranking:
     """What a protocol turns into :class:`Results`: the post-processed top results of each evaluated
     query (``retrieved[row]``, database ids, for query ``query_ids[row]``), ``hits[row, j]``: a
-    ground-truth positive among its first ``recall_ns[j]``, and ``has_positive[row]``."""
+    ground-truth positive among its first ``recall_ns[j]``, ``has_positive[row]``, and the query's
+    ground-truth positives (``positives[row]``, ``pos_q``)."""
 
     db: object
     query_ids: np.ndarray
@@ -115,6 +116,7 @@ class Ranking:
     recall_ns: list[int]
     dim: int
     search: str
+    positives: list[np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -179,17 +181,19 @@ def test_from_fn(
     recall_ns = list(recall_ns)
     hits = np.zeros((len(qids), len(recall_ns)), bool)
     has_pos = np.zeros(len(qids), bool)
-    retrieved = []
+    retrieved, positives = [], []
     for row, iq in enumerate(qids):
         found_row = ids[row] >= 0  # a group's search may return fewer than asked
         r_ids, _ = db.nn_search_postprocess(iq, ids[row][found_row], ds[row][found_row], n_top)
-        is_pos = db.is_pos_q(iq, r_ids)
-        has_pos[row] = len(db.pos_q(iq)) > 0
+        positives.append(db.pos_q(iq))  # once per query: isPosQ and the count both read it
+        is_pos = np.isin(r_ids, positives[-1])
+        has_pos[row] = len(positives[-1]) > 0
         found = np.cumsum(is_pos) > 0
         if len(found):
             hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
         retrieved.append(r_ids)
-    res = make_results(Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where))
+    res = make_results(Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where,
+                               positives))  # fmt: skip
     return (res, retrieved) if return_ranks else res
 
 

@@ -44,7 +44,7 @@ def gcl_results(r: Ranking) -> Results:
     keep = np.flatnonzero(r.has_positive)
     if not len(keep):
         raise ValueError(f"{r.db.name}: no query has a ground-truth positive")
-    positives = [r.db.pos_q(r.query_ids[row]) for row in keep]
+    positives = [r.positives[row] for row in keep]
     maps = [map_at_k([r.retrieved[row] for row in keep], positives, n) for n in r.recall_ns]
     return Results(r.db.name, r.recall_ns, r.hits[keep].mean(0).tolist(), len(keep), int((~r.has_positive).sum()),
                    r.dim, r.search, "gcl", maps)  # fmt: skip
