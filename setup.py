@@ -14,7 +14,8 @@ setup(
     python_requires=">=3.10",
     # torch is pinned to a CPU-friendly range; see README "GPU install" for CUDA builds.
     install_requires=[
-        "torch>=2.13,<2.14",
+        "torch>=2.14,<2.15",
+        "torchvision>=0.29,<0.30",
         "numpy>=1.24",
         "scipy>=1.11",
         "h5py>=3.8",

@@ -165,21 +165,54 @@ def main():
     required=True,
     help="Output folder (model.safetensors + config.json).",
 )
+@click.option("--from", "source", help="A .pth checkpoint's original: gcl, stml or nanne (default: from its keys).")
+@click.option("--arch", help="A checkpoint's backbone, when its keys leave a choice (vgg16, resnet50, ...).")
+@click.option("--pooling", help="A checkpoint's pooling without weights: max or avg (Nanne's --pooling).")
+@click.option("--image-size", help="HxW the original resizes images to (GCL's --image_size), or 'none'.")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+              help="An importer's own option, e.g. deattention_version=2 (docs/pytorch_models.md).")  # fmt: skip
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
-def convert(model: Path, out_dir: Path, force: bool):
-    """Convert a MatConvNet MODEL.mat (any encoding) into a folder of safetensors + JSON."""
+def convert(model: Path, out_dir: Path, source, arch, pooling, image_size, settings, force: bool):
+    """Convert a MatConvNet MODEL.mat (any encoding), or a GCL, STML or Nanne .pth checkpoint, into a
+    folder of safetensors + JSON."""
     from .converted import config_of, save_converted
+    from .importers import import_checkpoint, is_checkpoint
     from .matconvnet import read_net
 
     refuse_existing(out_dir, force)
-    spec = read_net(model)
+    if source or is_checkpoint(model):
+        options = dict(_setting(s) for s in settings)
+        size = None if image_size is None else "none" if image_size.lower() == "none" else _image_size(image_size)
+        spec = import_checkpoint(model, source, arch=arch, pooling=pooling, image_size=size, **options)
+    else:
+        if arch or pooling or image_size or settings:
+            raise click.UsageError("--arch, --pooling, --image-size and --set apply to .pth checkpoints only")
+        spec = read_net(model)
     save_converted(spec, out_dir, source=model, force=force)
     cfg = config_of(spec)
+    origin = spec.meta.get("checkpoint", {}).get("from")
     click.echo(
-        f"{model} -> {out_dir}: {len(spec.layers)} layers, method {cfg['method'] or '-'}, "
-        f"{'whitened, ' if cfg['whitened'] else ''}output dim {cfg['output_dim']}"
+        f"{model} -> {out_dir}: {len(spec.layers)} layers{f' ({origin})' if origin else ''}, method "
+        f"{cfg['method'] or '-'}, {'whitened, ' if cfg['whitened'] else ''}output dim {cfg['output_dim']}"
     )
+
+
+def _setting(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", param_hint="--set")
+    return key.strip().replace("-", "_"), value.strip()
+
+
+def input_description(spec) -> str:
+    """What the network takes: MatConvNet's averageImage, or a PyTorch-born network's normalisation and resize."""
+    pre = spec.meta.get("preprocess")
+    if not pre:
+        return f"averageImage(1,1,:) {' '.join(f'{v:g}' for v in spec.average_rgb)}"
+    resize = spec.meta.get("resize")
+    size = "x".join(map(str, resize["size"])) + f" {resize.get('filter', '')}".rstrip() if resize else "none"
+    return f"input RGB 0..1, mean {pre['mean']}, std {pre['std']}, resize {size}"
 
 
 def layer_table(spec, image_hw: tuple[int, int]) -> list[str]:
@@ -216,8 +249,7 @@ def info(model: Path, image_size: str):
     )
     click.echo(
         f"method {cfg['method'] or '-'}  whitened {'yes' if cfg['whitened'] else 'no'}  "
-        f"output dim {cfg['output_dim']}  averageImage(1,1,:) "
-        f"{' '.join(f'{v:g}' for v in spec.average_rgb)}"
+        f"output dim {cfg['output_dim']}  {input_description(spec)}"
     )
     for row in layer_table(spec, _image_size(image_size)):
         click.echo(row)

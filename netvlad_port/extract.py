@@ -31,9 +31,10 @@ import torch
 from .devices import resolve_device
 from .errors import NetVladPortError
 from .feature_store import check_tag, descriptor_tag, h5_names, images_stamp, write_h5_descriptor, write_tag
-from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
+from .images import IMAGE_EXTENSIONS, ImageError, Resize, as_resize, image_size, read_image
 from .io_utils import atomic_file
 from .layers.netvlad import crop_to_dim  # re-exported: retrieval and callers import it from here
+from .model import to_pixel_range
 from .precision import precision_mode
 
 FORMATS = ("h5", "bin", "npy")
@@ -93,15 +94,15 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
 
 
 class _Images(torch.utils.data.Dataset):
-    def __init__(self, root: Path, names: Sequence[str], resize_shorter: int | None):
-        self.root, self.names, self.resize_shorter = root, names, resize_shorter
+    def __init__(self, root: Path, names: Sequence[str], resize: Resize | None):
+        self.root, self.names, self.resize = root, names, resize
 
     def __len__(self):
         return len(self.names)
 
     def __getitem__(self, i):
         try:
-            return i, read_image(self.root / self.names[i], self.resize_shorter), None
+            return i, read_image(self.root / self.names[i], self.resize), None
         except ImageError as exc:
             return i, None, str(exc)
 
@@ -140,11 +141,12 @@ def plan_batches(
     """Batches of equal-size images (indices into ``names``) and each image's original (H, W);
     ``fail(i, message)`` is called for images whose header cannot be read, or that are too small
     for ``model``'s windows."""
+    resize = as_resize(resize_shorter)
     sizes, original = [], {}
     for i in todo:
         try:
             h, w = original[i] = image_size(base / names[i])
-            size = resized_hw(h, w, resize_shorter) if resize_shorter and h and w else (h, w)
+            size = resize.out_hw(h, w) if resize is not None and h and w else (h, w)
             why = model.input_error(*size) if model is not None and h and w else None
             if why:
                 raise ImageError(
@@ -178,6 +180,7 @@ def iter_descriptors(
     ``forward(x)`` replaces the whole network (e.g. only the frozen layers), its output is yielded as is."""
     from tqdm import tqdm
 
+    resize = effective_resize(model, resize_shorter)
     dev = resolve_device(device)
     model = model.to(dev).eval()
     if channels_last is None:  # faster for the VGG trunk on CPU and GPU alike (measured, benchmarks/extract.py)
@@ -186,7 +189,7 @@ def iter_descriptors(
         model = model.to(memory_format=torch.channels_last)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers
     loader = torch.utils.data.DataLoader(
-        _Images(base, names, resize_shorter),
+        _Images(base, names, resize),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=_collate,
@@ -204,7 +207,10 @@ def iter_descriptors(
                     x = torch.stack([t for _, t in ok]).to(dev, non_blocking=True)
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    out = forward(x) if forward is not None else crop_to_dim(model(x).float(), dim)
+                    if forward is not None:
+                        out = forward(x)
+                    else:
+                        out = crop_to_dim(model(to_pixel_range(x, pixel_range(model))).float(), dim)
                     bad = (~torch.isfinite(out.reshape(len(ok), -1))).any(1).nonzero().flatten().tolist()
                     for row in bad:  # a model that gives NaN or inf: say where, never store it
                         fail(ok[row][0], f"{base / names[ok[row][0]]}: {nonfinite_origin(model, x[row : row + 1])}")
@@ -283,6 +289,9 @@ def serial_all_feats(
         base, names = Path(root or "."), [str(n) for n in images]
     report = ExtractReport(out=out, device=str(resolve_device(device)))
     tag = descriptor_tag(model, dim=dim, resize_shorter=resize_shorter, precision=precision, half=half)
+    if resize_shorter is None and getattr(model, "resize", None) is not None:
+        tag["resize"] = str(model.resize)  # the model's own policy
+    resize_shorter = effective_resize(model, resize_shorter)
     if stamp:
         tag["images"] = images_stamp(base, names)
     check_tag(out, fmt, tag, force)
@@ -374,7 +383,7 @@ def compute_representation(model, image, resize_shorter: int | None = None) -> t
     an H x W x 3 array in 0..255, or a 3 x H x W tensor; ``model`` a :class:`SimpleNN` or an exported
     ``exported.OnnxRuntimeModel``."""
     if isinstance(image, (str, os.PathLike)):
-        x = read_image(image, resize_shorter)
+        x = read_image(image, effective_resize(model, resize_shorter))
     else:
         x = torch.as_tensor(np.asarray(image, np.float32) if not torch.is_tensor(image) else image).float()
         if x.ndim == 2:
@@ -382,7 +391,17 @@ def compute_representation(model, image, resize_shorter: int | None = None) -> t
         elif x.shape[0] != 3 and x.shape[-1] in (1, 3):
             x = x.permute(2, 0, 1).expand(3, -1, -1)
     with torch.inference_mode():
-        return model(x[None].to(model_device(model)))[0]
+        return model(to_pixel_range(x[None], pixel_range(model)).to(model_device(model)))[0]
+
+
+def effective_resize(model, resize_shorter: Resize | int | None) -> Resize | None:
+    """``--resize-shorter`` when given, else the model's own resize (a PyTorch-born network's)."""
+    return as_resize(resize_shorter) or getattr(model, "resize", None)
+
+
+def pixel_range(model) -> float:
+    """What ``model(x)`` takes: RGB in 0..255 (MATLAB networks) or in 0..1 (PyTorch-born ones)."""
+    return getattr(model, "pixel_range", 255.0)
 
 
 def model_device(model) -> torch.device:

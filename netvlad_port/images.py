@@ -4,6 +4,10 @@ ignored, no resizing unless asked (``vl_imreadjpeg 'Resize', S``: shorter side t
 upsampling too). Pillow decodes JPEG with libjpeg's defaults (ISLOW DCT, fancy upsampling), the
 decoder ``vl_imreadjpeg`` uses.
 
+A PyTorch-born network's own resize (``Resize``: a fixed H x W with a PIL filter, as GCL's
+``transforms.Resize((480, 640))`` and STML's ``img.resize((640, 480))`` do) is applied to the 8-bit PIL
+image, exactly as those originals do, before the tensor is made.
+
 Images MATLAB's pipeline cannot take unambiguously are refused with a message naming the file:
 CMYK JPEGs, 16-bit and float images, zero-size images. Palette and alpha images are converted to
 RGB (alpha dropped, not composited).
@@ -12,6 +16,7 @@ RGB (alpha dropped, not composited).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +68,63 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return h, w
 
 
-def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> torch.Tensor:
-    """3 x H x W float32 RGB in 0..255 (``vl_imreadjpeg``; grey -> 3 channels as ``serialAllFeats``)."""
+PIL_FILTERS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
+@dataclass(frozen=True)
+class Resize:
+    """How images are resized before the network: ``shorter`` (``vl_imreadjpeg 'Resize', S``: the shorter
+    side to S, on the float image) or ``fixed`` (both sides to H x W on the 8-bit PIL image with a PIL
+    filter, aspect not kept: torchvision's ``Resize((H, W))`` on a PIL image, or PIL's ``resize``)."""
+
+    mode: str
+    size: tuple[int, ...]
+    filter: str = "bilinear"
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        return resized_hw(h, w, self.size[0]) if self.mode == "shorter" else (self.size[0], self.size[1])
+
+    def as_meta(self) -> dict:
+        return {"mode": self.mode, "size": list(self.size), **({"filter": self.filter} if self.mode == "fixed" else {})}
+
+    def __str__(self) -> str:
+        return f"shorter {self.size[0]}" if self.mode == "shorter" else f"{self.size[0]}x{self.size[1]} {self.filter}"
+
+    @classmethod
+    def from_meta(cls, value) -> Resize | None:
+        """``meta["resize"]`` (None: no resize) checked, naming the field."""
+        from .errors import NetFormatError
+
+        if value is None:
+            return None
+        ok = isinstance(value, dict) and value.get("mode") in ("shorter", "fixed")
+        size = value.get("size") if ok else None
+        n = 1 if ok and value["mode"] == "shorter" else 2
+        ok = (
+            ok
+            and isinstance(size, list)
+            and len(size) == n
+            and all(isinstance(v, int) and 0 < v < 1 << 16 for v in size)
+        )
+        ok = ok and value.get("filter", "bilinear") in PIL_FILTERS
+        if not ok:
+            filters = ", ".join(PIL_FILTERS)
+            raise NetFormatError(f"meta.resize: expected {{'mode': 'fixed', 'size': [H, W], 'filter': one of "
+                                 f"{filters}}} or {{'mode': 'shorter', 'size': [S]}}, got {value!r}")  # fmt: skip
+        return cls(value["mode"], tuple(size), value.get("filter", "bilinear"))
+
+
+def as_resize(value: Resize | int | None) -> Resize | None:
+    """An int is ``vl_imreadjpeg``'s shorter-side size (``--resize-shorter``)."""
+    return Resize("shorter", (int(value),)) if isinstance(value, int) and value else (value or None)
+
+
+def read_image(path: str | os.PathLike, resize: Resize | int | None = None) -> torch.Tensor:
+    """3 x H x W float32 RGB in 0..255 (``vl_imreadjpeg``; grey -> 3 channels as ``serialAllFeats``),
+    resized by ``resize`` (an int: the shorter side, as ``vl_imreadjpeg 'Resize'``)."""
     from PIL import Image
+
+    resize = as_resize(resize)
 
     path = Path(path)
     with _open(path) as im:
@@ -88,6 +147,8 @@ def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> to
                 im = im.convert("L")
             else:  # P, RGBA, YCbCr, ...
                 im = im.convert("RGB")
+            if resize is not None and resize.mode == "fixed":
+                im = im.resize((resize.size[1], resize.size[0]), getattr(Image.Resampling, resize.filter.upper()))
             arr = np.asarray(im, dtype=np.uint8)
         except Image.DecompressionBombError as exc:
             raise ImageError(f"{path}: too large to decode safely ({exc})") from None
@@ -96,8 +157,8 @@ def read_image(path: str | os.PathLike, resize_shorter: int | None = None) -> to
     t = torch.from_numpy(arr.astype(np.float32))
     t = t[None].expand(3, -1, -1) if t.ndim == 2 else t.permute(2, 0, 1)
     t = t.contiguous()
-    if resize_shorter:
-        t = resize_shorter_side(t, resize_shorter)
+    if resize is not None and resize.mode == "shorter":
+        t = resize_shorter_side(t, resize.size[0])
     return t
 
 

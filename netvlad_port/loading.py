@@ -1,6 +1,7 @@
 """Load a network by path or release name: MATLAB's ``load(fn, 'net')`` + ``relja_simplenn_tidy``
-([docs/matlab_names.md](../docs/matlab_names.md)), for any ``.mat`` encoding, a converted folder or a
-released model. Torch is imported on call, not at import: ``netvlad_port`` re-exports both functions."""
+([docs/matlab_names.md](../docs/matlab_names.md)), for any ``.mat`` encoding, a converted folder, a
+GCL / STML / Nanne ``.pth`` checkpoint (``importers``) or a released model. Torch is imported on call,
+not at import: ``netvlad_port`` re-exports both functions."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ def load_spec(path: str | os.PathLike) -> NetSpec:
     or a released model by name (``hub.RELEASES``: downloaded and converted on first use)."""
     from .converted import load_converted
     from .hub import RELEASES, load_release
+    from .importers import import_checkpoint, is_checkpoint
     from .matconvnet import read_net
 
     path = Path(path)
     if not path.exists() and str(path) in RELEASES:
         path = load_release(str(path), progress=True)
-    return load_converted(path) if path.is_dir() else read_net(path)
+    if path.is_dir():
+        return load_converted(path)
+    return import_checkpoint(path) if is_checkpoint(path) else read_net(path)
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
@@ -43,13 +47,14 @@ def load(path: str | os.PathLike, normalize: str = "exact", device: str | None =
     match features MATLAB computed on a CPU; an exported model must have been exported with it.
     """
     from .errors import NetVladPortError
+    from .importers import is_checkpoint
 
     path = Path(path)
     if backend == "auto":
         backend = "onnxruntime" if path.suffix.lower() == ".onnx" else "torch"
     if backend == "onnxruntime" and path.is_dir():
         raise NetVladPortError(f"{path}: a folder; --backend onnxruntime takes the .onnx file export-onnx wrote")
-    if backend == "torch" and path.is_file() and _head(path) == b"PK\x03\x04":  # a zip archive: TorchScript
+    if backend == "torch" and path.is_file() and _head(path) == b"PK\x03\x04" and not is_checkpoint(path):
         raise NetVladPortError(f"{path}: a TorchScript file (for torch.jit.load); give the .mat or converted "
                                f"folder it was exported from, or an export-onnx file")  # fmt: skip
     if backend == "onnxruntime":

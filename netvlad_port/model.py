@@ -4,6 +4,11 @@ The structure comes from the file, so every ``addLayers`` method and every backb
 caffe) works. ``model(x)`` takes N x 3 x H x W RGB in 0..255 and subtracts ``averageImage(1,1,:)``
 itself, in float32 as MATLAB does (single); ``model.trace(x)`` returns what the parity suites
 call ``acts``: the input of every layer and the network output, in MATLAB layer order.
+
+A PyTorch-born network (GCL, STML, Nanne) records its own preprocessing in ``meta["preprocess"]``:
+``model(x)`` then takes RGB in 0..1 (torchvision's ``ToTensor``) and normalises with its mean and std as
+``Normalize`` does; ``meta["resize"]`` is the resize its original applies to images
+([docs/pytorch_models.md](../docs/pytorch_models.md#preprocessing)).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from torch import nn
 
 from .devices import available_memory, human_bytes
 from .errors import NetFormatError
+from .images import Resize
 from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
 from .matconvnet.spec import LayerSpec, NetSpec, ensure_validated, infer_method, infer_shapes, output_dim
 
@@ -30,6 +36,13 @@ class SimpleNN(nn.Module):
         self.meta = {k: v for k, v in spec.meta.items() if k != "averageImage"}
         self._average_image = spec.meta.get("averageImage")
         self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1), persistent=False)
+        pre = preprocess_of(spec.meta)
+        self.pixel_range = 1.0 if pre else 255.0  # what model(x) takes: RGB in 0..255 or in 0..1
+        std = pre["std"] if pre else [1.0, 1.0, 1.0]
+        if pre:
+            self.average_rgb = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        self.register_buffer("std_rgb", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.resize = Resize.from_meta(spec.meta.get("resize"))
         self.normalize_mode = normalize
         self._warned_range = False
         # the layer structure with weight shapes only (no memory), to check input sizes
@@ -61,6 +74,8 @@ class SimpleNN(nn.Module):
         """sha256 of every layer's name, MATLAB type and weights (MATLAB layout, float32): the tag of
         the features this model makes (``exported.OnnxRuntimeModel.fingerprint`` is its source's)."""
         h = hashlib.sha256()
+        if self.pixel_range == 1.0:  # a PyTorch-born network: its preprocessing makes the descriptor too
+            h.update(f"{self.average_rgb.flatten().tolist()}{self.std_rgb.flatten().tolist()}{self.resize};".encode())
         for layer in self.layers:
             h.update(f"{layer.name}:{layer.matlab_type};".encode())
             for w in layer.matlab_weights():
@@ -76,16 +91,24 @@ class SimpleNN(nn.Module):
             return p.dtype
         return torch.float32
 
-    def subtract_mean(self, images: torch.Tensor) -> torch.Tensor:
-        """RGB 0..255 minus ``averageImage(1,1,:)``, computed in float32 ([docs/matlab.md#images])."""
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """The network input, in float32: RGB 0..255 minus ``averageImage(1,1,:)`` ([docs/matlab.md#images]);
+        for a PyTorch-born network RGB 0..1 minus mean, over std (torchvision's ``Normalize``)."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images as N x 3 x H x W RGB, got shape {tuple(images.shape)}")
-        if not self._warned_range and images.numel() and float(images.max()) <= 1.0:
-            warnings.warn(
-                "the images are in 0..1 (hloc's convention?); the MATLAB networks take RGB in 0..255", stacklevel=3
-            )
-            self._warned_range = True
+        if not self._warned_range and images.numel():
+            top = float(images.max())
+            if self.pixel_range == 255.0 and top <= 1.0:
+                warnings.warn("the images are in 0..1 (hloc's convention?); the MATLAB networks take RGB in 0..255",
+                              stacklevel=3)  # fmt: skip
+                self._warned_range = True
+            elif self.pixel_range == 1.0 and top > 1.0:
+                warnings.warn("the images are in 0..255; this PyTorch-born network takes RGB in 0..1 (ToTensor)",
+                              stacklevel=3)  # fmt: skip
+                self._warned_range = True
         x = images.to(device=self.average_rgb.device, dtype=torch.float32) - self.average_rgb.float()
+        if self.pixel_range == 1.0:
+            x = x / self.std_rgb.float()
         return x.to(self._dtype())
 
     def input_error(self, h: int, w: int) -> str | None:
@@ -112,15 +135,20 @@ class SimpleNN(nn.Module):
         return x
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """N x 3 x H x W RGB 0..255 -> N x D descriptors (MATLAB's ``reshape(res(end).x, [], N)``)."""
-        return matlab_flatten(self.run(self.subtract_mean(images)))
+        """N x 3 x H x W RGB (0..255, or 0..1 for a PyTorch-born network) -> N x D descriptors (MATLAB's
+        ``reshape(res(end).x, [], N)``)."""
+        return matlab_flatten(self.run(self.prepare(images)))
 
     def trace(self, images: torch.Tensor) -> list[torch.Tensor]:
         """``acts``: [input after mean subtraction, output of layer 1, ..., output of layer L]."""
-        acts = [self.subtract_mean(images)]
+        acts = [self.prepare(images)]
         for layer in self.layers:
             acts.append(layer(acts[-1]))
         return acts
+
+    def from_rgb255(self, images: torch.Tensor) -> torch.Tensor:
+        """Images read as RGB 0..255 (``images.read_image``) in the range ``model(x)`` takes."""
+        return to_pixel_range(images, self.pixel_range)
 
     def to_spec(self) -> NetSpec:
         """The network back in MATLAB layout (for ``save_converted`` and ``write_net``)."""
@@ -136,3 +164,27 @@ class SimpleNN(nn.Module):
         if dim is None:
             raise ValueError("the output size depends on the image size")
         return dim
+
+
+PREPROCESS_KEYS = ("mean", "std")
+
+
+def preprocess_of(meta: dict) -> dict | None:
+    """``meta["preprocess"]`` checked: ``{"mean": [3], "std": [3]}`` of RGB in 0..1, or None (MatConvNet's)."""
+    pre = meta.get("preprocess")
+    if pre is None:
+        return None
+    if not isinstance(pre, dict) or set(pre) - {"mean", "std", "range"}:
+        raise NetFormatError(f"meta.preprocess: expected {{'mean': [r, g, b], 'std': [r, g, b]}}, got {pre!r}")
+    for key in PREPROCESS_KEYS:
+        v = pre.get(key)
+        ok = isinstance(v, (list, tuple)) and len(v) == 3 and all(isinstance(x, (int, float)) for x in v)
+        if not ok or not all(np.isfinite(v)) or (key == "std" and min(v) <= 0):
+            raise NetFormatError(f"meta.preprocess.{key}: expected three finite numbers{' > 0' * (key == 'std')}, "
+                                 f"got {v!r}")  # fmt: skip
+    return {"mean": [float(x) for x in pre["mean"]], "std": [float(x) for x in pre["std"]]}
+
+
+def to_pixel_range(images: torch.Tensor, pixel_range: float) -> torch.Tensor:
+    """RGB 0..255 as a model taking ``pixel_range`` wants it: as is, or ``/ 255`` as ``ToTensor`` divides."""
+    return images if pixel_range == 255.0 else images.div(255)

@@ -127,7 +127,7 @@ def run_parity(
     ref_acts = _cells(dump["acts"])
     backward = gradients and "dzdw" in dump and model.normalize_mode == "exact"
     with torch.set_grad_enabled(backward):
-        x0 = model.subtract_mean(images).requires_grad_(backward)
+        x0 = model.prepare(images).requires_grad_(backward)
         acts = [x0]
         for layer in model.layers:
             acts.append(layer(acts[-1]))

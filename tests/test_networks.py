@@ -182,7 +182,7 @@ def test_back_prop_to_layer_trains_exactly_conv5_and_vlad():
         and len(params) == 8
     )
     with torch.no_grad():  # the frozen trunk, as the trunk cache computes it
-        x = model.run(model.subtract_mean(s.images), 0, 24)
+        x = model.run(model.prepare(s.images), 0, 24)
     feats = model.run(x, 24).flatten(1)
     tuple_loss(LOSSES["sare-ind"], feats).backward()
     assert all(p.grad is not None for p in params)
@@ -199,7 +199,7 @@ def test_one_sgd_step_reproduces_deepibl(name, dtype):
     sgd = s.ref["sgd"][0, 0]
     params = back_prop_to_layer(model, 1)
     opt = deepibl_sgd(params, lr=float(sgd["lr"][0, 0]))
-    feats = model.run(model.subtract_mean(s.images)).flatten(1)
+    feats = model.run(model.prepare(s.images)).flatten(1)
     n_neg = int(sgd["thisBatchSize"][0, 0])
     (tuple_loss(LOSSES["sare-ind"], feats) / n_neg).backward()  # the batch objective sum(L) / T
     opt.step()

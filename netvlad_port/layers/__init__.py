@@ -6,8 +6,9 @@ Importing this package registers the built-in types (``simplenn``: conv, relu, p
 """
 
 from ..matconvnet.spec import LayerSpec, layer_type
+from . import backbones
 from .base import MatLayer, matlab_flatten
-from .netvlad import WHOLE_L2_EPS, TotalAvgPool, TotalMaxPool, VLADCore, WholeL2Normalize
+from .netvlad import WHOLE_L2_EPS, TorchNetVLAD, TotalAvgPool, TotalMaxPool, VLADCore, WholeL2Normalize
 from .pooling import GeM
 from .simplenn import NORMALIZE_MODES, Conv, Normalize, Pool, ReLU
 
@@ -28,6 +29,8 @@ __all__ = [
     "Pool",
     "Normalize",
     "VLADCore",
+    "TorchNetVLAD",
+    "backbones",
     "WholeL2Normalize",
     "TotalMaxPool",
     "TotalAvgPool",

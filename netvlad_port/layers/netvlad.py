@@ -12,10 +12,22 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import NetFormatError
 from ..matconvnet import mat
-from ..matconvnet.spec import TOTAL_AVG, TOTAL_MAX, VLAD, VLADV2, WHOLE_L2, LayerSpec, LayerType, Shape, register_layer
+from ..matconvnet.spec import (
+    TORCH_VLAD,
+    TOTAL_AVG,
+    TOTAL_MAX,
+    VLAD,
+    VLADV2,
+    WHOLE_L2,
+    LayerSpec,
+    LayerType,
+    Shape,
+    register_layer,
+)
 from .base import MatLayer, in_fp32, matlab_flatten, param, to_numpy
 
 # relja_l2normalize_col: x / (sqrt(sum x^2) + eps), eps outside the root.
@@ -78,13 +90,22 @@ class VLADCore(MatLayer):
 
 class WholeL2Normalize(MatLayer):
     """``layerWholeL2Normalize`` (postL2 / finalL2): the MATLAB-order flattened vector over
-    (||x|| + 1e-12), as ``relja_l2normalize_col``; output N x numel x 1 x 1 (MATLAB 1 x 1 x numel x N)."""
+    (||x|| + 1e-12), as ``relja_l2normalize_col``; output N x numel x 1 x 1 (MATLAB 1 x 1 x numel x N).
+    ``params["flavour"] == "pytorch"``: ``F.normalize``, x / max(||x||, 1e-12), as GCL's ``BaseNet``."""
 
     matlab_type = WHOLE_L2
 
+    def __init__(self, spec: LayerSpec, in_channels: int = 0):
+        super().__init__(spec)
+        self.flavour = spec.params.get("flavour", "matlab")
+
     @in_fp32
     def forward(self, x):
-        return l2_rows(matlab_flatten(x))[:, :, None, None]
+        x = matlab_flatten(x)
+        return (F.normalize(x, dim=1) if self.flavour == "pytorch" else l2_rows(x))[:, :, None, None]
+
+    def params(self):
+        return {"flavour": "pytorch"} if self.flavour == "pytorch" else {}
 
 
 def l2_rows(x: torch.Tensor) -> torch.Tensor:
@@ -117,6 +138,53 @@ class TotalAvgPool(MatLayer):
 
     def forward(self, x):
         return x.mean(dim=(2, 3), keepdim=True)
+
+
+class TorchNetVLAD(MatLayer):
+    """The NetVLAD module of Nanne's pytorch-NetVlad and STML (``netvlad.py`` ``NetVLAD.forward``), whole:
+    x̂ = F.normalize(x) over channels, a = softmax_K(conv1x1(x̂)) (bias with ``vladv2``),
+    V_kd = sum_i a_ik (x̂_id - c_kd), F.normalize over d (intra), flattened **cluster-major** (k·D + d),
+    F.normalize of the whole. F.normalize is x / max(||x||, 1e-12) at all three places
+    ([docs/pytorch_models.md](../../docs/pytorch_models.md#netvlad-flavours)). Weights in torch layout:
+    ``conv.weight`` K x D x 1 x 1, ``conv.bias`` K (vladv2 only), ``centroids`` K x D.
+    Residuals are formed as the original does, (x̂ - c) * a summed over locations, a few clusters at a time."""
+
+    matlab_type = TORCH_VLAD
+    CHUNK = 8  # clusters per step: N x 8 x D x HW floats at a time
+
+    def __init__(self, spec: LayerSpec, in_channels: int = 0):
+        super().__init__(spec)
+        w = spec.weights
+        self.conv_weight = param(w[0])
+        self.conv_bias = param(w[1]) if len(w) == 3 else None
+        self.centroids = param(w[-1])
+        self.normalize_input = bool(spec.params.get("normalize_input", True))
+
+    @in_fp32
+    def forward(self, x):
+        n, d = x.shape[:2]
+        if self.normalize_input:
+            x = F.normalize(x, p=2, dim=1)
+        k = self.centroids.shape[0]
+        a = F.softmax(F.conv2d(x, self.conv_weight, self.conv_bias).view(n, k, -1), dim=1)  # N x K x M
+        xf = x.view(n, d, -1)
+        blocks = []
+        for k0 in range(0, k, self.CHUNK):
+            c = self.centroids[k0 : k0 + self.CHUNK]  # k' x D
+            residual = xf[:, None] - c[None, :, :, None]  # N x k' x D x M
+            blocks.append((residual * a[:, k0 : k0 + self.CHUNK, None, :]).sum(dim=-1))
+        vlad = F.normalize(torch.cat(blocks, 1), p=2, dim=2)
+        return F.normalize(vlad.reshape(n, -1), p=2, dim=1)[:, :, None, None]
+
+    def weight_params(self):
+        return [self.conv_weight] + ([self.conv_bias] if self.conv_bias is not None else []) + [self.centroids]
+
+    def matlab_arrays(self, tensors):
+        return [to_numpy(t) for t in tensors]
+
+    def params(self):
+        k, d = self.centroids.shape
+        return {"K": k, "D": d, **({} if self.normalize_input else {"normalize_input": False})}
 
 
 # --- addLayers: initialisation from k-means centres ---------------------------------------------
@@ -217,12 +285,37 @@ def _vlad_fields(layer: LayerSpec) -> dict:
 
 
 def _custom_fields(layer: LayerSpec) -> dict:
+    if layer.params.get("flavour", "matlab") != "matlab":
+        raise NetFormatError(f"layer '{layer.name}' ({layer.type}) normalises as PyTorch does (F.normalize): "
+                             f"MATLAB's layerWholeL2Normalize cannot hold it")  # fmt: skip
     return {"type": mat.string("custom"), "name": mat.string(layer.name), "precious": mat.false()}
 
 
 def _n_weights(fields: dict) -> int:
     w = fields.get("weights")
     return len(w) if isinstance(w, list) else 0
+
+
+def _whole_l2_canonical(layer: LayerSpec, where: str, previous) -> None:
+    if layer.params.get("flavour", "matlab") not in ("matlab", "pytorch"):
+        raise NetFormatError(f"{where}: flavour must be matlab or pytorch, got {layer.params.get('flavour')!r}")
+
+
+def _torch_vlad_canonical(layer: LayerSpec, where: str, previous) -> None:
+    w = [np.asarray(x, np.float32) for x in layer.weights]
+    cent = w[-1]
+    if cent.ndim != 2:
+        raise NetFormatError(f"{where}: centroids have shape {cent.shape}; expected K x D")
+    k, d = cent.shape
+    if w[0].size != k * d:
+        raise NetFormatError(f"{where}: conv.weight has shape {w[0].shape}; expected {k} x {d} x 1 x 1")
+    w[0] = w[0].reshape(k, d, 1, 1)
+    if len(w) == 3:
+        if w[1].size != k:
+            raise NetFormatError(f"{where}: conv.bias has shape {w[1].shape}; expected {k}")
+        w[1] = w[1].reshape(k)
+    layer.weights = w
+    layer.params["K"], layer.params["D"] = int(k), int(d)
 
 
 def _whole_l2_shape(layer: LayerSpec, shape: Shape, where: str) -> Shape:
@@ -241,7 +334,12 @@ register_layer(LayerType(
     recognise=lambda f: _n_weights(f) == 3,
 ))  # fmt: skip
 register_layer(LayerType(
-    WHOLE_L2, WholeL2Normalize, custom=True, shape=_whole_l2_shape, fields=_custom_fields,
+    TORCH_VLAD, TorchNetVLAD, n_weights=(2, 3), canonical=_torch_vlad_canonical,
+    shape=lambda l, s, w: (1, 1, _vlad_shape(l, s, w)[1] * l.params["D"]),
+))  # fmt: skip
+register_layer(LayerType(
+    WHOLE_L2, WholeL2Normalize, custom=True, canonical=_whole_l2_canonical, shape=_whole_l2_shape,
+    fields=_custom_fields,
     recognise=lambda f: str(f.get("name", "")).endswith("L2"),
 ))  # fmt: skip
 for _type, _module, _token in ((TOTAL_MAX, TotalMaxPool, "max"), (TOTAL_AVG, TotalAvgPool, "avg")):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..errors import NetFormatError
 from ..matconvnet.spec import LayerSpec, LayerType, numbers, register_layer
@@ -31,8 +32,8 @@ class GeM(MatLayer):
 
     @in_fp32
     def forward(self, x):
-        p = self.p.to(x.dtype)
-        return x.clamp_min(GEM_EPS).pow(p).mean(dim=(2, 3), keepdim=True).pow(1 / p)
+        p = self.p.to(x.dtype)  # a tensor exponent and avg_pool2d, as GCL's GeM: the same last bits
+        return F.avg_pool2d(x.clamp(min=GEM_EPS).pow(p), (x.size(-2), x.size(-1))).pow(1.0 / p)
 
     def weight_params(self):
         return [self.p] if isinstance(self.p, torch.nn.Parameter) else []

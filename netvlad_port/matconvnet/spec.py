@@ -23,6 +23,7 @@ from ..registry import Registry
 # Built-in layer types as MatConvNet / NetVLAD name them (custom layers by their MATLAB class).
 CONV, RELU, POOL, NORMALIZE = "conv", "relu", "pool", "normalize"
 VLAD, VLADV2 = "layerVLAD", "layerVLADv2"
+TORCH_VLAD = "netvlad"  # the whole NetVLAD module of Nanne's pytorch-NetVlad / STML (PyTorch flavour)
 WHOLE_L2, TOTAL_MAX, TOTAL_AVG = "layerWholeL2Normalize", "layerTotalMaxPool", "layerTotalAvgPool"
 
 TRAINING_MULTIPLIERS = ("learningRate", "weightDecay")  # per weight, read by netPrepareForTrain

@@ -60,7 +60,7 @@ class TrunkCache:
 
     def frozen(self, images: torch.Tensor) -> torch.Tensor:
         """The frozen layers' output for RGB 0..255 ``images`` (N x 3 x H x W)."""
-        return self.model.run(self.model.subtract_mean(images), 0, self.first)
+        return self.model.run(self.model.prepare(self.model.from_rgb255(images)), 0, self.first)
 
     def _build(self, batch_size, cache_dir, progress) -> None:
         def fail(i, msg):

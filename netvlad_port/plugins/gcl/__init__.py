@@ -8,10 +8,11 @@ Registered through the ``netvlad_port.plugins`` entry point ``gcl`` (``register`
 - ``msls``: the MSLS reader, the dataset ``msls`` (``DATASETS``) and the ``make-synthetic`` layout ``msls``;
 - ``protocol``: the evaluation protocol ``gcl`` (``retrieval.PROTOCOLS``), mAP@K;
 - ``sampler``: GCL's pair sampler, the sampler ``pairs`` (``train.samplers.SAMPLERS``);
-- ``recipes``: GCL's training recipe ``gcl`` and the demo's (``--recipe``, ``demo --recipe gcl``).
+- ``recipes``: GCL's training recipe ``gcl`` and the demo's (``--recipe``, ``demo --recipe gcl``);
+- ``importer``: GCL's ``.pth`` checkpoints (``importers.IMPORTERS``, ``convert --from gcl``).
 """
 
 
 def register() -> None:
     """Import the wing's modules; each registers its pieces on import."""
-    from . import labels, loss, msls, protocol, recipes, sampler  # noqa: F401
+    from . import importer, labels, loss, msls, protocol, recipes, sampler  # noqa: F401

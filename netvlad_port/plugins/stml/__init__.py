@@ -3,11 +3,11 @@
 
 ``losses`` (stml, triplet-stml, triplet-nanne), ``sampler`` (NAN's mining margin, ``--mining-margin``),
 ``attention`` (de-attention, CRN, SE, BAM, CBAM as layer types and ``--attention`` names), ``guidance``
-(the mask's supervision as a loss term, ``--guidance``), ``recipes`` (STML's). Registered through the
-``netvlad_port.plugins`` entry point ``stml`` (``register``).
+(the mask's supervision as a loss term, ``--guidance``), ``recipes`` (STML's), ``importer`` (its ``.pth``
+checkpoints). Registered through the ``netvlad_port.plugins`` entry point ``stml`` (``register``).
 """
 
 
 def register() -> None:
     """Import the wing's modules; each registers its pieces on import."""
-    from . import attention, guidance, losses, recipes, sampler  # noqa: F401
+    from . import attention, guidance, importer, losses, recipes, sampler  # noqa: F401

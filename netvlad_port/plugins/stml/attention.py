@@ -3,10 +3,9 @@ of its table, CRN, SE, BAM and CBAM ([docs/stml.md](../../../docs/stml.md#module
 deepguider/deattention_with_stml_for_vpr ``networks/`` (``deattention_model.py``, ``senet.py``,
 ``bam.py``, ``cbam.py``).
 
-Each is a layer type holding a small torch block. Its weights are the block's tensors (parameters and
-BatchNorm running statistics) in ``state_dict`` order and torch layout, so the converted folder stores
-them; MATLAB has no such layers, so ``export-mat`` refuses them. A new block starts from PyTorch's default
-initialisation, as the original's, drawn from a fixed seed.
+Each is a layer type holding a small torch block (``layers/torch_block.py``: weights are its
+``state_dict`` tensors; ``export-mat`` refuses them; a new block starts from PyTorch's default
+initialisation drawn from a fixed seed, as the original's).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import NetFormatError
-from ...layers.base import MatLayer
+from ...layers.torch_block import BUILDERS, TorchBlockLayer
 from ...matconvnet.spec import LayerSpec, LayerType, register_layer
 from ...networks import register_attention
 
@@ -128,50 +127,6 @@ BLOCKS = {
     "bam": lambda c, params: BAMBlock(c),
     "cbam": lambda c, params: CBAMBlock(c),
 }
-ATTENTION_SEED = 0
-
-
-def _state(block: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in block.state_dict().items() if not k.endswith("num_batches_tracked")}
-
-
-class AttentionLayer(MatLayer):
-    """A torch block as a layer; ``weights`` are its ``state_dict`` tensors (empty: initialise)."""
-
-    def __init__(self, spec: LayerSpec, in_channels: int = 0):
-        super().__init__(spec)
-        self.matlab_type = spec.type
-        self._params = dict(spec.params)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(ATTENTION_SEED)
-            self.block = BLOCKS[spec.type](in_channels, self._params)
-        state = _state(self.block)
-        if spec.weights:
-            if len(spec.weights) != len(state):
-                raise NetFormatError(f"layer '{spec.name}' ({spec.type}): {len(spec.weights)} weights, expected "
-                                     f"{len(state)} for {in_channels} input channels")  # fmt: skip
-            loaded = {}
-            for (k, v), w in zip(state.items(), spec.weights):
-                if tuple(np.shape(w)) != tuple(v.shape):
-                    raise NetFormatError(f"layer '{spec.name}' ({spec.type}): {k} is {np.shape(w)}, expected "
-                                         f"{tuple(v.shape)} for {in_channels} input channels")  # fmt: skip
-                loaded[k] = torch.as_tensor(np.asarray(w, np.float32))
-            self.block.load_state_dict(loaded, strict=False)
-
-    def forward(self, x):
-        return self.block(x)
-
-    def weight_params(self):
-        return list(self.block.parameters())
-
-    def matlab_arrays(self, tensors):
-        return [t.detach().cpu().double().numpy() for t in tensors]
-
-    def matlab_weights(self):
-        return [v.detach().cpu().numpy().astype(np.float32) for v in _state(self.block).values()]
-
-    def params(self):
-        return dict(self._params)
 
 
 def _canonical(layer: LayerSpec, where: str, previous) -> None:
@@ -191,9 +146,9 @@ def _shape(layer: LayerSpec, s, where: str):
     return s
 
 
-for _name in BLOCKS:
-    register_layer(LayerType(_name, AttentionLayer, n_weights=tuple(range(0, 64)), canonical=_canonical,
-                             shape=_shape))  # fmt: skip
+for _name, _build in BLOCKS.items():
+    BUILDERS[_name] = _build
+    register_layer(LayerType(_name, TorchBlockLayer, n_weights=range(0, 64), canonical=_canonical, shape=_shape))
 # the --attention names: a layer type and its params
 register_attention("deattention-v1", "deattention", {"version": 1})
 register_attention("deattention-v2", "deattention", {"version": 2})

@@ -1,0 +1,140 @@
+"""torchvision backbones as one layer (``backbone``): the architecture by torchvision's name and the cut
+each original makes ([docs/pytorch_models.md](../../docs/pytorch_models.md#backbones)):
+
+- VGG16 ``conv5_3``: ``features[:-2]``, conv5_3 without its ReLU (Nanne's pytorch-NetVlad, STML);
+  ``pool5``: the whole ``features``, relu5_3 and pool5 included (GCL ``get_backbone``);
+- ResNets and ResNeXts ``layer4``: ``nn.Sequential(*list(children())[:-2])`` (GCL), ``layer3`` one block
+  fewer.
+
+The block keeps torchvision's own module names (``0.weight``, ``4.0.conv1.weight`` ...), so a checkpoint's
+keys map by prefix. BatchNorm follows the model's train or eval mode.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from ..errors import NetFormatError
+from ..matconvnet.spec import LayerSpec, LayerType, register_layer
+from .torch_block import BUILDERS, TorchBlockLayer, block_canonical, block_state
+
+BACKBONE = "backbone"
+VGG = ("vgg16",)
+ALEXNET = ("alexnet",)
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d", "resnext101_32x8d")
+# cut -> number of kept items counted from the end of features / children, and the halvings of the input
+VGG_CUTS = {"conv5_3": (2, 4), "relu5_3": (1, 4), "pool5": (0, 5)}
+RESNET_CUTS = {"layer4": (2, 5), "layer3": (3, 4)}
+ARCHS = VGG + ALEXNET + RESNETS
+
+
+ALEXNET_CUTS = {"conv5": (2, 0)}  # features[:-2] (Nanne's --arch alexnet); its sizes: _alexnet_hw
+
+
+def cuts(arch: str) -> dict[str, tuple[int, int]]:
+    return VGG_CUTS if arch in VGG else ALEXNET_CUTS if arch in ALEXNET else RESNET_CUTS
+
+
+def out_channels(arch: str, cut: str) -> int:
+    if arch in VGG:
+        return 512
+    if arch in ALEXNET:
+        return 256
+    wide = 512 if arch in ("resnet18", "resnet34") else 2048
+    return wide if cut == "layer4" else wide // 2
+
+
+def build_backbone(in_channels: int, params: dict) -> nn.Module:
+    """torchvision's ``arch`` (no weights: torchvision's initialisation) cut at ``params['cut']``."""
+    import torchvision
+
+    arch, cut = params["arch"], params["cut"]
+    net = getattr(torchvision.models, arch)(weights=None)
+    drop = cuts(arch)[cut][0]
+    if arch in VGG + ALEXNET:
+        return net.features[: len(net.features) - drop]
+    return nn.Sequential(*list(net.children())[:-drop])
+
+
+def _halve(n: int, arch: str) -> int:
+    """One stride-2 stage: VGG's 2x2 max-pool floors; a ResNet's 3x3 (or 7x7) stride-2 window, padded, gives
+    ceil(n / 2)."""
+    return n // 2 if arch in VGG else (n - 1) // 2 + 1
+
+
+def _alexnet_hw(n: int, where: str) -> int:
+    """conv1 11x11 stride 4 pad 2, then two 3x3 stride-2 max-pools (the later convs keep sizes)."""
+    n = (n + 4 - 11) // 4 + 1
+    for _ in range(2):
+        n = (n - 3) // 2 + 1
+    if n < 1:
+        raise NetFormatError(f"{where}: the image is too small for alexnet up to conv5")
+    return n
+
+
+def _canonical(layer: LayerSpec, where: str, previous) -> None:
+    arch, cut = layer.params.get("arch"), layer.params.get("cut")
+    if arch not in ARCHS:
+        raise NetFormatError(f"{where}: backbone arch {arch!r} is not one of {', '.join(ARCHS)}")
+    if cut not in cuts(arch):
+        raise NetFormatError(f"{where}: {arch} cut {cut!r} is not one of {', '.join(cuts(arch))}")
+    block_canonical(layer, where, previous)
+
+
+def _shape(layer: LayerSpec, shape, where: str):
+    h, w, c = shape
+    arch, cut = layer.params["arch"], layer.params["cut"]
+    if c != 3:
+        raise NetFormatError(f"{where}: a {arch} backbone takes 3-channel images, but its input has {c} channels")
+    if arch in ALEXNET and h is not None:
+        h, w = _alexnet_hw(h, where), _alexnet_hw(w, where)
+    for _ in range(cuts(arch)[cut][1]):
+        if h is not None and (h < 2 or w < 2):
+            raise NetFormatError(f"{where}: the image is too small for {arch} up to {cut}")
+        h, w = (None, None) if h is None else (_halve(h, arch), _halve(w, arch))
+    return h, w, out_channels(arch, cut)
+
+
+BUILDERS[BACKBONE] = build_backbone
+register_layer(LayerType(BACKBONE, TorchBlockLayer, n_weights=range(0, 4096), canonical=_canonical, shape=_shape))
+
+
+@functools.cache
+def expected_shapes(arch: str, cut: str) -> dict[str, tuple[int, ...]]:
+    """The stored tensors of ``arch`` cut at ``cut``, key -> shape (built on the meta device: no memory)."""
+    import torch
+
+    with torch.device("meta"):
+        block = build_backbone(3, {"arch": arch, "cut": cut})
+    return {k: tuple(v.shape) for k, v in block_state(block).items()}
+
+
+def match_backbone(state: dict, where: str, archs=ARCHS, cut: str | None = None) -> LayerSpec:
+    """The ``backbone`` layer whose architecture and cut store exactly ``state``'s keys and shapes (a
+    torchvision module's state_dict, ``num_batches_tracked`` optional); otherwise one line naming the
+    missing, unexpected or mis-shaped keys of the closest candidate."""
+    given = {k: tuple(v.shape) for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    best, best_score = None, -1.0
+    for arch in archs:
+        for c in [cut] if cut else cuts(arch):
+            if c not in cuts(arch):
+                continue
+            want = expected_shapes(arch, c)
+            if want == given:
+                layer = LayerSpec(BACKBONE, "backbone", [], {"arch": arch, "cut": c})
+                layer.weights = [state[k].detach().float().cpu().numpy() for k in want]
+                return layer
+            score = sum(given.get(k) == s for k, s in want.items()) / max(len(want), len(given))
+            if score > best_score:
+                best, best_score = (arch, c, want), score
+    if best is None:
+        raise NetFormatError(f"{where}: no backbone {', '.join(archs)} has a cut {cut!r}")
+    arch, c, want = best
+    missing = [k for k in want if k not in given]
+    extra = [k for k in given if k not in want]
+    shaped = [f"{k} {given[k]} (expected {want[k]})" for k in want if k in given and given[k] != want[k]]
+    kinds = (("missing", missing), ("unexpected", extra), ("mis-shaped", shaped))
+    parts = [f"{label} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}" for label, keys in kinds if keys]
+    raise NetFormatError(f"{where}: not a torchvision backbone; closest {arch} up to {c}: {'; '.join(parts)}")

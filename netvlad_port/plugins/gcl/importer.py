@@ -1,0 +1,61 @@
+"""GCL's checkpoints (generalized_contrastive_loss ``src/factory.py`` ``create_model``, ``src/networks.py``
+``BaseNet``): ``backbone`` = VGG16's whole ``features`` (pool5 included) or a ResNet / ResNeXt cut before
+its average pool, ``pool`` = GeM (learned ``pool.p``) or a max / avg pooling without weights, then
+``F.normalize``. Images: ``Resize((480, 640))`` on the PIL image (bilinear; ``--image_size`` is not saved,
+so ``image_size`` overrides it), ``ToTensor``, ImageNet ``Normalize`` (``extract_predictions.py``)
+([docs/pytorch_models.md](../../../docs/pytorch_models.md#gcl))."""
+
+from __future__ import annotations
+
+from ...errors import NetFormatError
+from ...importers import IMAGENET, Importer, Keys, register_importer
+from ...importers.layers import gem_layer, global_pool_layer, l2_layer
+from ...layers.backbones import match_backbone
+from ...matconvnet.spec import NetSpec
+
+ARCHS = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet152", "resnext101_32x8d")  # get_backbone
+CUT = {"vgg16": "pool5"}  # the ResNets: children()[:-2], up to layer4
+IMAGE_SIZE = (480, 640)  # extract_predictions.py --image_size default "480,640"
+
+
+def resize_meta(image_size) -> dict | None:
+    """``Resize((H, W))`` on the PIL image (bilinear), or ``Resize(S)`` (one number: the shorter side)."""
+    if image_size == "none":
+        return None
+    size = IMAGE_SIZE if image_size is None else tuple(image_size)
+    if len(size) == 1:
+        return {"mode": "shorter", "size": [int(size[0])]}
+    return {"mode": "fixed", "size": [int(size[0]), int(size[1])], "filter": "bilinear"}
+
+
+def build(keys: Keys, info: dict, options: dict) -> NetSpec:
+    archs = (options["arch"],) if options.get("arch") else ARCHS
+    if any(a not in ARCHS for a in archs):
+        raise NetFormatError(f"--arch {options['arch']}: GCL's backbones are {', '.join(ARCHS)}")
+    backbone = match_backbone(keys.take("backbone"), f"{keys.where}: backbone", archs=archs)
+    arch = backbone.params["arch"]
+    backbone.params["cut"] = CUT.get(arch, "layer4")
+    pool = keys.take("pool", required=False)
+    pooling = options.get("pooling") or ("gem" if pool else None)
+    if pooling is None:
+        raise NetFormatError(f"{keys.where}: no pool.p: a max or avg pooling network; give --pooling max|avg")
+    if pooling == "gem":
+        layers = [backbone, gem_layer(pool, f"{keys.where}: pool")]
+    elif pooling in ("max", "avg") and not pool:
+        layers = [backbone, global_pool_layer(pooling)]
+    else:
+        raise NetFormatError(f"--pooling {pooling}: GCL pools with GeM (pool.p), max or avg (no weights)")
+    meta = {"preprocess": dict(IMAGENET)}
+    resize = resize_meta(options.get("image_size"))
+    if resize:
+        meta["resize"] = resize
+    return NetSpec(layers + [l2_layer()], meta)
+
+
+def detect(state: dict, info: dict) -> int:
+    """``backbone.*`` (+ ``pool.p``): GCL's ``BaseNet``."""
+    tops = {k.split(".")[0] for k in state}
+    return 3 if "backbone" in tops and tops <= {"backbone", "pool"} else 0
+
+
+register_importer(Importer("gcl", detect, build, "GCL: VGG16 / ResNet / ResNeXt + GeM / max / avg + L2"))
