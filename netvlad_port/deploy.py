@@ -1,10 +1,11 @@
 """Deployable copies of a network: ONNX and TorchScript, each checked against ``model(x)`` before
 it is written ([docs/formats.md#onnx-and-torchscript](../docs/formats.md#onnx-and-torchscript)).
 
-The exported graph is the whole of ``model(x)``: N x 3 x H x W float32 RGB in 0..255 in, the mean
-subtraction, every layer, MATLAB's K-fastest flatten, and ``cropToDim`` when ``dim`` is given; N x D
-descriptors out. Batch, height and width are free. On export both runtimes run the written file on
-random images of two sizes beside the network; beyond ``TOLERANCE`` nothing is written.
+The exported graph is the whole of ``model(x)``: N x 3 x H x W float32 RGB in 0..255 in (in 0..1 for a
+PyTorch-born network, whose mean and std are applied inside), the mean subtraction, every layer, MATLAB's
+K-fastest flatten, and ``cropToDim`` when ``dim`` is given; N x D descriptors out. Batch, height and width
+are free. On export both runtimes run the written file on random images of two sizes beside the network;
+beyond ``TOLERANCE`` nothing is written. A network's own resize is recorded in the metadata, not in the graph.
 """
 
 from __future__ import annotations
@@ -35,12 +36,16 @@ class Deployable(nn.Module):
         super().__init__()
         self.layers, self.dim = model.layers, dim
         self.register_buffer("average_rgb", model.average_rgb.float().clone())
+        self.register_buffer("std_rgb", model.std_rgb.float().clone())
+        self.scaled = model.pixel_range == 1.0
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from .layers import matlab_flatten
         from .layers.netvlad import crop_to_dim
 
         x = images.to(torch.float32) - self.average_rgb
+        if self.scaled:
+            x = x / self.std_rgb
         for layer in self.layers:
             x = layer(x)
         return crop_to_dim(matlab_flatten(x), self.dim)
@@ -98,7 +103,7 @@ def export_model(
             raise NetVladPortError(f"{model_path}: a {h}x{w} verification image cannot go through the network ({why})")
     net = Deployable(model, dim).eval()
     gen = torch.Generator().manual_seed(0)
-    inputs = [torch.rand(2, 3, h, w, generator=gen) * 255 for h, w in sizes]
+    inputs = [torch.rand(2, 3, h, w, generator=gen) * model.pixel_range for h, w in sizes]
     with torch.no_grad():
         refs = [net(x).numpy() for x in inputs]
     meta = {
@@ -108,7 +113,9 @@ def export_model(
         "normalize": normalize,
         "dim": dim,
         "output_dim": dim or full,
-        "input": "images: N x 3 x H x W float32, RGB 0..255 (the mean is subtracted inside)",
+        "input": f"images: N x 3 x H x W float32, {input_text(model)}",
+        "pixel_range": model.pixel_range,
+        "resize": model.resize.as_meta() if model.resize else None,
         "output": "descriptors: N x D float32",
         "format": fmt,
         "opset": opset if fmt == "onnx" else None,
@@ -126,6 +133,14 @@ def export_model(
                                    f"(relative) at {worst}, more than {tolerance:g}; nothing written")  # fmt: skip
         _add_metadata(tmp, fmt, meta)
     return meta
+
+
+def input_text(model) -> str:
+    if model.pixel_range == 255.0:
+        return "RGB 0..255 (the mean is subtracted inside)"
+    mean, std = model.average_rgb.flatten().tolist(), model.std_rgb.flatten().tolist()
+    resize = f"; resize images to {model.resize} first" if model.resize else ""
+    return f"RGB 0..1 (ToTensor; Normalize mean {mean} std {std} inside){resize}"
 
 
 def _write(net: nn.Module, example: torch.Tensor, path: Path, fmt: str, opset: int, out: Path) -> None:

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .errors import NetVladPortError
+from .images import Resize
 
 METADATA = "netvlad_port"  # ONNX metadata_props key / TorchScript extra file (JSON)
 
@@ -59,7 +60,8 @@ def read_metadata(path: str | os.PathLike) -> dict:
 
 class OnnxRuntimeModel(nn.Module):
     """An exported ONNX network in onnxruntime, with what extraction needs of a model: call it on
-    N x 3 x H x W RGB 0..255, its descriptors come back. Tagged by ``fingerprint`` (the source network's
+    N x 3 x H x W RGB 0..255 (0..1 for a PyTorch-born network), its descriptors come back, and it resizes
+    images as its source did (``resize``). Tagged by ``fingerprint`` (the source network's
     :attr:`SimpleNN.fingerprint`, from the file's metadata) and ``backend = onnxruntime``, so its features
     never mix with the torch backend's."""
 
@@ -72,6 +74,8 @@ class OnnxRuntimeModel(nn.Module):
         self.session = onnx_session(self.path)
         self.normalize_mode = self.meta["normalize"]
         self.fingerprint: str = self.meta["model_sha256"]
+        self.pixel_range = float(self.meta.get("pixel_range", 255.0))  # what the graph takes, as SimpleNN
+        self.resize = Resize.from_meta(self.meta.get("resize"))
 
     def input_error(self, h: int, w: int) -> str | None:
         return None

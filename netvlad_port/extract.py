@@ -183,8 +183,9 @@ def iter_descriptors(
     resize = effective_resize(model, resize_shorter)
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    if channels_last is None:  # faster for the VGG trunk on CPU and GPU alike (measured, benchmarks/extract.py)
-        channels_last = True
+    if channels_last is None:  # faster for the VGG trunk on CPU and GPU alike (measured, benchmarks/extract.py);
+        # a PyTorch-born network runs in the original's NCHW layout, which gives its last bits
+        channels_last = pixel_range(model) == 255.0
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     workers = min(4, os.cpu_count() or 1) if num_workers is None else num_workers

@@ -96,19 +96,21 @@ def import_checkpoint(path: str | os.PathLike, source: str | None = None, **opti
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """A file ``torch.save`` wrote: a zip with ``data.pkl`` (not TorchScript's ``code/``), or a legacy
-    pickle (protocol 2 header)."""
+    """A file ``torch.save`` wrote: a zip with ``data.pkl`` (not TorchScript's ``code/``), or a pickle (the
+    legacy format; any other pickle goes to the same weights-only reader, which refuses it safely)."""
     import zipfile
 
     try:
         with open(path, "rb") as f:
             head = f.read(4)
-        if head[:2] == b"\x80\x02":
+        if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             return True
         if head != b"PK\x03\x04":
             return False
         with zipfile.ZipFile(path) as z:
             names = z.namelist()
-    except (OSError, zipfile.BadZipFile):
+    except zipfile.BadZipFile:
+        return True  # a damaged zip: the checkpoint reader says so in one line
+    except OSError:
         return False
     return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)

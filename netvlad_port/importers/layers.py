@@ -13,7 +13,10 @@ from ..matconvnet.spec import TORCH_VLAD, TOTAL_AVG, TOTAL_MAX, WHOLE_L2, LayerS
 POOLINGS = ("netvlad", "max", "avg")
 
 
-def array(t) -> np.ndarray:
+def array(t, where: str = "") -> np.ndarray:
+    """A tensor's values as float32; integer, boolean and complex tensors are not weights."""
+    if not t.is_floating_point():
+        raise NetFormatError(f"{where}: holds {str(t.dtype).replace('torch.', '')} values; expected floating point")
     return t.detach().float().cpu().numpy()
 
 
@@ -29,8 +32,8 @@ def netvlad_layer(pool: dict, where: str) -> LayerSpec:
                 f"{label} {', '.join(keys)}" for label, keys in (("missing", missing), ("unexpected", extra)) if keys
             )
         )
-    w = [array(pool["conv.weight"])] + ([array(pool["conv.bias"])] if "conv.bias" in pool else [])
-    return LayerSpec(TORCH_VLAD, "pool", w + [array(pool["centroids"])])
+    names = ["conv.weight"] + (["conv.bias"] if "conv.bias" in pool else []) + ["centroids"]
+    return LayerSpec(TORCH_VLAD, "pool", [array(pool[n], f"{where}.{n}") for n in names])
 
 
 def gem_layer(pool: dict, where: str) -> LayerSpec:
@@ -38,7 +41,7 @@ def gem_layer(pool: dict, where: str) -> LayerSpec:
     if set(pool) != {"p"} or tuple(pool["p"].shape) != (1,):
         got = ", ".join(f"pool.{k} {tuple(v.shape)}" for k, v in pool.items()) or "nothing"
         raise NetFormatError(f"{where}: GeM pool: expected pool.p of shape [1], got {got}")
-    return LayerSpec(GEM, "pool", [array(pool["p"]).reshape(1, 1)])
+    return LayerSpec(GEM, "pool", [array(pool["p"], f"{where}.p").reshape(1, 1)])
 
 
 def global_pool_layer(kind: str) -> LayerSpec:

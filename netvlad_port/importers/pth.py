@@ -52,11 +52,12 @@ def read_pth(path: str | os.PathLike) -> Any:
 
 def _unpickling_reason(message: str) -> str:
     """The weights-only unpickler's long message, cut to what it refused."""
-    for line in message.splitlines():
-        line = line.strip()
-        if "Unsupported global" in line or "Unsupported operand" in line or "Unsupported class" in line:
-            return (f"its pickle asks for {line.split(':', 1)[-1].strip()}, which a weights-only load does not "
-                    f"run (a checkpoint holds tensors, numbers and strings)")  # fmt: skip
+    import re
+
+    found = re.search(r"(?:unsupported|Unsupported) (?:global|GLOBAL|class|operand)[: ]+(?:GLOBAL )?([\w.]+)", message)
+    if found:
+        return (f"its pickle asks for {found.group(1)}, which a weights-only load does not run (a checkpoint "
+                f"holds tensors, numbers and strings)")  # fmt: skip
     first = next((line.strip() for line in message.splitlines() if line.strip()), "cannot unpickle")
     return f"not a weights-only checkpoint ({first[:200]})"
 

@@ -124,6 +124,9 @@ def match_backbone(state: dict, where: str, archs=ARCHS, cut: str | None = None)
             want = expected_shapes(arch, c)
             if want == given:
                 layer = LayerSpec(BACKBONE, "backbone", [], {"arch": arch, "cut": c})
+                bad = next((k for k in want if not state[k].is_floating_point()), None)
+                if bad is not None:
+                    raise NetFormatError(f"{where}: {bad} holds {state[bad].dtype} values; expected floating point")
                 layer.weights = [state[k].detach().float().cpu().numpy() for k in want]
                 return layer
             score = sum(given.get(k) == s for k, s in want.items()) / max(len(want), len(given))

@@ -162,19 +162,24 @@ class TorchNetVLAD(MatLayer):
 
     @in_fp32
     def forward(self, x):
-        n, d = x.shape[:2]
-        if self.normalize_input:
-            x = F.normalize(x, p=2, dim=1)
-        k = self.centroids.shape[0]
-        a = F.softmax(F.conv2d(x, self.conv_weight, self.conv_bias).view(n, k, -1), dim=1)  # N x K x M
-        xf = x.view(n, d, -1)
+        x = F.normalize(x, p=2, dim=1) if self.normalize_input else x
+        vlad = F.normalize(self.residual_sums(x, self.soft_assign(x)), p=2, dim=2)
+        return F.normalize(vlad.reshape(x.shape[0], -1), p=2, dim=1)[:, :, None, None]
+
+    def soft_assign(self, x: torch.Tensor) -> torch.Tensor:
+        """N x K x HW (location index h·W + w) of the (normalised) input."""
+        scores = F.conv2d(x, self.conv_weight, self.conv_bias)
+        return F.softmax(scores.view(x.shape[0], self.centroids.shape[0], -1), dim=1)
+
+    def residual_sums(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        """V: N x K x D, sum over locations of a_k (x - c_k), before any normalisation."""
+        xf = x.view(x.shape[0], x.shape[1], -1)
         blocks = []
-        for k0 in range(0, k, self.CHUNK):
+        for k0 in range(0, self.centroids.shape[0], self.CHUNK):
             c = self.centroids[k0 : k0 + self.CHUNK]  # k' x D
-            residual = xf[:, None] - c[None, :, :, None]  # N x k' x D x M
+            residual = xf[:, None] - c[None, :, :, None]  # N x k' x D x HW
             blocks.append((residual * a[:, k0 : k0 + self.CHUNK, None, :]).sum(dim=-1))
-        vlad = F.normalize(torch.cat(blocks, 1), p=2, dim=2)
-        return F.normalize(vlad.reshape(n, -1), p=2, dim=1)[:, :, None, None]
+        return torch.cat(blocks, 1)
 
     def weight_params(self):
         return [self.conv_weight] + ([self.conv_bias] if self.conv_bias is not None else []) + [self.centroids]

@@ -95,8 +95,8 @@ def weights_from_state(block: nn.Module, state: dict[str, torch.Tensor], where: 
         v = given[key]
         if tuple(v.shape) != tuple(ref.shape):
             raise NetFormatError(f"{where}: {key} has shape {tuple(v.shape)}, expected {tuple(ref.shape)}")
-        if not (v.is_floating_point() or v.dtype in (torch.int64, torch.int32)):
-            raise NetFormatError(f"{where}: {key} holds {v.dtype} values; expected real numbers")
+        if not v.is_floating_point():
+            raise NetFormatError(f"{where}: {key} holds {v.dtype} values; expected floating point")
         out.append(v.detach().cpu().numpy().astype(np.float32))
     return out
 
