@@ -36,6 +36,7 @@ class Release:
     size: int | None = None
     how: str = ""  # where to get it by hand
     arch: dict | None = None  # what the file must hold: output_dim, method, clusters (checked when sha256 is unknown)
+    importer: dict | None = None  # a .pth checkpoint: import_checkpoint's source and options (None: a .mat)
 
 
 RELEASES: Registry[Release] = Registry("released model", builtins="netvlad_port.hub", key=str.lower)
@@ -68,6 +69,30 @@ register_release(
         "deepIBL 'Our-Ind.': SARE Gauss-Ind, VGG16 + NetVLAD + whitening, Pitts30k, 4096-D",
         how="from Google Drive, id 1riu7rJEH4Eh5vhQ_tM8dBtUfwhKilqhq, as the Liumouliu/deepIBL README says",
         arch=NETVLAD_64,
+    )
+)
+
+TORCHVISION_URL = "https://download.pytorch.org/models/"  # torchvision's weights enums, IMAGENET1K_V1
+for _name, _file, _arch in (
+    ("vgg16", "vgg16-397923af.pth", "vgg16"),
+    ("alexnet", "alexnet-owt-7be5be79.pth", "alexnet"),
+    ("resnet50", "resnet50-0676ba61.pth", "resnet50"),
+    ("resnet152", "resnet152-394f9c45.pth", "resnet152"),
+    ("resnext101_32x8d", "resnext101_32x8d-8ba56ff5.pth", "resnext101_32x8d"),
+):  # the V1 weights the originals' pretrained=True loads (torchvision's legacy interface)
+    register_release(Release(f"{_name}_imagenet", _file, TORCHVISION_URL + _file,
+                             f"torchvision {_arch} ImageNet (IMAGENET1K_V1) trunk: a training start",
+                             arch={"backbone": _arch}, importer={"source": "torchvision"}))  # fmt: skip
+register_release(
+    Release(
+        "nanne_vgg16_netvlad",
+        "nanne_vgg16_netvlad_checkpoint.pth.tar",
+        None,
+        "Nanne's pytorch-NetVlad: VGG16 + NetVLAD (K 64), Pitts30k, 32768-D (Pitts30k val R@1 85.2)",
+        how="from Google Drive, id 17luTjZFCX639guSVy00OUtzfTQo4AMF2 (the Nanne/pytorch-NetVlad README), its "
+        "checkpoints/checkpoint.pth.tar saved under this name",
+        arch={"output_dim": 32768, "clusters": 64, "backbone": "vgg16"},
+        importer={"source": "nanne"},
     )
 )
 
@@ -181,6 +206,7 @@ def _check_size(release: Release, path: Path) -> None:
 def load_release(name: str, progress: bool = False) -> Path:
     """The converted folder of release ``name``: fetched and converted on first use, then reused."""
     from .converted import save_converted
+    from .importers import import_checkpoint
     from .matconvnet import read_net
 
     out = home() / "models" / RELEASES[name].name
@@ -191,7 +217,7 @@ def load_release(name: str, progress: bool = False) -> Path:
     release = RELEASES[name]
     path = fetch_release(name, progress)
     try:
-        spec = read_net(path)
+        spec = read_net(path) if release.importer is None else import_checkpoint(path, **release.importer)
     except NetVladPortError as exc:
         raise NetVladPortError(f"{exc} -- the download does not parse; delete {path} and fetch it again") from None
     if not (release.sha256 or _recorded().get(release.file)):  # an unknown checksum: the file must fit the release
@@ -208,8 +234,11 @@ def _check_arch(release: Release, spec, path: Path) -> None:
     if not release.arch:
         return
     vlad = [layer for layer in spec.layers if layer.type in ("layerVLAD", "layerVLADv2")]
-    have = {"output_dim": output_dim(spec), "method": infer_method(spec),
-            "clusters": int(vlad[0].weights[0].shape[-1]) if vlad else None}  # fmt: skip
+    torch_vlad = [layer for layer in spec.layers if layer.type == "netvlad"]
+    backbone = [layer.params["arch"] for layer in spec.layers if layer.type == "backbone"]
+    have = {"output_dim": output_dim(spec), "method": infer_method(spec), "backbone": backbone[0] if backbone else None,
+            "clusters": int(vlad[0].weights[0].shape[-1]) if vlad else
+            int(torch_vlad[0].weights[-1].shape[0]) if torch_vlad else None}  # fmt: skip
     diff = [f"{k} {have[k]} (the release: {v})" for k, v in release.arch.items() if have.get(k) != v]
     if diff:
         raise NetVladPortError(f"{path}: not {release.name}: {', '.join(diff)}; delete it and fetch again")

@@ -184,3 +184,37 @@ def test_export_mat_refuses_a_backbone_naming_it(tmp_path):
     ckpt = save({"state_dict": nanne_state()}, tmp_path / "c.pth")
     out = cli_error(["export-mat", str(ckpt), "-o", str(tmp_path / "net.mat")])
     assert "'encoder' (backbone)" in out and "MatConvNet" in out
+
+
+def test_torchvision_imagenet_weights_by_name_as_a_training_start(tmp_path, monkeypatch):
+    """A registered torchvision file (served locally) is fetched, its trunk imported (classifier dropped,
+    VGG/AlexNet cut at the last conv), its architecture checked before its checksum is recorded."""
+    from test_deploy import _Server
+
+    import netvlad_port
+    from netvlad_port.hub import RELEASES, Release, register_release
+
+    files = tmp_path / "served"
+    files.mkdir()
+    torch.manual_seed(3)
+    net = torchvision.models.alexnet()
+    torch.save(net.state_dict(), files / "alexnet-x.pth")
+    server = _Server(files)
+    monkeypatch.setenv("NETVLAD_PORT_HOME", str(tmp_path / "home"))
+    try:
+        for name, arch in (("tv_alexnet", "alexnet"), ("tv_wrong", "resnet50")):
+            register_release(Release(name, "alexnet-x.pth", server.url + "alexnet-x.pth", "x",
+                                     arch={"backbone": arch}, importer={"source": "torchvision"}))  # fmt: skip
+        model = netvlad_port.load("tv_alexnet")
+        assert [layer.matlab_type for layer in model.layers] == ["backbone"]
+        x = torch.rand(1, 3, 100, 120)
+        with torch.no_grad():
+            ref = net.features[:-2](NORMALIZE(x))
+            assert rel(model.run(model.prepare(x)), ref) <= 1e-6
+        (tmp_path / "home" / "sha256.json").unlink()
+        r = CliRunner().invoke(main, ["info", "tv_wrong"])
+        assert r.exit_code != 0 and "backbone alexnet (the release: resnet50)" in r.output, r.output
+    finally:
+        RELEASES.unregister("tv_alexnet")
+        RELEASES.unregister("tv_wrong")
+        server.httpd.shutdown()

@@ -161,9 +161,14 @@ def compare(a_path: str, b_path: str, top: int = 10) -> None:
             )
     changes = sorted(((abs(fb[k] - fa[k]), k) for k in common), reverse=True)
     print(f"{len(common)} figures; torch {a['torch']} ({a_path}) -> {b['torch']} ({b_path})")
-    print(f"largest absolute change: {changes[0][1]}: {fa[changes[0][1]]:.3e} -> {fb[changes[0][1]]:.3e}")
-    print(f"{sum(c > 0 for c, _ in changes)} figures changed. Top {top}:")
-    for change, k in changes[:top]:
+    changed = [(c, k) for c, k in changes if c > 0]
+    if not changed:
+        print("no figure changed: every one is bit-identical")
+    else:
+        k = changed[0][1]
+        print(f"largest absolute change: {k}: {fa[k]:.3e} -> {fb[k]:.3e}")
+        print(f"{len(changed)} figures changed. Top {top}:")
+    for change, k in changed[:top]:
         print(f"  {change:.3e}  {fa[k]:.3e} -> {fb[k]:.3e}  {k}")
     for path, d in ((a_path, a), (b_path, b)):
         print(f"largest figure per suite vs its tolerance, {path} (torch {d['torch']}):")

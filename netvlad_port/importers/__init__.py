@@ -3,8 +3,8 @@ safely (``pth.read_pth``), finds which original saved it from its keys (or takes
 key onto our layers and returns a validated :class:`NetSpec` with the original's preprocessing in
 ``meta`` ([docs/pytorch_models.md](../../docs/pytorch_models.md)).
 
-Importers are registry entries: Nanne's pytorch-NetVlad is built in (``nanne``); the GCL and sTML wings
-register ``gcl`` and ``stml``.
+Importers are registry entries: Nanne's pytorch-NetVlad (``nanne``) and torchvision's ImageNet classifiers
+(``torchvision``) are built in; the GCL and sTML wings register ``gcl`` and ``stml``.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class Importer:
     description: str = ""
 
 
-IMPORTERS: Registry[Importer] = Registry("checkpoint source", builtins="netvlad_port.importers.nanne")
+IMPORTERS: Registry[Importer] = Registry("checkpoint source", builtins="netvlad_port.importers.builtin")
 
 
 def register_importer(entry: Importer, replace: bool = False) -> Importer:

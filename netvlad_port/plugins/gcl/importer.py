@@ -8,6 +8,7 @@ so ``image_size`` overrides it), ``ToTensor``, ImageNet ``Normalize`` (``extract
 from __future__ import annotations
 
 from ...errors import NetFormatError
+from ...hub import Release, register_release
 from ...importers import IMAGENET, Importer, Keys, register_importer
 from ...importers.layers import gem_layer, global_pool_layer, l2_layer
 from ...layers.backbones import match_backbone
@@ -59,3 +60,17 @@ def detect(state: dict, info: dict) -> int:
 
 
 register_importer(Importer("gcl", detect, build, "GCL: VGG16 / ResNet / ResNeXt + GeM / max / avg + L2"))
+
+GCL_HOW = ("from the links of the GCL README (DataverseNL doi:10.34894/W4LIGP, or Google Drive folder "
+           "1RHxrAj062ZxDp5817t1s4OXGLP_i8JFX), under this name")  # fmt: skip
+# (file's backbone, our arch, dim, MSLS-val R@1 of the GeM-GCL row, README table)
+RELEASED = (("vgg16", "vgg16", 512, 65.9), ("resnet50", "resnet50", 2048, 66.2), ("resnet152", "resnet152", 2048, 70.3),
+            ("resnext", "resnext101_32x8d", 2048, 75.5))  # fmt: skip
+for _backbone, _arch, _dim, _r1 in RELEASED:
+    for _pool in ("GeM", "avg"):
+        register_release(Release(
+            f"gcl_msls_{_backbone}_{_pool.lower()}", f"MSLS_{_backbone}_{_pool}_480_GCL.pth", None,
+            f"GCL {_backbone} + {_pool} + L2, MSLS, {_dim}-D" + (f" (MSLS-val R@1 {_r1})" if _pool == "GeM" else ""),
+            how=GCL_HOW, arch={"output_dim": _dim, "backbone": _arch},
+            importer={"source": "gcl", **({"pooling": "avg"} if _pool == "avg" else {})},
+        ))  # fmt: skip

@@ -8,6 +8,7 @@ ImageNet ``Normalize`` (``dataloaders/pittsburgh.py``). Old checkpoints' ``crm``
 from __future__ import annotations
 
 from ...errors import NetFormatError
+from ...hub import Release, register_release
 from ...importers import IMAGENET, Importer, Keys, register_importer
 from ...importers.layers import gem_layer, l2_layer
 from ...importers.nanne import encoder_and_pool, pool_layers
@@ -92,3 +93,19 @@ def detect(state: dict, info: dict) -> int:
 
 
 register_importer(Importer("stml", detect, build, "STML: VGG16 + de-attention / SE / BAM / CBAM / CRN + NetVLAD"))
+
+STML_HOW = ("from weight_image_retrieval.tar.gz (Google Drive id 1xYxgii_iZogGWtKqLTQF2XlCfYguj1CY, the STML "
+            "README): its pretrained/{}/checkpoints/model_best.pth.tar, saved under this name")  # fmt: skip
+_RUN = "trained_pitts30k_vgg16_netvladpooling_"
+for _name, _dir, _about in (
+    ("stml_deattention_stml", _RUN + "sTML1.4_deatt0.1_reclustering_senet",
+     "de-attention + SE + sTML (Pitts30k-test R@1 90.3)"),
+    ("stml_stml", _RUN + "sTML1.4_m0.1", "sTML"),
+    ("stml_crn", _RUN + "attention_crn_attention", "CRN attention (Pitts30k-test R@1 87.1)"),
+    ("stml_senet", _RUN + "attention_senet_attention", "SE attention (Pitts30k-test R@1 87.2)"),
+    ("stml_bam", _RUN + "attention_bam_attention", "BAM attention (Pitts30k-test R@1 87.2)"),
+    ("stml_cbam", _RUN + "attention_cbam_attention", "CBAM attention (Pitts30k-test R@1 85.2)"),
+):  # fmt: skip
+    register_release(Release(_name, f"{_name}.pth.tar", None, f"STML VGG16 + {_about} + NetVLAD (K 64), 32768-D",
+                             how=STML_HOW.format(_dir), arch={"output_dim": 32768, "clusters": 64, "backbone": "vgg16"},
+                             importer={"source": "stml"}))  # fmt: skip
