@@ -33,6 +33,8 @@ class Demo:
     masks: bool = False  # make-synthetic --masks (the de-attention's guidance)
     about: str = ""
     notes: Callable | None = None
+    # the off-the-shelf network, when not MATLAB's (loadNet + addLayers ``head``): () -> (NetSpec, what it is)
+    network: Callable | None = None
 
 
 DEMOS: Registry[Demo] = Registry("demo", builtins="netvlad_port.demo", key=str.lower)
@@ -76,14 +78,18 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     make_synthetic(data, SyntheticConfig(db_per_split=300, queries_per_split=200, masks=r.masks), layout=r.layout)
     db_train, db_val, db_test = (open_dataset(name, data) for name in r.splits)
     imagenet = out_dir / "imagenet-vgg-verydeep-16.mat"
-    say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")
-    write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
     net_path = out_dir / f"vd16_offtheshelf_conv5_3_synthetic_{r.head}.mat"
-    matlab = "vlad" in r.head  # MATLAB can hold it: saved with layerVLAD as a classdef object, then converted
-    clusters = "getClusters + " if matlab else ""
-    say(f"3/6 loadNet + {clusters}addLayers ({r.head}) -> {net_path if matlab else out_dir / 'offtheshelf'}")
-    spec = add_layers(load_net("vd16", "conv5_3", imagenet), r.head, db_train=db_train, k=16,
-                      cache_dir=out_dir / "init", progress=False)  # fmt: skip
+    matlab = "vlad" in r.head and r.network is None  # MATLAB can hold it: saved with layerVLAD as a classdef object
+    if r.network is not None:
+        spec, what = r.network()
+        say(f"2/6 {what}\n3/6 -> {out_dir / 'offtheshelf'}")
+    else:
+        say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")
+        write_imagenet_model(imagenet, "vd16", width=1 / 8, seed=0)
+        clusters = "getClusters + " if matlab else ""
+        say(f"3/6 loadNet + {clusters}addLayers ({r.head}) -> {net_path if matlab else out_dir / 'offtheshelf'}")
+        spec = add_layers(load_net("vd16", "conv5_3", imagenet), r.head, db_train=db_train, k=16,
+                          cache_dir=out_dir / "init", progress=False)  # fmt: skip
     if matlab:
         write_net(spec, net_path, encoding="saveobj")
         spec = read_net(net_path)
@@ -124,8 +130,9 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
              else "train_val/<city>/{database,query}/ with postprocessed.csv, raw.csv, images/")  # fmt: skip
     if r.masks:
         files += ", masks/ (train-ids)"
-    outputs = [("data/", f"the synthetic dataset: {files}"),
-               (imagenet.name, "the MatConvNet ImageNet-format VGG16 (random weights)")]  # fmt: skip
+    outputs = [("data/", f"the synthetic dataset: {files}")]
+    if r.network is None:
+        outputs.append((imagenet.name, "the MatConvNet ImageNet-format VGG16 (random weights)"))
     if matlab:
         outputs.append((net_path.name, "the off-the-shelf network as MATLAB saves it (layerVLAD a classdef object)"))
     outputs += [

@@ -200,3 +200,87 @@ def test_no_partial_outputs(campaign):
         if "out" in case and r["code"] != 0:
             out = Path(case["out"])
             assert not out.exists() and not list(out.parent.glob(f".{out.name}*")), case["file"]
+
+
+# --- .pth checkpoints (issue 25): bit flips, truncation, code-running pickles, wrong shapes and dtypes ---------
+def _pth_cases(root: Path, rng) -> list[dict]:
+    """A Nanne-layout checkpoint (AlexNet encoder + NetVLAD, K 4), mutated 60 ways, each through ``convert``."""
+    import pickle
+
+    import torch
+
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    state = {f"encoder.{k}": v for k, v in torchvision.models.alexnet().features[:-2].state_dict().items()}
+    state |= {"pool.centroids": torch.rand(4, 256), "pool.conv.weight": torch.randn(4, 256, 1, 1)}
+    good = root / "good.pth.tar"
+    torch.save({"epoch": 1, "state_dict": state, "best_score": np.float64(0.5)}, good)
+    data = good.read_bytes()
+    marker = root / "EXECUTED"
+    files = []
+    for i in range(20):  # bit flips across the zip (headers, pickle, tensor bytes)
+        files.append((f"flip_{i}.pth", mutate_bytes(data, rng, 1 + i % 4)))
+    for i, frac in enumerate((0.0, 0.01, 0.1, 0.5, 0.9, 0.999)):  # truncation
+        files.append((f"cut_{i}.pth", data[: int(len(data) * frac)]))
+    payloads = [(__import__("os").system, (f"touch {marker}",)), (eval, ("1",)), (exec, ("x=1",)),
+                (__import__("subprocess").call, (["touch", str(marker)],))]  # fmt: skip
+    for i, (fn, args) in enumerate(payloads):  # pickles that would run code, bare and inside a torch.save zip
+        evil = type("Evil", (), {"__reduce__": lambda self, fn=fn, args=args: (fn, args)})()
+        files.append((f"evil_{i}.pkl", pickle.dumps({"state_dict": evil}, protocol=2)))
+        buf = root / f"evil_{i}.pth"
+        torch.save({"epoch": evil}, buf)
+        files.append((buf.name, buf.read_bytes()))
+    bad_values = [torch.zeros(3), torch.zeros(4, 256, dtype=torch.int32), torch.zeros(4, 256, dtype=torch.bool),
+                  torch.zeros(4, 256, dtype=torch.complex64), torch.full((4, 256), float("nan")), torch.zeros(0),
+                  torch.zeros(4, 256, 1, 1, 1), "a string", None, 3.5]  # fmt: skip
+    keys = ["pool.centroids", "pool.conv.weight", "encoder.0.weight", "encoder.10.bias"]
+    for i in range(22):  # wrong shapes, dtypes and types in the state_dict, keys removed or added
+        s = dict(state)
+        key = keys[i % len(keys)]
+        if i % 11 == 10:
+            del s[key]
+        elif i % 11 == 9:
+            s[f"{key}.extra"] = torch.zeros(1)
+        else:
+            s[key] = bad_values[i % len(bad_values)]
+        p = root / f"shape_{i}.pth"
+        torch.save({"state_dict": s}, p)
+        files.append((p.name, p.read_bytes()))
+    cases = []
+    for name, blob in files:
+        p = root / name
+        p.write_bytes(blob)
+        out = root / f"{name}.out"
+        cases.append({"file": str(p), "out": str(out), "args": ["convert", str(p), "-o", str(out)]})
+    cases.append({"file": str(good), "args": ["info", str(good)]})
+    return cases
+
+
+@pytest.fixture(scope="module")
+def pth_campaign(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fuzz_pth")
+    cases = _pth_cases(root, np.random.default_rng(25))
+    spec_file = root / "cases.json"
+    spec_file.write_text(json.dumps(cases))
+    proc = subprocess.run([sys.executable, "-c", CHILD, str(spec_file)], capture_output=True, text=True, timeout=240,
+                          cwd=Path(__file__).parent)  # fmt: skip
+    assert proc.returncode == 0, f"the child process died ({proc.returncode}): {proc.stderr[-2000:]}"
+    return root, cases, json.loads(proc.stdout)
+
+
+def test_pth_campaign_no_traceback_no_payload_no_partial_output(pth_campaign):
+    root, cases, results = pth_campaign
+    assert len(cases) >= 55 and results[-1]["code"] == 0  # the unmutated checkpoint converts
+    assert not [(r["file"], r["traceback"]) for r in results if r["traceback"]]
+    assert not (root / "EXECUTED").exists()  # no payload ran
+    refused = [r for r in results[:-1] if r["code"] != 0]
+    assert len(refused) >= 50  # flips land in CRC-checked entries (refused) or in padding no reader uses
+    unnamed = [(r["file"], r["output"]) for r in refused if Path(r["file"]).name not in r["output"]]
+    assert not unnamed, unnamed[:5]
+    lines = {line for r in refused for line in r["output"].strip().splitlines()}  # (the child keeps head + tail)
+    assert all(line.startswith("Error: ") for line in lines), sorted(lines)[:3]
+    evil = [r for r in results if "evil" in r["file"]]
+    assert all(r["code"] != 0 and "weights-only" in r["output"] for r in evil), evil[:2]
+    for case, r in zip(cases, results):
+        if r["code"] != 0 and "out" in case:
+            assert not Path(case["out"]).exists(), case["file"]

@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import NetFormatError
 from ..registry import Registry
 
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".tar", ".ckpt")  # torch.save's files, whatever their content
 IMAGENET = {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}  # torchvision's Normalize, all three
 
 
@@ -100,6 +102,8 @@ def is_checkpoint(path: str | os.PathLike) -> bool:
     legacy format; any other pickle goes to the same weights-only reader, which refuses it safely)."""
     import zipfile
 
+    if Path(path).suffix.lower() in CHECKPOINT_SUFFIXES:
+        return True
     try:
         with open(path, "rb") as f:
             head = f.read(4)

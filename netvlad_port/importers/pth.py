@@ -39,6 +39,9 @@ def read_pth(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise NetFormatError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise NetFormatError(f"{path}: an empty file")
+    check_crc(path)
     try:
         with torch.serialization.safe_globals(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -47,14 +50,35 @@ def read_pth(path: str | os.PathLike) -> Any:
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError, AttributeError,
             UnicodeDecodeError, OverflowError, MemoryError, AssertionError) as exc:  # fmt: skip
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if "central directory" in first or "miniz" in first:
+            first = "a damaged or truncated zip: its directory cannot be read"
         raise NetFormatError(f"{path}: not a readable PyTorch checkpoint ({first})") from None
+
+
+def check_crc(path: Path) -> None:
+    """A zip checkpoint's CRC32s (``torch.save`` records them), so a flipped bit in the weights is refused
+    rather than loaded; a file saved without them (every CRC 0) is let through."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            if all(info.CRC == 0 for info in z.infolist() if info.file_size):
+                return
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return  # not a zip (the legacy format), or one torch.load will refuse in its own words
+    if bad is not None:
+        raise NetFormatError(f"{path}: damaged: {bad} fails its CRC32 check (a flipped bit or a partial copy); "
+                             f"get the file again")  # fmt: skip
 
 
 def _unpickling_reason(message: str) -> str:
     """The weights-only unpickler's long message, cut to what it refused."""
     import re
 
-    found = re.search(r"(?:unsupported|Unsupported) (?:global|GLOBAL|class|operand)[: ]+(?:GLOBAL )?([\w.]+)", message)
+    if re.search(r"[Uu]nsupported operand", message):
+        return "its pickle holds an opcode a weights-only load does not take (a damaged or foreign file)"
+    found = re.search(r"(?:unsupported|Unsupported) (?:global|GLOBAL|class)[: ]+(?:GLOBAL )?([\w.]+)", message)
     if found:
         return (f"its pickle asks for {found.group(1)}, which a weights-only load does not run (a checkpoint "
                 f"holds tensors, numbers and strings)")  # fmt: skip

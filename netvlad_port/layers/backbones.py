@@ -37,9 +37,22 @@ def cuts(arch: str) -> dict[str, tuple[int, int]]:
     return VGG_CUTS if arch in VGG else ALEXNET_CUTS if arch in ALEXNET else RESNET_CUTS
 
 
-def out_channels(arch: str, cut: str) -> int:
+def narrow_vgg16(width: float) -> nn.Sequential:
+    """VGG16's ``features`` with every conv ``width`` times as wide (``torchvision.models.vgg.make_layers``),
+    initialised as ``torchvision.models.VGG`` initialises its convs."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers([v if v == "M" else max(1, round(v * width)) for v in cfgs["D"]])
+    for m in features.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.constant_(m.bias, 0)
+    return features
+
+
+def out_channels(arch: str, cut: str, width: float = 1) -> int:
     if arch in VGG:
-        return 512
+        return max(1, round(512 * width))
     if arch in ALEXNET:
         return 256
     wide = 512 if arch in ("resnet18", "resnet34") else 2048
@@ -51,8 +64,11 @@ def build_backbone(in_channels: int, params: dict) -> nn.Module:
     import torchvision
 
     arch, cut = params["arch"], params["cut"]
-    net = getattr(torchvision.models, arch)(weights=None)
     drop = cuts(arch)[cut][0]
+    if params.get("width", 1) != 1:  # a narrower VGG16 (demos, tests): torchvision's layers and initialisation
+        features = narrow_vgg16(float(params["width"]))
+        return features[: len(features) - drop]
+    net = getattr(torchvision.models, arch)(weights=None)
     if arch in VGG + ALEXNET:
         return net.features[: len(net.features) - drop]
     return nn.Sequential(*list(net.children())[:-drop])
@@ -80,6 +96,9 @@ def _canonical(layer: LayerSpec, where: str, previous) -> None:
         raise NetFormatError(f"{where}: backbone arch {arch!r} is not one of {', '.join(ARCHS)}")
     if cut not in cuts(arch):
         raise NetFormatError(f"{where}: {arch} cut {cut!r} is not one of {', '.join(cuts(arch))}")
+    width = layer.params.get("width", 1)
+    if not isinstance(width, (int, float)) or not (0 < width <= 1) or (width != 1 and arch not in VGG):
+        raise NetFormatError(f"{where}: width {width!r}: a number in (0, 1], and 1 for {arch}")
     block_canonical(layer, where, previous)
 
 
@@ -94,7 +113,7 @@ def _shape(layer: LayerSpec, shape, where: str):
         if h is not None and (h < 2 or w < 2):
             raise NetFormatError(f"{where}: the image is too small for {arch} up to {cut}")
         h, w = (None, None) if h is None else (_halve(h, arch), _halve(w, arch))
-    return h, w, out_channels(arch, cut)
+    return h, w, out_channels(arch, cut, float(layer.params.get("width", 1)))
 
 
 BUILDERS[BACKBONE] = build_backbone

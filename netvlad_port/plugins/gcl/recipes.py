@@ -9,11 +9,31 @@ register_recipe("gcl", {"loss": "gcl", "learning_rate": 0.1, "momentum": 0.0, "w
                         "lr_down_freq": 25, "lr_down_factor": 10, "back_prop_to_layer": "conv5_1", "pca_dim": 0},
                 "GCL's training: plain SGD lr 0.1, 32 pairs a batch, lr / 10 every 25 epochs")  # fmt: skip
 register_recipe("demo-gcl", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
-                             "batch_size": 32, "back_prop_to_layer": "conv5_1", "pca_dim": 0},
+                             "batch_size": 32, "back_prop_to_layer": "backbone", "pca_dim": 0},
                 "the gcl demo: plain SGD lr 1.0 for its 1/8-width VGG-GeM")  # fmt: skip
 
+
+def demo_network():
+    """GCL's own VGG16-GeM layout (``create_model('vgg16', 'GeM', norm='L2')``): torchvision's VGG16 ``features``
+    whole (pool5 included; 1/8 width here, torchvision's initialisation), GeM with a trained p from 3,
+    ``F.normalize``; RGB 0..1 with ImageNet mean and std. The demo's images are already small: no resize."""
+    import numpy as np
+
+    from ...importers import IMAGENET
+    from ...importers.layers import l2_layer
+    from ...layers.pooling import gem_layer
+    from ...matconvnet.spec import LayerSpec, NetSpec
+
+    gem = gem_layer(0)
+    gem.name = "pool"
+    gem.weights = [np.full((1, 1), 3.0, np.float32)]
+    backbone = LayerSpec("backbone", "backbone", [], {"arch": "vgg16", "cut": "pool5", "width": 0.125})
+    what = "GCL's VGG16-GeM layout: torchvision VGG16 features to pool5 (1/8 width, random weights), GeM, L2"
+    return NetSpec([backbone, gem, l2_layer()], {"preprocess": dict(IMAGENET)}), what
+
+
 register_demo(Demo(
-    "gcl", "msls", ("msls-train", "msls-val", "msls-val"), "preL2_gem", (("trained", "trained", "demo-gcl", {}),),
-    epochs=20, protocol="gcl",
-    about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, conv5_1 up), best epoch on MSLS-val",
+    "gcl", "msls", ("msls-train", "msls-val", "msls-val"), "gem", (("trained", "trained", "demo-gcl", {}),),
+    epochs=20, protocol="gcl", network=demo_network,
+    about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, whole backbone), best epoch on MSLS-val",
 ))  # fmt: skip
