@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import NetVladPortError
+from .errors import Interrupted, NetVladPortError
 from .io_utils import refuse_existing
 from .loading import BACKENDS
 
@@ -22,6 +22,9 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # Ctrl-C: what was kept, and the shell's exit status for SIGINT
+            click.echo(str(exc), err=True)
+            raise SystemExit(exc.exit_code) from None
         except NetVladPortError as exc:
             raise click.ClickException(str(exc)) from None
         except BrokenPipeError:  # e.g. `netvlad-port info m.mat | head`

@@ -7,3 +7,9 @@ class NetVladPortError(Exception):
 
 class NetFormatError(NetVladPortError, ValueError):
     """A network file or folder is unreadable or does not describe a supported SimpleNN network."""
+
+
+class Interrupted(NetVladPortError):
+    """Ctrl-C: the CLI prints what was kept as one line and exits 130, as a shell does for SIGINT."""
+
+    exit_code = 130

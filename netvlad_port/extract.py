@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device
-from .errors import NetVladPortError
+from .errors import Interrupted, NetVladPortError
 from .feature_store import check_tag, descriptor_tag, h5_names, images_stamp, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, image_size, read_image, resized_hw
 from .io_utils import atomic_file
@@ -332,12 +332,14 @@ def serial_all_feats(
             if h5 is not None:
                 h5.flush()
             report.extracted += len(ids)
-    except BaseException:
+    except BaseException as exc:
         if h5 is not None:
             h5.close()
             h5 = None
             if created and report.extracted == 0:  # stopped before any descriptor: leave nothing behind
                 out.unlink(missing_ok=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(interrupted_message(out, fmt, report)) from None
         raise
     finally:
         if h5 is not None:
@@ -359,6 +361,16 @@ def serial_all_feats(
         with atomic_file(skipped_path(out)) as tmp:
             tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in report.skipped))
     return report
+
+
+def interrupted_message(out: Path, fmt: str, report: ExtractReport) -> str:
+    """What an interrupted extraction kept: an h5 keeps every finished batch, and a rerun continues."""
+    if fmt != "h5":
+        return f"{out}: interrupted; nothing written ({fmt} files are written at the end), rerun to start again"
+    if report.extracted == 0 and not out.exists():
+        return f"{out}: interrupted before the first image was saved; nothing written"
+    return (f"{out}: interrupted; {report.extracted} images saved ({report.extracted + report.already_present} in "
+            f"the file), rerunning the same command continues")  # fmt: skip
 
 
 def names_path(out: Path) -> Path:

@@ -165,3 +165,28 @@ def test_errors_that_lead_somewhere(tiny_world, tmp_path, monkeypatch):
     res = run("extract", tiny_world.net, "--images", "images/test", "--root", tiny_world.data, "-o",
               tmp_path / "r.h5", "--quiet")  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+def test_ctrl_c_during_an_h5_extraction_says_what_was_kept(tiny_world, tmp_path, monkeypatch):
+    from netvlad_port.model import SimpleNN
+
+    images = tiny_world.data / "images" / "test"
+    calls, forward = [], SimpleNN.forward
+
+    def interrupted_after_two_batches(self, x):
+        calls.append(len(x))
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return forward(self, x)
+
+    monkeypatch.setattr(SimpleNN, "forward", interrupted_after_two_batches)
+    args = ["extract", tiny_world.net, "--images", images, "-o", tmp_path / "d.h5", "--batch-size", "4",
+            "--workers", "0", "--quiet"]  # fmt: skip
+    res = run(*args)
+    assert res.exit_code == 130 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines() == [
+        f"{tmp_path / 'd.h5'}: interrupted; 8 images saved (8 in the file), rerunning the same command continues"
+    ]
+    monkeypatch.setattr(SimpleNN, "forward", forward)
+    res = run(*args)
+    assert res.exit_code == 0 and "8 already present" in res.output, res.output
