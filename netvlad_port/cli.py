@@ -430,6 +430,8 @@ def parity(files, model_opt, images, normalize, double, rtol, atol, loss_rtol, n
     reference = load_dump(dump, images)
     try:
         checks = run_parity(net, reference, rtol=rtol, atol=atol, loss_rtol=loss_rtol, gradients=not no_gradients)
+    except NetVladPortError as exc:
+        raise NetVladPortError(f"{dump}: {exc}") from None
     except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # a tampered dump
         raise NetVladPortError(f"{dump}: a field does not fit the network ({type(exc).__name__}: {exc})") from None
     click.echo(format_report(checks))
