@@ -9,7 +9,8 @@ class NetFormatError(NetVladPortError, ValueError):
     """A network file or folder is unreadable or does not describe a supported SimpleNN network."""
 
 
-class Interrupted(NetVladPortError):
-    """Ctrl-C: the CLI prints what was kept as one line and exits 130, as a shell does for SIGINT."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept: still a KeyboardInterrupt to callers; the CLI prints the message as one
+    line and exits 130, as a shell does for SIGINT."""
 
     exit_code = 130
