@@ -173,10 +173,12 @@ def main():
 def convert(model: Path, out_dir: Path, force: bool):
     """Convert a MatConvNet MODEL.mat (any encoding) into a folder of safetensors + JSON."""
     from .converted import config_of, save_converted
+    from .loading import check_memory
     from .matconvnet import read_net
 
     refuse_existing(out_dir, force)
     spec = read_net(model)
+    check_memory(spec, model)
     save_converted(spec, out_dir, source=model, force=force)
     cfg = config_of(spec)
     click.echo(
