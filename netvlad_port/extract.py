@@ -60,6 +60,12 @@ def _utf8(name: str, where: Path) -> None:
         raise NetVladPortError(f"{where}: the file name {name!r} is not UTF-8; rename it") from None
 
 
+def _one_line(name: str, where: str) -> None:
+    """Refuse a name holding a line break: the name lists and skipped lists hold one name per line."""
+    if "\n" in name or "\r" in name:
+        raise NetVladPortError(f"{where} {name!r} holds a line break (CR or LF); image names cannot hold one")
+
+
 def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
     """(root, names): every image file under a folder (sorted, by extension), or the lines of a
     list file (paths relative to ``root``, default the list's folder)."""
@@ -77,15 +83,20 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
         )
         for n in names:
             _utf8(n, source)
+            _one_line(n, f"{source}: the file name")
         if not names:
             raise NetVladPortError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return base, names
     if source.is_file():
         base = Path(root) if root else source.parent
-        try:  # every non-empty line is a name, as written (no comments, spaces kept)
-            names = [line for line in source.read_bytes().decode("utf-8").splitlines() if line]
+        try:  # every non-empty line is a name, as written (no comments, spaces kept; CRLF ends a line too)
+            lines = source.read_bytes().decode("utf-8").split("\n")
         except UnicodeDecodeError as exc:
             raise NetVladPortError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        lines = [line.removesuffix("\r") for line in lines]
+        for number, line in enumerate(lines, start=1):
+            _one_line(line, f"{source}: line {number}:")
+        names = [line for line in lines if line]
         if not names:
             raise NetVladPortError(f"{source}: the image list is empty")
         return base, names
@@ -281,6 +292,8 @@ def serial_all_feats(
         base, names = list_images(images, root)
     else:
         base, names = Path(root or "."), [str(n) for n in images]
+        for i, n in enumerate(names, start=1):
+            _one_line(n, f"image {i}:")
     report = ExtractReport(out=out, device=str(resolve_device(device)))
     tag = descriptor_tag(model, dim=dim, resize_shorter=resize_shorter, precision=precision, half=half)
     if stamp:
