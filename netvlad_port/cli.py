@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .errors import NetVladPortError
+from .errors import Interrupted, NetVladPortError
 from .io_utils import refuse_existing
 from .loading import BACKENDS
 
@@ -22,6 +22,9 @@ def _friendly(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except Interrupted as exc:  # Ctrl-C: what was kept, and the shell's exit status for SIGINT
+            click.echo(str(exc), err=True)
+            raise SystemExit(exc.exit_code) from None
         except NetVladPortError as exc:
             raise click.ClickException(str(exc)) from None
         except BrokenPipeError:  # e.g. `netvlad-port info m.mat | head`
@@ -178,6 +181,7 @@ def convert(model: Path, out_dir: Path, source, arch, pooling, image_size, setti
     folder of safetensors + JSON."""
     from .converted import config_of, save_converted
     from .importers import import_checkpoint, is_checkpoint
+    from .loading import check_memory
     from .matconvnet import read_net
 
     refuse_existing(out_dir, force)
@@ -189,6 +193,7 @@ def convert(model: Path, out_dir: Path, source, arch, pooling, image_size, setti
         if arch or pooling or image_size or settings:
             raise click.UsageError("--arch, --pooling, --image-size and --set apply to .pth checkpoints only")
         spec = read_net(model)
+    check_memory(spec, model)
     save_converted(spec, out_dir, source=model, force=force)
     cfg = config_of(spec)
     origin = spec.meta.get("checkpoint", {}).get("from")
@@ -459,6 +464,8 @@ def parity(files, model_opt, images, normalize, double, rtol, atol, loss_rtol, n
     reference = load_dump(dump, images)
     try:
         checks = run_parity(net, reference, rtol=rtol, atol=atol, loss_rtol=loss_rtol, gradients=not no_gradients)
+    except NetVladPortError as exc:
+        raise NetVladPortError(f"{dump}: {exc}") from None
     except (KeyError, IndexError, ValueError, TypeError, AttributeError, RuntimeError) as exc:  # a tampered dump
         raise NetVladPortError(f"{dump}: a field does not fit the network ({type(exc).__name__}: {exc})") from None
     click.echo(format_report(checks))

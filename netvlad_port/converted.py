@@ -164,6 +164,10 @@ def load_converted(folder: str | os.PathLike) -> NetSpec:
     if "meta.averageImage" in tensors:
         meta["averageImage"] = tensors["meta.averageImage"]
     try:
-        return validate(NetSpec(layers, meta))
+        spec = validate(NetSpec(layers, meta))
     except NetFormatError as exc:
         raise NetFormatError(f"{folder}: {exc}") from None
+    for i, (entry, layer) in enumerate(zip(cfg["layers"], spec.layers)):  # save_converted writes every field
+        missing = sorted(set(layer.params) - set(entry["params"]))
+        _expect(not missing, f"{cfg_path}: layers[{i}].params", f"no {', '.join(missing)} (a default would be guessed)")
+    return spec

@@ -7,3 +7,10 @@ class NetVladPortError(Exception):
 
 class NetFormatError(NetVladPortError, ValueError):
     """A network file or folder is unreadable or does not describe a supported SimpleNN network."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept: still a KeyboardInterrupt to callers; the CLI prints the message as one
+    line and exits 130, as a shell does for SIGINT."""
+
+    exit_code = 130

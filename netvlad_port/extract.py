@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from .devices import resolve_device
-from .errors import NetVladPortError
+from .errors import Interrupted, NetVladPortError
 from .feature_store import check_tag, descriptor_tag, h5_names, images_stamp, write_h5_descriptor, write_tag
 from .images import IMAGE_EXTENSIONS, ImageError, Resize, as_resize, image_size, read_image
 from .io_utils import atomic_file
@@ -61,6 +61,12 @@ def _utf8(name: str, where: Path) -> None:
         raise NetVladPortError(f"{where}: the file name {name!r} is not UTF-8; rename it") from None
 
 
+def _one_line(name: str, where: str) -> None:
+    """Refuse a name holding a line break: the name lists and skipped lists hold one name per line."""
+    if "\n" in name or "\r" in name:
+        raise NetVladPortError(f"{where} {name!r} holds a line break (CR or LF); image names cannot hold one")
+
+
 def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None) -> tuple[Path, list[str]]:
     """(root, names): every image file under a folder (sorted, by extension), or the lines of a
     list file (paths relative to ``root``, default the list's folder)."""
@@ -78,15 +84,20 @@ def list_images(source: str | os.PathLike, root: str | os.PathLike | None = None
         )
         for n in names:
             _utf8(n, source)
+            _one_line(n, f"{source}: the file name")
         if not names:
             raise NetVladPortError(f"{source}: no image files ({', '.join(sorted(IMAGE_EXTENSIONS))})")
         return base, names
     if source.is_file():
         base = Path(root) if root else source.parent
-        try:  # every non-empty line is a name, as written (no comments, spaces kept)
-            names = [line for line in source.read_bytes().decode("utf-8").splitlines() if line]
+        try:  # every non-empty line is a name, as written (no comments, spaces kept; CRLF ends a line too)
+            lines = source.read_bytes().decode("utf-8").split("\n")
         except UnicodeDecodeError as exc:
             raise NetVladPortError(f"{source}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        lines = [line.removesuffix("\r") for line in lines]
+        for number, line in enumerate(lines, start=1):
+            _one_line(line, f"{source}: line {number}:")
+        names = [line for line in lines if line]
         if not names:
             raise NetVladPortError(f"{source}: the image list is empty")
         return base, names
@@ -288,6 +299,8 @@ def serial_all_feats(
         base, names = list_images(images, root)
     else:
         base, names = Path(root or "."), [str(n) for n in images]
+        for i, n in enumerate(names, start=1):
+            _one_line(n, f"image {i}:")
     report = ExtractReport(out=out, device=str(resolve_device(device)))
     tag = descriptor_tag(model, dim=dim, resize_shorter=resize_shorter, precision=precision, half=half)
     if resize_shorter is None and getattr(model, "resize", None) is not None:
@@ -342,12 +355,14 @@ def serial_all_feats(
             if h5 is not None:
                 h5.flush()
             report.extracted += len(ids)
-    except BaseException:
+    except BaseException as exc:
         if h5 is not None:
             h5.close()
             h5 = None
             if created and report.extracted == 0:  # stopped before any descriptor: leave nothing behind
                 out.unlink(missing_ok=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(interrupted_message(out, fmt, report)) from None
         raise
     finally:
         if h5 is not None:
@@ -369,6 +384,16 @@ def serial_all_feats(
         with atomic_file(skipped_path(out)) as tmp:
             tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in report.skipped))
     return report
+
+
+def interrupted_message(out: Path, fmt: str, report: ExtractReport) -> str:
+    """What an interrupted extraction kept: an h5 keeps every finished batch, and a rerun continues."""
+    if fmt != "h5":
+        return f"{out}: interrupted; nothing written ({fmt} files are written at the end), rerun to start again"
+    if report.extracted == 0 and not out.exists():
+        return f"{out}: interrupted before the first image was saved; nothing written"
+    return (f"{out}: interrupted; {report.extracted} images saved ({report.extracted + report.already_present} in "
+            f"the file), rerunning the same command continues")  # fmt: skip
 
 
 def names_path(out: Path) -> Path:

@@ -25,8 +25,29 @@ def load_spec(path: str | os.PathLike) -> NetSpec:
     if not path.exists() and str(path) in RELEASES:
         path = load_release(str(path), progress=True)
     if path.is_dir():
-        return load_converted(path)
-    return import_checkpoint(path) if is_checkpoint(path) else read_net(path)
+        spec = load_converted(path)
+    else:
+        spec = import_checkpoint(path) if is_checkpoint(path) else read_net(path)
+    check_memory(spec, path)
+    return spec
+
+
+def check_memory(spec: NetSpec, where: str | os.PathLike) -> None:
+    """Refuse a network whose smallest image already needs more memory than is free (a pad of 1e5)."""
+    from .devices import available_memory, human_bytes
+    from .errors import NetFormatError
+    from .matconvnet.spec import infer_shapes, layer_bytes, smallest_image
+
+    hw = smallest_image(spec)
+    free = available_memory()
+    over = [i for i, need in enumerate(layer_bytes(spec, hw)) if need > free]
+    if over:
+        i = over[0]
+        need, layer, (h, w, c) = layer_bytes(spec, hw)[i], spec.layers[i], infer_shapes(spec, hw)[i]
+        fields = ", ".join(f"{k} {list(v)}" for k, v in layer.params.items() if k in ("pad", "stride", "pool"))
+        raise NetFormatError(f"{where}: {layer.where(i)} ({fields}): even the smallest image ({hw[0]} x {hw[1]}) "
+                             f"makes a {h} x {w} x {c} output there, {human_bytes(need)} of memory, "
+                             f"{human_bytes(free)} free")  # fmt: skip
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")

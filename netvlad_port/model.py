@@ -24,7 +24,15 @@ from .devices import available_memory, human_bytes
 from .errors import NetFormatError
 from .images import Resize
 from .layers import NORMALIZE_MODES, Normalize, ReLU, build_layer, matlab_flatten
-from .matconvnet.spec import LayerSpec, NetSpec, ensure_validated, infer_method, infer_shapes, output_dim
+from .matconvnet.spec import (
+    LayerSpec,
+    NetSpec,
+    ensure_validated,
+    infer_method,
+    infer_shapes,
+    layer_bytes,
+    output_dim,
+)
 
 
 class SimpleNN(nn.Module):
@@ -116,10 +124,7 @@ class SimpleNN(nn.Module):
         memory than is free for one image (the largest layer input plus output, float32) -- or None."""
         if (h, w) not in self._input_errors:
             try:
-                shapes = [(h, w, 3)] + infer_shapes(self._shapes, (h, w))
-                sizes = [a * b * c for a, b, c in shapes]
-                need = 4 * max(x + y for x, y in zip(sizes, sizes[1:]))
-                free = available_memory()
+                need, free = max(layer_bytes(self._shapes, (h, w))), available_memory()
                 error = None if need <= free else f"it needs {human_bytes(need)} of memory, {human_bytes(free)} free"
             except NetFormatError as exc:
                 error = str(exc)

@@ -17,9 +17,10 @@ import scipy.io
 import torch
 
 from .errors import NetFormatError
-from .layers import matlab_flatten
-from .losses import by_matlab_name, tuple_loss
+from .layers import Normalize, matlab_flatten
+from .losses import LOSSES, tuple_loss
 from .matconvnet.mat5 import check_mat5
+from .matconvnet.spec import numbers
 from .train.options import MOMENTUM, WEIGHT_DECAY
 
 SGD_WEIGHTS_RTOL, SGD_MOMENTUM_RTOL = 1e-6, 1e-4
@@ -33,6 +34,7 @@ class Check:
     tol: float
     measure: str = "rel"
     absent: bool = False  # the dump holds no (or an empty) reference for it: reported, not checked
+    note: str = ""  # why it failed, where a number does not say it (shapes that differ, a hint)
 
     @property
     def passed(self) -> bool:
@@ -44,13 +46,20 @@ def compare(group: str, name: str, ours, ref, tol: float, measure: str = "rel") 
     (generators store large tensors they did not save as empty arrays)."""
     if ref is None or np.size(ref) == 0:
         return Check(group, name, float("nan"), tol, measure, absent=True)
+    if np.asarray(ref).dtype.kind not in "biuf":
+        raise NetFormatError(f"{group} '{name}': the dump's value is not numbers ({np.asarray(ref).dtype})")
     ours, ref = np.asarray(ours(), np.float64), np.asarray(ref, np.float64)
-    if measure == "abs":
-        return Check(group, name, float(np.abs(ours - ref).max()) if ours.shape == ref.shape else float("inf"), tol,
-                     measure)  # fmt: skip
     if ours.shape != ref.shape and [d for d in ours.shape if d != 1] == [d for d in ref.shape if d != 1]:
         ref = ref.reshape(ours.shape)  # squeezed singleton dimensions only
+    if ours.shape != ref.shape:
+        return Check(group, name, float("inf"), tol, measure, note=shapes_differ(ours.shape, ref.shape))
+    if measure == "abs":
+        return Check(group, name, float(np.abs(ours - ref).max()) if ref.size else 0.0, tol, measure)
     return Check(group, name, rel_error(ours, ref), tol, measure)
+
+
+def shapes_differ(ours: tuple, ref: tuple) -> str:
+    return f"the shapes differ: ours {'x'.join(map(str, ours))}, the dump's {'x'.join(map(str, ref))}"
 
 
 def rel_error(ours, ref) -> float:
@@ -98,21 +107,66 @@ def load_dump(path: str | os.PathLike, images: str | os.PathLike | None = None) 
         if "images" not in holder:
             raise NetFormatError(f"{img_path}: no variable 'images'")
         dump["images"] = holder["images"]
-    for key in ("acts", "desc_test"):
-        if key not in dump:
-            raise NetFormatError(f"{path}: the dump has no field '{key}'")
-    images = np.asarray(dump["images"])
-    if images.dtype.kind not in "biuf" or images.ndim not in (3, 4) or images.shape[2] != 3:
-        raise NetFormatError(f"{path}: 'images' must be H x W x 3 x N numbers, got {images.dtype} {images.shape}")
+    try:
+        _images(dump)
+    except NetFormatError as exc:
+        raise NetFormatError(f"{path}: {exc}") from None
     return dump
 
 
-def _struct(v):
-    return v[0, 0] if isinstance(v, np.ndarray) and v.dtype.names and v.size else v
+def _images(dump: dict) -> torch.Tensor:
+    """The dump's H x W x 3 x N images as N x 3 x H x W float32, after checking its fields are there."""
+    for key in ("images", "acts", "desc_test"):
+        if key not in dump:
+            raise NetFormatError(f"the dump has no field '{key}'")
+    images = np.asarray(dump["images"])
+    if images.dtype.kind not in "biuf" or images.ndim not in (3, 4) or images.shape[2] != 3 or not images.size:
+        raise NetFormatError(f"'images' must be H x W x 3 x N numbers, got {images.dtype} {images.shape}")
+    return torch.from_numpy(_squeeze4(images.astype(np.float32))).permute(3, 2, 0, 1)
 
 
-def _scalar(v) -> float:
-    return float(np.asarray(v, np.float64).ravel()[0])
+def _struct(v, what: str):
+    """A MATLAB struct's (first) element; None for an absent field; anything else is refused."""
+    if v is None:
+        return None
+    if isinstance(v, np.ndarray) and v.dtype.names and v.size:
+        return v.ravel()[0]
+    raise NetFormatError(f"'{what}' is not a struct (got {type(v).__name__} {getattr(v, 'dtype', '')})")
+
+
+def _field(struct, name: str, what: str):
+    if name not in (struct.dtype.names or ()):
+        raise NetFormatError(f"'{what}' has no field '{name}'")
+    return struct[name]
+
+
+def _scalar(struct, name: str, what: str, minimum: float | None = None, integral: bool = False) -> float:
+    """One real, finite number of a struct field (``>= minimum``, whole when asked)."""
+    values = numbers(_field(struct, name, what), f"'{what}.{name}'", minimum, integral)
+    if len(values) != 1:
+        raise NetFormatError(f"'{what}.{name}': expected one number, got {len(values)} values")
+    return values[0]
+
+
+def _loss(value, what: str):
+    """The loss a MATLAB training file name (``trainGaussKernalInd``) stands for."""
+    a = np.asarray(value).ravel()
+    name = str(a[0]) if a.size and a.dtype.kind in "US" else ""
+    entry = next((e for _, e in LOSSES.items() if name and e.matlab == name), None)
+    if entry is None:
+        known = ", ".join(sorted(e.matlab for _, e in LOSSES.items() if e.matlab))
+        label = f"{name!r}:" if name else "is empty or not text:"
+        raise NetFormatError(f"'{what}' {label} no loss mirrors that MATLAB file (one of {known})")
+    return entry
+
+
+def _feats(value) -> torch.Tensor:
+    """deepIBL's D x N ``feats`` (query, positive, negatives) as N x D float64 rows."""
+    numbers(value, "'feats'")
+    a = np.asarray(value, np.float64)
+    if a.ndim != 2 or a.shape[1] < 3:
+        raise NetFormatError(f"'feats' must be D x N with N >= 3 (query, positive, negatives), got shape {a.shape}")
+    return torch.from_numpy(a.T.copy()).requires_grad_()
 
 
 def run_parity(
@@ -122,7 +176,7 @@ def run_parity(
     pass and the SGD step where the dump has them."""
     checks: list[Check] = []
     dtype = next(model.parameters()).dtype
-    images = torch.from_numpy(_squeeze4(np.asarray(dump["images"], np.float32))).permute(3, 2, 0, 1)
+    images = _images(dump)
     names = ["input"] + model.names
     ref_acts = _cells(dump["acts"])
     backward = gradients and "dzdw" in dump and model.normalize_mode == "exact"
@@ -138,27 +192,39 @@ def run_parity(
     for name, ours, ref in zip(names, acts, ref_acts):
         ref = _squeeze4(ref) if np.size(ref) else None
         checks.append(compare("forward", name, lambda ours=ours: to_matlab(ours), ref, rtol))
+        if checks[-1].note:  # another network, or other images: every number after it would be inf
+            what = "the mean-subtracted input" if name == "input" else f"layer '{name}'"
+            raise NetFormatError(f"{what}: {checks[-1].note} (acts); the dump was made with another network "
+                                 f"or other images")  # fmt: skip
+    normalize_hint(model, acts, ref_acts, checks[-len(acts) :])
     desc = matlab_flatten(acts[-1]).detach().double().numpy().T
     checks.append(compare("descriptor", "desc_test", lambda: desc, dump.get("desc_test"), atol, "abs"))
 
-    variants = _struct(dump["sare_all"]) if "sare_all" in dump else None
+    variants = _struct(dump.get("sare_all"), "sare_all")
     if variants is not None and "feats" in dump:
-        feats = torch.from_numpy(np.asarray(dump["feats"], np.float64).T.copy()).requires_grad_()
+        feats = _feats(dump["feats"])
         for v in variants.dtype.names:
-            ref = _struct(variants[v])
-            loss = tuple_loss(by_matlab_name(v), feats)
+            ref = _struct(variants[v], f"sare_all.{v}")
+            loss = tuple_loss(_loss(v, "sare_all"), feats)
             (dzdy,) = torch.autograd.grad(loss, feats)
-            if np.size(ref["loss"]):
-                ref_loss = _scalar(ref["loss"])
+            if np.size(_field(ref, "loss", f"sare_all.{v}")):
+                ref_loss = _scalar(ref, "loss", f"sare_all.{v}")
                 checks.append(Check("loss", v, abs(loss.item() - ref_loss) / max(abs(ref_loss), 1e-30), loss_rtol))
-            checks.append(compare("dzdy", v, lambda dzdy=dzdy: dzdy.numpy().T, ref["dzdy"], loss_rtol))
+            dzdy_ref = _field(ref, "dzdy", f"sare_all.{v}")
+            checks.append(compare("dzdy", v, lambda dzdy=dzdy: dzdy.numpy().T, dzdy_ref, loss_rtol))
 
     if backward:
-        train = _struct(dump["train"]) if "train" in dump else None
-        n_layers = int(_scalar(train["num_layers"])) if train is not None else len(model.layers)
-        variant = str(np.asarray(dump.get("sare_variant", ["trainGaussKernalInd"])).ravel()[0])
+        train = _struct(dump.get("train"), "train")
+        n_layers = len(model.layers)
+        if train is not None:
+            n_layers = int(_scalar(train, "num_layers", "train", minimum=1, integral=True))
+            if n_layers > len(model.layers):
+                raise NetFormatError(f"'train.num_layers' {n_layers}: the model has {len(model.layers)} layers")
+        loss_entry = _loss(dump.get("sare_variant", ["trainGaussKernalInd"]), "sare_variant")
+        if "dzdx" not in dump:
+            raise NetFormatError("the dump has 'dzdw' but no 'dzdx' (the backward pass is checked from both)")
         feats = matlab_flatten(acts[n_layers]).to(dtype)
-        tuple_loss(by_matlab_name(variant), feats).backward()
+        tuple_loss(loss_entry, feats).backward()
         for i, ref in enumerate(_cells(dump["dzdx"])[: len(acts)]):
             ref = np.asarray(ref)
             if acts[i].grad is None:
@@ -168,7 +234,11 @@ def run_parity(
                 ours, ref = ours.reshape(-1, order="F"), ref.reshape(-1, order="F")
             ref = _squeeze4(ref) if ref.ndim > 2 else ref
             checks.append(compare("dzdx", names[i], lambda ours=ours: ours, ref, rtol))
-        sgd = _struct(dump["sgd"]) if "sgd" in dump else None
+        sgd = _struct(dump.get("sgd"), "sgd")
+        if sgd is not None:
+            step = {"num_pairs": int(_scalar(sgd, "thisBatchSize", "sgd", minimum=1, integral=True)),
+                    "lr": _scalar(sgd, "lr", "sgd"), "momentum_factor": _scalar(sgd, "momentum_factor", "sgd"),
+                    "weight_decay": _scalar(sgd, "weight_decay", "sgd")}  # fmt: skip
         for i, (layer, ref_w) in enumerate(zip(model.layers, _cells(dump["dzdw"]))):
             ref_w = [np.asarray(r) for r in _cells(ref_w)] if np.size(ref_w) else []
             if not ref_w or not any(r.size for r in ref_w):
@@ -180,11 +250,9 @@ def run_parity(
                 checks.append(compare("dzdw", f"{layer.name}{{{j + 1}}}", lambda g=g: g, r, rtol))
             if sgd is None:
                 continue
-            after = [[np.asarray(r) for r in _cells(_cells(sgd[k])[i])] for k in ("weights_after", "momentum_after")]
+            after = [_layer_cells(sgd, k, i) for k in ("weights_after", "momentum_after")]
             for j, (w, g) in enumerate(zip(weights, grads)):
-                new = deepibl_sgd_step(w, g, int(_scalar(sgd["thisBatchSize"])), _scalar(sgd["lr"]),
-                                       momentum_factor=_scalar(sgd["momentum_factor"]),
-                                       weight_decay=_scalar(sgd["weight_decay"]), dtype=np_dtype)  # fmt: skip
+                new = deepibl_sgd_step(w, g, dtype=np_dtype, **step)
                 for what, ours, refs, tol in zip(("weights_after", "momentum_after"), new, after,
                                                  (SGD_WEIGHTS_RTOL, SGD_MOMENTUM_RTOL)):  # fmt: skip
                     ref = refs[j] if j < len(refs) else None
@@ -192,6 +260,30 @@ def run_parity(
     if not any(not c.absent for c in checks):
         raise NetFormatError("the dump holds nothing checkable (every reference entry is absent or empty)")
     return checks
+
+
+def normalize_hint(model, acts: list[torch.Tensor], ref_acts: list, forward: list[Check]) -> None:
+    """If the first forward failure is an LRN (normalize) layer run ``exact`` that agrees with the dump
+    in MatConvNet's CPU mode (fast_pow), say so in its check's note."""
+    first = next((i for i, c in enumerate(forward) if not c.passed), None)
+    if not first or model.normalize_mode != "exact" or not isinstance(model.layers[first - 1], Normalize):
+        return
+    layer = model.layers[first - 1]
+    layer.mode = "matconvnet-cpu"
+    try:
+        with torch.no_grad():
+            cpu = to_matlab(layer(acts[first - 1].detach()))
+    finally:
+        layer.mode = "exact"
+    if rel_error(cpu, _squeeze4(ref_acts[first]).reshape(cpu.shape)) <= forward[first].tol:
+        forward[first].note = ("rerun with --normalize matconvnet-cpu: this layer agrees with the dump that way "
+                               "(made by MatConvNet's CPU fast_pow)")  # fmt: skip
+
+
+def _layer_cells(sgd, key: str, i: int) -> list[np.ndarray]:
+    """``sgd.<key>{i}``: layer i's arrays after the step (none where the dump holds fewer layers)."""
+    cells = _cells(_field(sgd, key, "sgd"))
+    return [np.asarray(r) for r in _cells(cells[i])] if i < len(cells) else []
 
 
 def deepibl_sgd_step(
@@ -227,7 +319,7 @@ def format_report(checks: list[Check]) -> str:
             continue
         rows.append(
             f"{c.group:<10} {c.name:<34} {c.error:>10.2e} {c.tol:>8.0e}  {'ok' if c.passed else 'FAIL'}"
-            f"{'' if c.measure == 'rel' else ' (max abs)'}"
+            f"{'' if c.measure == 'rel' else ' (max abs)'}{f': {c.note}' if c.note else ''}"
         )
     failed = [c for c in checks if not c.passed]
     absent = sum(c.absent for c in checks)
@@ -236,5 +328,7 @@ def format_report(checks: list[Check]) -> str:
     rows.append(f"{len(checks) - len(failed) - absent} passed, {len(failed)} failed")
     if failed:
         first = failed[0]
-        rows.append(f"first failure: {first.group} at '{first.name}' (error {first.error:.2e} > {first.tol:.0e})")
+        why = first.note if first.note.startswith("the shapes") else f"error {first.error:.2e} > {first.tol:.0e}"
+        hint = f"; {first.note}" if first.note and first.note != why else ""
+        rows.append(f"first failure: {first.group} at '{first.name}' ({why}){hint}")
     return "\n".join(rows)

@@ -202,6 +202,110 @@ def test_no_partial_outputs(campaign):
             assert not out.exists() and not list(out.parent.glob(f".{out.name}*")), case["file"]
 
 
+# --- the residue of the campaign (issue 22): each family ends in one line naming the file and field ------------
+def _edit_net(base: Path, out: Path, layer: str, field: str, value) -> Path:
+    net = scipy.io.loadmat(base)["net"]
+    layers = net[0, 0]["layers"]
+    for i in range(layers.shape[1]):
+        if layers[0, i][0, 0]["name"][0] == layer:
+            layers[0, i][0, 0][field] = value
+    if layer == "meta":
+        net[0, 0]["meta"][0, 0]["normalization"][0, 0][field] = value
+    scipy.io.savemat(out, {"net": net})
+    return out
+
+
+def _edit_spec(root: Path, out: Path, field: str, value) -> Path:
+    fields = spec_fields(line(0, 10, 40), line(5))
+    names = {k: np.array([[n] for n in fields[k]], dtype=object) for k in ("dbImageFns", "qImageFns")}
+    s = {k: (names[k] if k in names else np.atleast_2d(v)) for k, v in fields.items()}
+    s[field] = value
+    scipy.io.savemat(out, {"dbStruct": s})
+    return out
+
+
+RESIDUE = {  # name: (command, what is edited, the words the one line must hold)
+    "stride 1e9": ("info", ("net", "conv1_1", "stride", 1e9), "layer 4 ('pool1'): window 2 does not fit"),
+    "stride 2**63": ("extract", ("net", "conv5_3", "stride", 2.0**63), "stride: 9223372036854775808 is beyond"),
+    "pool 1e9": ("convert", ("net", "pool1", "pool", 1e9), "window 1000000000 does not fit"),
+    "pool 2**63": ("info", ("net", "pool4", "pool", 2.0**63), "pool: 9223372036854775808 is beyond"),
+    "dilate 1e6": ("extract", ("net", "conv5_3", "dilate", 1e6), "('conv5_3'): window 2000001 does not fit"),
+    "pad 2**31": ("info", ("net", "conv1_1", "pad", 2.0**31), "('conv1_1') pad: 2147483648 is beyond"),
+    "pad 1e5 info": ("info", ("net", "conv1_1", "pad", 1e5), "('conv1_1') (pad [100000, 100000, 100000, 100000]"),
+    "pad 1e5 convert": ("convert", ("net", "conv5_3", "pad", 1e5), "even the smallest image"),
+    "pad deleted": ("info", ("folder", 0, "pad", None), "layers[0].params: no pad"),
+    "averageImage text info": ("info", ("net", "meta", "averageImage", "abc"), "meta.normalization.averageImage"),
+    "averageImage text convert": ("convert", ("net", "meta", "averageImage", "abc"), "normalization.averageImage"),
+    "numImages text": ("test", ("spec", "numImages", "x"), "numImages must be one whole number"),
+    "numImages NaN": ("test", ("spec", "numImages", np.nan), "numImages must be one whole number"),
+    "name of 300 characters": ("test", ("spec", "dbImageFns", np.array([["a" * 300 + ".jpg"]] * 10, dtype=object)),
+                               "dbImageFns: image name"),
+    "names as numbers": ("test", ("spec", "qImageFns", np.arange(5.0)[:, None]), "qImageFns"),
+    "complex posDistThr": ("test", ("spec", "posDistThr", np.array([[25 + 1j]])), "posDistThr must be a real"),
+    "logical utm": ("test", ("spec", "utmDb", np.ones((2, 10), bool)), "utmDb holds logical values"),
+    "CR in a listed name": ("extract", ("list", "ok.jpg\nb\rad.jpg\n"), "line 2: 'b\\rad.jpg' holds a line break"),
+}  # fmt: skip
+
+
+def _residue_case(name, root, base, tiny_world):
+    command, (kind, *edit), words = RESIDUE[name]
+    slug = name.replace(" ", "_").replace("*", "")
+    if kind == "net":
+        target = _edit_net(base, root / f"{slug}.mat", edit[0], edit[1], np.array([[edit[2]]]) if
+                           isinstance(edit[2], float) else np.array([edit[2]]))  # fmt: skip
+    elif kind == "folder":
+        from netvlad_port.converted import save_converted
+        from netvlad_port.loading import load_spec
+
+        target = root / slug
+        save_converted(load_spec(base), target)
+        cfg = json.loads((target / "config.json").read_text())
+        del cfg["layers"][edit[0]]["params"][edit[1]]
+        (target / "config.json").write_text(json.dumps(cfg))
+    elif kind == "spec":
+        target = _edit_spec(root, root / f"{slug}.mat", *edit)
+    else:
+        target = root / f"{slug}.txt"
+        target.write_bytes(edit[0].encode())
+    out = root / "out" / slug
+    args = {"info": ["info", target], "convert": ["convert", target, "-o", out],
+            "extract": ["extract", base if kind == "list" else target, "--images", root / "images" if kind != "list"
+                        else target, "-o", out.with_suffix(".h5"), "--quiet"],
+            "test": ["test", "--model", tiny_world.net, "--dataset", target, "--root", root, "-o", out,
+                     "--quiet"]}[command]  # fmt: skip
+    return target, out, words, [str(a) for a in args]
+
+
+@pytest.fixture(scope="module")
+def residue_root(tmp_path_factory):
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("residue")
+    write_net(make_net("vd16", "vlad_preL2_intra", width=1 / 16, k=4, pca_dim=8, seed=1), root / "base.mat")
+    (root / "images").mkdir()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "ok.jpg")
+    Image.open(root / "ok.jpg").save(root / "images" / "ok.jpg")
+    return root
+
+
+@pytest.mark.parametrize("name", list(RESIDUE))
+def test_residue_families_end_in_one_line_naming_the_file_and_field(name, residue_root, tiny_world):
+    import traceback
+
+    from click.testing import CliRunner
+
+    from netvlad_port.cli import main
+
+    target, out, words, args = _residue_case(name, residue_root, residue_root / "base.mat", tiny_world)
+    r = CliRunner().invoke(main, args)
+    tb = None if r.exception is None or isinstance(r.exception, SystemExit) else traceback.format_exception(r.exception)
+    assert tb is None, "".join(tb)[-1500:]
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert target.name in lines[0] and words in lines[0], lines[0]
+    assert not out.exists() and not out.with_suffix(".h5").exists()
+
+
 # --- .pth checkpoints (issue 25): bit flips, truncation, code-running pickles, wrong shapes and dtypes ---------
 def _pth_cases(root: Path, rng) -> list[dict]:
     """A Nanne-layout checkpoint (AlexNet encoder + NetVLAD, K 4), mutated 60 ways, each through ``convert``."""

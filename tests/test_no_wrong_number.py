@@ -7,6 +7,7 @@ import json
 import shutil
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from netvlad_port.cli import main
@@ -165,3 +166,95 @@ def test_errors_that_lead_somewhere(tiny_world, tmp_path, monkeypatch):
     res = run("extract", tiny_world.net, "--images", "images/test", "--root", tiny_world.data, "-o",
               tmp_path / "r.h5", "--quiet")  # fmt: skip
     assert res.exit_code == 0, res.output
+
+
+def test_ctrl_c_during_an_h5_extraction_says_what_was_kept(tiny_world, tmp_path, monkeypatch):
+    from netvlad_port.model import SimpleNN
+
+    images = tiny_world.data / "images" / "test"
+    calls, forward = [], SimpleNN.forward
+
+    def interrupted_after_two_batches(self, x):
+        calls.append(len(x))
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return forward(self, x)
+
+    monkeypatch.setattr(SimpleNN, "forward", interrupted_after_two_batches)
+    args = ["extract", tiny_world.net, "--images", images, "-o", tmp_path / "d.h5", "--batch-size", "4",
+            "--workers", "0", "--quiet"]  # fmt: skip
+    res = run(*args)
+    assert res.exit_code == 130 and "Traceback" not in res.output, res.output
+    assert res.output.strip().splitlines() == [
+        f"{tmp_path / 'd.h5'}: interrupted; 8 images saved (8 in the file), rerunning the same command continues"
+    ]
+    monkeypatch.setattr(SimpleNN, "forward", forward)
+    res = run(*args)
+    assert res.exit_code == 0 and "8 already present" in res.output, res.output
+
+
+def test_parity_names_shapes_that_differ_and_suggests_the_cpu_normalize(tmp_path):
+    from netvlad_port.loading import load_spec
+    from netvlad_port.matconvnet import write_net
+
+    from helpers import FASTPOW_SUITE, suite
+
+    s = suite("tiny_vlad")
+    spec = load_spec(s.net_path)
+    next(layer for layer in spec.layers if layer.type == "pool").params["stride"] = (1, 1)  # another network
+    write_net(spec, tmp_path / "other.mat")
+    res = run("parity", tmp_path / "other.mat", s.dir / "ref.mat")
+    assert res.exit_code == 1 and "inf" not in res.output and len(res.output.strip().splitlines()) == 1
+    assert "layer 'pool1': the shapes differ: ours 31x39x8x5, the dump's 16x20x8x5" in res.output
+    res = run("parity", s.net_path, suite("tiny_vladv2").dir / "ref.mat")  # weights of another shape: named
+    row = next(r for r in res.output.splitlines() if r.startswith("dzdw       vlad:core{2}"))
+    assert row.endswith("FAIL: the shapes differ: ours 1x1x16x4, the dump's 1x4"), row
+    cpu = suite(FASTPOW_SUITE)
+    res = run("parity", cpu.net_path, cpu.dir / "ref.mat")
+    assert res.exit_code == 1 and "first failure: forward at 'preL2'" in res.output
+    assert "rerun with --normalize matconvnet-cpu: this layer agrees with the dump that way" in res.output
+
+
+def _tampered(d, what):
+    def set_field(struct, field, value):
+        struct = struct.copy()
+        struct[0, 0][field] = value
+        return struct
+
+    if what == "sare_variant unknown":
+        d["sare_variant"] = np.array(["trainNothing"])
+    elif what == "sare_variant empty":
+        d["sare_variant"] = np.zeros((0, 0))
+    elif what.startswith("num_layers"):
+        d["train"] = set_field(d["train"], "num_layers", {"NaN": np.array([[np.nan]]), "10000": np.array([[1e4]]),
+                                                          "empty": np.zeros((0, 0))}[what.split()[1]])  # fmt: skip
+    elif what == "lr string":
+        d["sgd"] = set_field(d["sgd"], "lr", np.array(["x"]))
+    elif what == "dzdx missing":
+        del d["dzdx"]
+    elif what == "sare_all not a struct":
+        d["sare_all"] = np.ones((2, 2))
+    elif what == "feats empty":
+        d["feats"] = np.zeros((0, 0))
+    return d
+
+
+@pytest.mark.parametrize(
+    "what, field",
+    [("sare_variant unknown", "'sare_variant' 'trainNothing'"), ("sare_variant empty", "'sare_variant' is empty"),
+     ("num_layers NaN", "'train.num_layers'"), ("num_layers 10000", "'train.num_layers' 10000: the model has 12"),
+     ("num_layers empty", "'train.num_layers'"), ("lr string", "'sgd.lr'"), ("dzdx missing", "'dzdx'"),
+     ("sare_all not a struct", "'sare_all' is not a struct"), ("feats empty", "'feats' must be D x N")],
+)  # fmt: skip
+def test_run_parity_refuses_a_tampered_dump_with_the_project_error(what, field):
+    import netvlad_port
+    from netvlad_port.errors import NetVladPortError
+    from netvlad_port.parity import load_dump, run_parity
+
+    from helpers import suite
+
+    s = suite("tiny_vlad")
+    dump = _tampered(load_dump(s.dir / "ref.mat"), what)
+    with pytest.raises(NetVladPortError) as info:
+        run_parity(netvlad_port.load(s.net_path), dump)
+    assert field in str(info.value) and "\n" not in str(info.value)

@@ -33,14 +33,35 @@ DB_STRUCT_FIELDS = (
 )
 
 
+NAME_MAX = 255  # bytes in one file name (Linux, macOS, Windows)
+
+
 class DatasetError(NetVladPortError):
     """A dataset specification or image folder that cannot be used."""
 
 
-def _names(v) -> list[str]:
+def _names(v, what: str) -> list[str]:
+    """A cell of image names; numbers or other values where a name should be are refused."""
     if isinstance(v, str):
         return [v]
-    return [str(x) for x in v]
+    if not isinstance(v, (list, tuple)):
+        raise DatasetError(f"{what} must be a cell of image names (text), got {_kind(v)}")
+    for i, x in enumerate(v):
+        if not isinstance(x, str):
+            raise DatasetError(f"{what}: entry {i + 1} is not an image name (text) but {_kind(x)}")
+    return list(v)
+
+
+def _kind(v) -> str:
+    return f"{np.asarray(v).dtype} values" if isinstance(v, np.ndarray) else type(v).__name__
+
+
+def _count(v, what: str) -> int:
+    """A whole number of images (``numImages``, ``numQueries``)."""
+    a = np.asarray(v)
+    if a.dtype.kind not in "iuf" or a.size != 1 or not np.isfinite(a.astype(np.float64)).all() or a.item() % 1:
+        raise DatasetError(f"{what} must be one whole number, got {v!r:.60}")
+    return int(a.item())
 
 
 def _inside(names: list[str], what: str) -> list[str]:
@@ -54,10 +75,16 @@ def _inside(names: list[str], what: str) -> list[str]:
                 break
         if Path(n).is_absolute() or n.startswith(("/", "\\")) or depth < 0:
             raise DatasetError(f"{what}: image name {n!r} leaves the image folder; names must be relative to it")
+        longest = max((len(part.encode("utf-8", "replace")) for part in parts), default=0)
+        if longest > NAME_MAX or "\0" in n:
+            raise DatasetError(f"{what}: image name {n!r:.80} has a part of {longest} bytes or a NUL; a file "
+                               f"name holds at most {NAME_MAX} bytes")  # fmt: skip
     return names
 
 
 def _threshold(v, what: str) -> float:
+    if np.asarray(v).dtype.kind in "bc":  # logical or complex: no distance in metres
+        raise DatasetError(f"{what} must be a real number, got {np.asarray(v).dtype} {np.asarray(v).ravel()[:3]}")
     try:
         x = np.asarray(v, dtype=np.float64).ravel()
     except (TypeError, ValueError):
@@ -70,6 +97,8 @@ def _threshold(v, what: str) -> float:
 def _utm(v, what: str) -> np.ndarray:
     if np.iscomplexobj(v):
         raise DatasetError(f"{what} holds complex numbers; expected real UTM coordinates in metres")
+    if np.asarray(v).dtype.kind == "b":
+        raise DatasetError(f"{what} holds logical values; expected real UTM coordinates in metres")
     try:
         a = np.asarray(v, np.float64)
     except (TypeError, ValueError):
@@ -171,8 +200,8 @@ class DbBase:
         where = source or name
         try:
             self.which_set = str(db_struct.get("whichSet", ""))
-            self.db_image_fns = _inside(_names(db_struct["dbImageFns"]), f"{where}: dbImageFns")
-            self.q_image_fns = _inside(_names(db_struct["qImageFns"]), f"{where}: qImageFns")
+            self.db_image_fns = _inside(_names(db_struct["dbImageFns"], f"{where}: dbImageFns"), f"{where}: dbImageFns")
+            self.q_image_fns = _inside(_names(db_struct["qImageFns"], f"{where}: qImageFns"), f"{where}: qImageFns")
             self.utm_db = _utm(db_struct["utmDb"], f"{where}: utmDb")
             self.utm_q = _utm(db_struct["utmQ"], f"{where}: utmQ")
             self.pos_dist_thr = _threshold(db_struct["posDistThr"], f"{where}: posDistThr")
@@ -190,8 +219,8 @@ class DbBase:
                     f"{where}: utm{what.capitalize()} has {utm.shape[1]} columns but there are {n} {what} image names"
                 )
         for k, n in (("numImages", self.num_images), ("numQueries", self.num_queries)):
-            if k in db_struct and int(np.asarray(db_struct[k]).ravel()[0]) != n:
-                raise DatasetError(f"{where}: {k} = {int(np.asarray(db_struct[k]).ravel()[0])} but there are {n} names")
+            if k in db_struct and _count(db_struct[k], f"{where}: {k}") != n:
+                raise DatasetError(f"{where}: {k} = {_count(db_struct[k], k)} but there are {n} names")
         from scipy.spatial import cKDTree
 
         self._tree = cKDTree(self.utm_db.T)

@@ -98,23 +98,22 @@ def import_checkpoint(path: str | os.PathLike, source: str | None = None, **opti
 
 
 def is_checkpoint(path: str | os.PathLike) -> bool:
-    """A file ``torch.save`` wrote: a zip with ``data.pkl`` (not TorchScript's ``code/``), or a pickle (the
-    legacy format; any other pickle goes to the same weights-only reader, which refuses it safely)."""
+    """A file ``torch.save`` wrote: a zip with ``data.pkl`` (not TorchScript's ``code/``), a pickle (the
+    legacy format; any other pickle goes to the same weights-only reader, which refuses it safely), or
+    anything else named like a checkpoint (``.pth`` ...) that is not a MAT file."""
     import zipfile
 
-    if Path(path).suffix.lower() in CHECKPOINT_SUFFIXES:
-        return True
     try:
         with open(path, "rb") as f:
-            head = f.read(4)
+            head = f.read(6)
         if head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
             return True
-        if head != b"PK\x03\x04":
-            return False
-        with zipfile.ZipFile(path) as z:
-            names = z.namelist()
+        if head[:4] == b"PK\x03\x04":
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+            return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
     except zipfile.BadZipFile:
         return True  # a damaged zip: the checkpoint reader says so in one line
     except OSError:
         return False
-    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
+    return Path(path).suffix.lower() in CHECKPOINT_SUFFIXES and head != b"MATLAB"

@@ -152,7 +152,10 @@ def _meta(variables: dict) -> dict:
     if isinstance(out.get("epoch"), np.ndarray):
         out["epoch"] = int(np.asarray(out["epoch"]).ravel()[0]) if out["epoch"].size else 0
     if isinstance(norm, dict) and norm.get("averageImage") is not None:
-        out["averageImage"] = np.asarray(norm["averageImage"], np.float32)
+        avg = norm["averageImage"]
+        if np.asarray(avg).dtype.kind not in "biuf":
+            raise NetFormatError(f"meta.normalization.averageImage: expected numbers, got {avg!r:.60}")
+        out["averageImage"] = np.asarray(avg, np.float32)
     return out
 
 

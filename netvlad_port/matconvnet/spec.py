@@ -28,6 +28,8 @@ WHOLE_L2, TOTAL_MAX, TOTAL_AVG = "layerWholeL2Normalize", "layerTotalMaxPool", "
 
 TRAINING_MULTIPLIERS = ("learningRate", "weightDecay")  # per weight, read by netPrepareForTrain
 Shape = tuple[int | None, int | None, int]  # (H, W, C) of a layer's output; H, W None: unknown
+MAX_SIZE = 2**31 - 1  # the largest size, stride, pad or window torch's convolutions and pooling take (int32)
+MAX_SIDE = 2**20  # the largest image side searched for the smallest image a network takes
 
 
 @dataclass
@@ -151,9 +153,17 @@ def numbers(value, what: str, minimum: float | None = None, integral: bool = Fal
     return [int(x) for x in a] if integral else a.tolist()
 
 
+def _sizes(value, what: str, minimum: int) -> list[int]:
+    """Whole numbers from ``minimum`` to :data:`MAX_SIZE` (beyond it torch's int32 sizes overflow)."""
+    v = numbers(value, what, minimum=minimum, integral=True)
+    if any(x > MAX_SIZE for x in v):
+        raise NetFormatError(f"{what}: {max(v)} is beyond {MAX_SIZE}, the largest size torch's convolutions take")
+    return v
+
+
 def pad4(value, what: str) -> tuple[int, int, int, int]:
     """A scalar or [top bottom left right] pad (whole numbers >= 0)."""
-    v = numbers(value, what, minimum=0, integral=True)
+    v = _sizes(value, what, 0)
     if len(v) == 1:
         return (v[0],) * 4
     if len(v) == 4:
@@ -165,7 +175,7 @@ def pair(value, what: str, default: int = 1) -> tuple[int, int]:
     """A scalar or [y x] (stride, dilate, pool size): whole numbers >= 1."""
     if value is None or np.size(value) == 0:
         return (default, default)
-    v = numbers(value, what, minimum=1, integral=True)
+    v = _sizes(value, what, 1)
     if len(v) == 1:
         return (v[0], v[0])
     if len(v) == 2:
@@ -177,6 +187,9 @@ def window_out(n: int, k: int, s: int, p0: int, p1: int, where: str) -> int:
     """Output length of a window k, stride s over n padded by p0 + p1 (``vl_nnpool`` / ``vl_nnconv``)."""
     if n + p0 + p1 < k:
         raise NetFormatError(f"{where}: window {k} does not fit the padded input size {n + p0 + p1}")
+    if max(n + p0 + p1, k) > MAX_SIZE:
+        raise NetFormatError(f"{where}: padded input {n + p0 + p1} or window {k} is beyond {MAX_SIZE}, the "
+                             f"largest size torch's convolutions take (check pad, dilate, window)")  # fmt: skip
     return (n + p0 + p1 - k) // s + 1
 
 
@@ -192,6 +205,39 @@ def infer_shapes(spec: NetSpec, image_hw: tuple[int, int] | None = (480, 640), i
             shape = rule(layer, shape, layer.where(i))
         out.append(shape)
     return out
+
+
+def layer_bytes(spec: NetSpec, image_hw: tuple[int, int]) -> list[int]:
+    """The memory one image needs in each layer: its input plus output, float32."""
+    shapes = [(*image_hw, 3)] + infer_shapes(spec, image_hw)
+    sizes = [a * b * c for a, b, c in shapes]
+    return [4 * (x + y) for x, y in zip(sizes, sizes[1:])]
+
+
+def _fits(spec: NetSpec, image_hw: tuple[int, int]) -> bool:
+    try:
+        infer_shapes(spec, image_hw)
+    except NetFormatError:
+        return False
+    return True
+
+
+def _least(ok: Callable[[int], bool]) -> int:
+    lo, hi = 1, MAX_SIDE  # ok(MAX_SIDE) holds; fitting grows with the side (window_out)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    return lo
+
+
+def smallest_image(spec: NetSpec) -> tuple[int, int]:
+    """The smallest (H, W) whose windows fit every layer (H and W independently); a network that no
+    image up to :data:`MAX_SIDE` a side goes through is refused, naming the layer."""
+    try:
+        infer_shapes(spec, (MAX_SIDE, MAX_SIDE))
+    except NetFormatError as exc:
+        raise NetFormatError(f"no image up to {MAX_SIDE} pixels a side goes through the network: {exc}") from None
+    return _least(lambda h: _fits(spec, (h, MAX_SIDE))), _least(lambda w: _fits(spec, (MAX_SIDE, w)))
 
 
 def output_dim(spec: NetSpec) -> int | None:
@@ -261,6 +307,7 @@ def validate(spec: NetSpec) -> NetSpec:
         layers.append(layer)
     out = NetSpec(layers, dict(spec.meta))
     infer_shapes(out, image_hw=None)
+    smallest_image(out)
     out._checked = _contents(layers)
     return out
 
