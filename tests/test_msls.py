@@ -132,3 +132,8 @@ def test_demo_gcl_raises_recall_and_map(tmp_path):
     assert after["recall_at_n"]["1"] > before["recall_at_n"]["1"] + 0.05
     assert np.mean(list(after["map_at_n"].values())) > np.mean(list(before["map_at_n"].values())) + 0.02
     assert "mAP trained" in res.output and "msls_val: 180 queries" in res.output
+    cfg = json.loads((tmp_path / "demo" / "offtheshelf" / "config.json").read_text())  # GCL's own layout
+    assert [(layer["type"], layer["params"]) for layer in cfg["layers"]] == [
+        ("backbone", {"arch": "vgg16", "cut": "pool5", "width": 0.125}), ("gem", {}),
+        ("layerWholeL2Normalize", {"flavour": "pytorch"})]  # fmt: skip
+    assert cfg["meta"]["preprocess"] == {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}

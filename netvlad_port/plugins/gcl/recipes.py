@@ -34,6 +34,6 @@ def demo_network():
 
 register_demo(Demo(
     "gcl", "msls", ("msls-train", "msls-val", "msls-val"), "gem", (("trained", "trained", "demo-gcl", {}),),
-    epochs=20, protocol="gcl", network=demo_network,
+    epochs=6, protocol="gcl", network=demo_network,
     about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, whole backbone), best epoch on MSLS-val",
 ))  # fmt: skip
