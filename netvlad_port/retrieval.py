@@ -36,6 +36,7 @@ class Results:
     protocol: str = "matlab"  # the name in PROTOCOLS that made these results (matlab: all queries count)
     maps: list[float] | None = None  # mAP@N for each of recall_ns, where the protocol reports it
     out_dir: str = ""  # where run_evaluation wrote results.json, the features and the figures
+    pos_dist_thr: float | None = None  # metres: a retrieved image within it of the query is correct
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]
@@ -194,6 +195,8 @@ def test_from_fn(
         retrieved.append(r_ids)
     res = make_results(Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where,
                                positives))  # fmt: skip
+    if res.pos_dist_thr is None:
+        res.pos_dist_thr = getattr(db, "pos_dist_thr", None)
     return (res, retrieved) if return_ranks else res
 
 

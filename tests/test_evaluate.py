@@ -1,6 +1,7 @@
 """Recall@N as testFromFn, checked against an independent brute-force numpy computation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -200,3 +201,74 @@ def test_test_never_reuses_features_of_other_images_with_the_same_names(tiny_wor
     vg3 = test("--dataset", tmp_path / "vg3" / "images" / "test")
     vg3_own = test("--dataset", tmp_path / "vg3" / "images" / "test", "-o", tmp_path / "vg3_own")
     assert _recall1(vg3.output) == _recall1(vg3_own.output) != _recall1(vg.output)
+
+
+def _captured_figures(monkeypatch) -> dict:
+    """The matplotlib Figures the plot functions save, by file name (instead of writing them)."""
+    from netvlad_port import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).name, fig) and Path(path))
+    return figures
+
+
+def test_the_recall_title_names_each_curves_recall_at_1(monkeypatch):
+    """Issue 22: the demo's recall.png named only the first curve's R@1."""
+    from netvlad_port.plots import plot_recall
+
+    figures = _captured_figures(monkeypatch)
+    ns = list(retrieval.RECALL_NS)
+    results = [retrieval.Results("d", ns, [r] * len(ns), 10, 0, 8, "x") for r in (0.123, 0.456)]
+    plot_recall(results, "recall.png", labels=["before", "after"])
+    title = figures["recall.png"].axes[0].get_title()
+    assert "before 12.3%" in title and "after 45.6%" in title
+
+
+def test_gcl_recall_plot_shows_map_the_radius_and_image_names(tiny_world, tmp_path, monkeypatch):
+    """Issue 22: with --protocol gcl the plot has no mAP, its radius is the dataset's, the mosaic names images."""
+    from PIL import ImageDraw
+
+    from netvlad_port.datasets import load_synthetic, make_synthetic
+    from netvlad_port.datasets.synthetic import SyntheticConfig
+
+    make_synthetic(tmp_path / "data", SyntheticConfig(db_per_split=40, queries_per_split=24, image_hw=(48, 64),
+                                                      pos_dist_thr=30.0))  # fmt: skip
+    figures, texts = _captured_figures(monkeypatch), []
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: texts.append(text) or
+                        draw_text(self, xy, text, *a, **k))  # fmt: skip
+    out = tmp_path / "eval"
+    args = ["--dataset", "synthetic-test", "--root", tmp_path / "data", "--protocol", "gcl", "-o", out, "--quiet"]
+    res = CliRunner().invoke(main, ["test", str(tiny_world.net), *map(str, args)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    ax = figures["recall.png"].axes[0]
+    assert f"mAP {results['maps'][0] * 100:.1f}%" in ax.get_title()
+    curves = {line.get_label(): line.get_ydata().tolist() for line in ax.get_lines()}
+    assert np.allclose(curves[f"{results['dataset']} mAP"], np.array(results["maps"]) * 100)
+    assert "within 30 m" in ax.get_legend().get_title().get_text()
+    db = load_synthetic(tmp_path / "data", "test")
+    shown = [t.replace("\n", "") for t in texts]
+    assert len(set(shown) & set(db.q_image_fns)) == 6 and len([t for t in shown if t in db.db_image_fns]) == 30
+
+
+def test_recall_per_epoch_plot_has_epochs_the_best_the_loss_and_a_title(tiny_world, tmp_path, monkeypatch):
+    """Issue 22: recall_per_epoch.png had fractional epoch ticks, no best epoch, no loss and no title."""
+    figures = _captured_figures(monkeypatch)
+    out = tmp_path / "my_run"
+    res = CliRunner().invoke(main, ["train", str(tiny_world.net), "--dataset", "synthetic", "--root",
+                                    str(tiny_world.data), "--epochs", "2", "--pca-dim", "0", "--n-neg-choice", "20",
+                                    "--loss", "triplet", "-o", str(out), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    fig = figures["recall_per_epoch.png"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert all(float(t).is_integer() for t in ax.get_xticks()) and {0, 1, 2} <= set(ax.get_xticks())
+    best = json.loads((out / "summary.json").read_text())["best_epoch"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"best epoch {best}" in legend
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    means = [np.mean([r["loss"] for r in records if "batch" in r and r["epoch"] == e]) for e in (1, 2)]
+    loss_lines = [line for a in fig.axes[1:] for line in a.get_lines()]
+    assert len(loss_lines) == 1 and np.allclose(loss_lines[0].get_ydata(), means)
+    assert "my_run" in ax.get_title() and "triplet" in ax.get_title()
