@@ -540,27 +540,42 @@ class DatasetOption(click.Option):
     show_default=True,
     help="matlab: recall@N over all queries (testFromFn); gcl: over queries with a positive, plus mAP@N.",
 )
+@click.option("--recall-ns", "--recall-values", "recall_ns", type=str, default=None,
+              callback=lambda ctx, param, value: _ints(value) if value else None,
+              help="Comma-separated N of recall@N [the protocol's: 1-5,10-100 by 5 for matlab].")  # fmt: skip
+@click.option("--positive-dist-threshold", "pos_dist_thr", type=float, default=None,
+              help="A VG-format folder's positives radius in metres [25].")  # fmt: skip
+@click.option("--num-preds-to-save", type=int, default=0, show_default=True,
+              help="Write OUT/preds/<query>.jpg: each query and its first N predictions (green: correct).")  # fmt: skip
+@click.option("--save-only-wrong", "--save-only-wrong-preds", "save_only_wrong", is_flag=True,
+              help="With --num-preds-to-save: only the queries whose first prediction is wrong.")  # fmt: skip
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace features in OUT made by another model, with other options or "
               "from other image files.")  # fmt: skip
 @_friendly
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
-             resize_queries, protocol, quiet, force):  # fmt: skip
+             resize_queries, protocol, recall_ns, pos_dist_thr, num_preds_to_save, save_only_wrong, quiet,
+             force):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
     from .datasets import open_dataset
     from .evaluate import run_evaluation
     from .loading import load
 
-    db = open_dataset(dataset, root, spec_dir)
+    if num_preds_to_save < 0:
+        raise NetVladPortError(f"--num-preds-to-save {num_preds_to_save}: must be 0 or more")
+    db = open_dataset(dataset, root, spec_dir, pos_dist_thr=pos_dist_thr)
     model = load(model_path, normalize=normalize)
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
-                         num_workers=workers, protocol=protocol, force=force)  # fmt: skip
+                         num_workers=workers, protocol=protocol, force=force, recall_ns=recall_ns,
+                         num_preds_to_save=num_preds_to_save, save_only_wrong=save_only_wrong)  # fmt: skip
     out_dir = Path(res.out_dir)
     left = "counted as failures" if res.num_queries == db.num_queries else "left out"
     click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, {left}), "
                f"{res.dim}-D, {res.search}, protocol {protocol}")  # fmt: skip
     click.echo(res.table())
-    click.echo(f"results: {out_dir / 'results.json'}, {out_dir / 'recall.png'}, {out_dir / 'mosaic.png'}")
+    names = ["results.json", "predictions.csv", "pairs.txt", "recall.png", "mosaic.png"]
+    names += ["preds/"] if num_preds_to_save else []
+    click.echo(f"results in {out_dir}: {', '.join(names)}")
 
 
 @main.command()

@@ -137,7 +137,10 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
         outputs.append((net_path.name, "the off-the-shelf network as MATLAB saves it (layerVLAD a classdef object)"))
     outputs += [
         ("offtheshelf/", "the off-the-shelf network, converted (model.safetensors + config.json)"),
-        ("eval_offtheshelf/", "its db.h5 / q.h5 features, results.json, recall.png, mosaic.png"),
+        (
+            "eval_offtheshelf/",
+            "its db.h5 / q.h5 features, results.json, predictions.csv, pairs.txt, recall.png, mosaic.png",
+        ),
     ]
     if epochs:
         for label, folder, _, _ in r.runs:

@@ -13,11 +13,14 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
+from .errors import NetVladPortError
 from .extract import check_dim, serial_all_feats
 from .feature_store import read_h5_descriptors
 from .io_utils import atomic_file
-from .plots import plot_mosaic, plot_recall
-from .retrieval import PROTOCOLS, Results, test_from_fn
+from .plots import plot_mosaic, plot_recall, save_preds
+from .retrieval import N_TOP, PROTOCOLS, Results, test_from_fn
 
 
 def dataset_features(
@@ -59,26 +62,75 @@ def save_results(res: Results, out_dir: str | os.PathLike) -> Path:
     return path
 
 
+def image_names(db) -> tuple[list[str], list[str]]:
+    """Database and query image names relative to the folder that holds both (hloc's ``image_dir``), so a
+    query and a database image of the same file name stay apart."""
+    db_path, q_path = Path(db.db_path).resolve(), Path(db.q_path).resolve()
+    top = Path(os.path.commonpath([db_path, q_path]))
+    db_dir, q_dir = db_path.relative_to(top).as_posix(), q_path.relative_to(top).as_posix()
+
+    def under(folder: str, names: list[str]) -> list[str]:
+        return names if folder == "." else [f"{folder}/{n}" for n in names]
+
+    return under(db_dir, list(db.db_image_fns)), under(q_dir, list(db.q_image_fns))
+
+
+def save_predictions(ranking, k: int, out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``predictions.csv`` (``query,rank,prediction,distance,correct``: the first ``k`` results of each query,
+    squared L2, a ground-truth positive or not) and hloc's ``pairs.txt`` (``query db`` lines, the same
+    results), names as :func:`image_names`."""
+    import csv
+    import io
+
+    db_names, q_names = image_names(ranking.db)
+    table, pairs = io.StringIO(), []
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["query", "rank", "prediction", "distance", "correct"])
+    for row, iq in enumerate(ranking.query_ids):
+        ids, ds = ranking.retrieved[row][:k], ranking.distances[row][:k]
+        correct = np.isin(ids, ranking.positives[row])
+        for rank, (i, d, ok) in enumerate(zip(ids, ds, correct), 1):
+            writer.writerow([q_names[iq], rank, db_names[i], f"{d:.6g}", int(ok)])
+            pairs.append(f"{q_names[iq]} {db_names[i]}\n")
+    paths = Path(out_dir) / "predictions.csv", Path(out_dir) / "pairs.txt"
+    for path, text in zip(paths, (table.getvalue(), "".join(pairs))):
+        with atomic_file(path) as tmp:
+            tmp.write_text(text)
+    return paths
+
+
 def dataset_key(db) -> str:
     """The dataset's identity as a short hash: its name, source (spec file or folder) and image folders,
-    resolved, and its image lists."""
+    resolved, its image lists, and its posDistThr unless 25 m."""
     import hashlib
 
     where = [str(Path(p).resolve()) for p in (db.source or ".", db.db_path, db.q_path)]
     text = json.dumps([db.name, where, db.db_image_fns, db.q_image_fns])
+    if getattr(db, "pos_dist_thr", 25.0) != 25.0:  # another radius of positives: other results
+        text += f"posDistThr {db.pos_dist_thr:g}"
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def results_dir(model, db, **options) -> Path:
-    """The default ``test`` folder: ``results/<dataset>-<its identity>/<model>-<options>``, so that another
-    dataset with the same name, or other options, never share one."""
+    """The default ``test`` folder: ``results/<dataset>-[<posDistThr>m-]<its identity>/<model>-<options>`` (the
+    radius named unless 25 m), so that another dataset with the same name, or other options, never share one."""
     import hashlib
 
     from .feature_store import model_fingerprint
 
     opts = hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()
     tail = f"{model_fingerprint(model)[:12]}-{getattr(model, 'normalize_mode', 'exact')}-{opts[:8]}"
-    return Path("results") / f"{db.name}-{dataset_key(db)[:8]}" / tail
+    thr = getattr(db, "pos_dist_thr", 25.0)
+    radius = "" if thr == 25.0 else f"{thr:g}m-"
+    return Path("results") / f"{db.name}-{radius}{dataset_key(db)[:8]}" / tail
+
+
+def check_recall_ns(recall_ns) -> tuple[int, ...]:
+    """The N of ``--recall-ns``, ascending and once each; an N below 1 is refused."""
+    ns = tuple(sorted({int(n) for n in recall_ns}))
+    if not ns or ns[0] < 1:
+        raise NetVladPortError(f"--recall-ns {','.join(map(str, recall_ns))}: each N must be at least 1")
+    return ns
 
 
 def run_evaluation(
@@ -94,11 +146,16 @@ def run_evaluation(
     num_workers: int | None = None,
     protocol: str = "matlab",
     force: bool = False,
+    recall_ns=None,
+    num_preds_to_save: int = 0,
+    save_only_wrong: bool = False,
 ) -> Results:
     """Recall@N of ``model`` on ``db`` under ``protocol`` (a name of ``retrieval.PROTOCOLS``, which also
-    picks the N for the dataset); features, ``results.json``, ``recall.png`` and ``mosaic.png`` go to
-    ``out_dir`` (default :func:`results_dir`). ``force``: replace features that cannot be reused."""
-    recall_ns = PROTOCOLS[protocol].recall_ns(db)
+    picks the N for the dataset unless ``recall_ns`` are given); features, ``results.json``,
+    ``predictions.csv``, ``pairs.txt``, ``recall.png`` and ``mosaic.png`` go to ``out_dir`` (default
+    :func:`results_dir`), and with ``num_preds_to_save`` the first N predictions of each query (or only of
+    those whose first is wrong) to ``out_dir/preds``. ``force``: replace features that cannot be reused."""
+    recall_ns = check_recall_ns(recall_ns) if recall_ns else PROTOCOLS[protocol].recall_ns(db)
     check_dim(model, dim)
     if out_dir is None:
         out_dir = results_dir(model, db, dim=dim, resize_queries=resize_queries, precision=precision, protocol=protocol)
@@ -116,9 +173,13 @@ def run_evaluation(
         num_workers=num_workers,
         force=force,
     )
-    res, retrieved = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, return_ranks=True, protocol=protocol)
+    res, ranking = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, n_top=max(N_TOP, *recall_ns),
+                                protocol=protocol, return_ranking=True)  # fmt: skip
     res.out_dir = str(out_dir)
     save_results(res, out_dir)
+    save_predictions(ranking, max(recall_ns), out_dir)
     plot_recall([res], out_dir / "recall.png")
-    plot_mosaic(db, retrieved, out_dir / "mosaic.png")
+    plot_mosaic(db, ranking.retrieved, out_dir / "mosaic.png")
+    if num_preds_to_save:
+        save_preds(db, ranking.retrieved, out_dir / "preds", num_preds_to_save, save_only_wrong)
     return res

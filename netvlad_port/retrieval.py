@@ -36,6 +36,7 @@ class Results:
     protocol: str = "matlab"  # the name in PROTOCOLS that made these results (matlab: all queries count)
     maps: list[float] | None = None  # mAP@N for each of recall_ns, where the protocol reports it
     out_dir: str = ""  # where run_evaluation wrote results.json, the features and the figures
+    pos_dist_thr: float | None = None  # metres: a retrieved image within it of the query is correct
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]
@@ -117,6 +118,7 @@ class Ranking:
     dim: int
     search: str
     positives: list[np.ndarray]
+    distances: list[np.ndarray] | None = None  # squared L2 of each of retrieved[row]
 
 
 @dataclass(frozen=True)
@@ -159,11 +161,14 @@ def test_from_fn(
     return_ranks: bool = False,
     query_ids=None,
     protocol: str = "matlab",
+    return_ranking: bool = False,
 ):
     """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
     ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
     then holds their features, in that order. ``protocol``: a name of :data:`PROTOCOLS`, which turns
-    the ranking into the results (``matlab``: every query counts)."""
+    the ranking into the results (``matlab``: every query counts). Returns the results, with
+    ``return_ranks`` and the retrieved ids of each query, or with ``return_ranking`` the whole
+    :class:`Ranking` (distances included)."""
     make_results = PROTOCOLS[protocol].results
     import torch
 
@@ -181,10 +186,11 @@ def test_from_fn(
     recall_ns = list(recall_ns)
     hits = np.zeros((len(qids), len(recall_ns)), bool)
     has_pos = np.zeros(len(qids), bool)
-    retrieved, positives = [], []
+    retrieved, positives, distances = [], [], []
     for row, iq in enumerate(qids):
         found_row = ids[row] >= 0  # a group's search may return fewer than asked
-        r_ids, _ = db.nn_search_postprocess(iq, ids[row][found_row], ds[row][found_row], n_top)
+        r_ids, r_ds = db.nn_search_postprocess(iq, ids[row][found_row], ds[row][found_row], n_top)
+        distances.append(np.asarray(r_ds))
         positives.append(db.pos_q(iq))  # once per query: isPosQ and the count both read it
         is_pos = np.isin(r_ids, positives[-1])
         has_pos[row] = len(positives[-1]) > 0
@@ -192,8 +198,13 @@ def test_from_fn(
         if len(found):
             hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
         retrieved.append(r_ids)
-    res = make_results(Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where,
-                               positives))  # fmt: skip
+    ranking = Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where, positives,
+                      distances)  # fmt: skip
+    res = make_results(ranking)
+    if res.pos_dist_thr is None:
+        res.pos_dist_thr = getattr(db, "pos_dist_thr", None)
+    if return_ranking:
+        return res, ranking
     return (res, retrieved) if return_ranks else res
 
 

@@ -1,6 +1,7 @@
 """Recall@N as testFromFn, checked against an independent brute-force numpy computation."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from click.testing import CliRunner
@@ -200,3 +201,167 @@ def test_test_never_reuses_features_of_other_images_with_the_same_names(tiny_wor
     vg3 = test("--dataset", tmp_path / "vg3" / "images" / "test")
     vg3_own = test("--dataset", tmp_path / "vg3" / "images" / "test", "-o", tmp_path / "vg3_own")
     assert _recall1(vg3.output) == _recall1(vg3_own.output) != _recall1(vg.output)
+
+
+def _captured_figures(monkeypatch) -> dict:
+    """The matplotlib Figures the plot functions save, by file name (instead of writing them)."""
+    from netvlad_port import plots
+
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(Path(path).name, fig) and Path(path))
+    return figures
+
+
+def test_the_recall_title_names_each_curves_recall_at_1(monkeypatch):
+    """Issue 22: the demo's recall.png named only the first curve's R@1."""
+    from netvlad_port.plots import plot_recall
+
+    figures = _captured_figures(monkeypatch)
+    ns = list(retrieval.RECALL_NS)
+    results = [retrieval.Results("d", ns, [r] * len(ns), 10, 0, 8, "x") for r in (0.123, 0.456)]
+    plot_recall(results, "recall.png", labels=["before", "after"])
+    title = figures["recall.png"].axes[0].get_title()
+    assert "before 12.3%" in title and "after 45.6%" in title
+
+
+def test_gcl_recall_plot_shows_map_the_radius_and_image_names(tiny_world, tmp_path, monkeypatch):
+    """Issue 22: with --protocol gcl the plot has no mAP, its radius is the dataset's, the mosaic names images."""
+    from PIL import ImageDraw
+
+    from netvlad_port.datasets import load_synthetic, make_synthetic
+    from netvlad_port.datasets.synthetic import SyntheticConfig
+
+    make_synthetic(tmp_path / "data", SyntheticConfig(db_per_split=40, queries_per_split=24, image_hw=(48, 64),
+                                                      pos_dist_thr=30.0))  # fmt: skip
+    figures, texts = _captured_figures(monkeypatch), []
+    draw_text = ImageDraw.ImageDraw.text
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", lambda self, xy, text, *a, **k: texts.append(text) or
+                        draw_text(self, xy, text, *a, **k))  # fmt: skip
+    out = tmp_path / "eval"
+    args = ["--dataset", "synthetic-test", "--root", tmp_path / "data", "--protocol", "gcl", "-o", out, "--quiet"]
+    res = CliRunner().invoke(main, ["test", str(tiny_world.net), *map(str, args)])
+    assert res.exit_code == 0, res.output
+    results = json.loads((out / "results.json").read_text())
+    ax = figures["recall.png"].axes[0]
+    assert f"mAP {results['maps'][0] * 100:.1f}%" in ax.get_title()
+    curves = {line.get_label(): line.get_ydata().tolist() for line in ax.get_lines()}
+    assert np.allclose(curves[f"{results['dataset']} mAP"], np.array(results["maps"]) * 100)
+    assert "within 30 m" in ax.get_legend().get_title().get_text()
+    db = load_synthetic(tmp_path / "data", "test")
+    shown = [t.replace("\n", "") for t in texts]
+    assert len(set(shown) & set(db.q_image_fns)) == 6 and len([t for t in shown if t in db.db_image_fns]) == 30
+
+
+def test_recall_per_epoch_plot_has_epochs_the_best_the_loss_and_a_title(tiny_world, tmp_path, monkeypatch):
+    """Issue 22: recall_per_epoch.png had fractional epoch ticks, no best epoch, no loss and no title."""
+    figures = _captured_figures(monkeypatch)
+    out = tmp_path / "my_run"
+    res = CliRunner().invoke(main, ["train", str(tiny_world.net), "--dataset", "synthetic", "--root",
+                                    str(tiny_world.data), "--epochs", "2", "--pca-dim", "0", "--n-neg-choice", "20",
+                                    "--loss", "triplet", "-o", str(out), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    fig = figures["recall_per_epoch.png"]
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    assert all(float(t).is_integer() for t in ax.get_xticks()) and {0, 1, 2} <= set(ax.get_xticks())
+    best = json.loads((out / "summary.json").read_text())["best_epoch"]
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert f"best epoch {best}" in legend
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    means = [np.mean([r["loss"] for r in records if "batch" in r and r["epoch"] == e]) for e in (1, 2)]
+    loss_lines = [line for a in fig.axes[1:] for line in a.get_lines()]
+    assert len(loss_lines) == 1 and np.allclose(loss_lines[0].get_ydata(), means)
+    assert "my_run" in ax.get_title() and "triplet" in ax.get_title()
+
+
+def _brute_force_top(db_feats, q_feats, k):
+    """Independent: each query's first k database ids by (squared distance, id), and those distances."""
+    d = ((q_feats[:, None, :].astype(np.float64) - db_feats[None].astype(np.float64)) ** 2).sum(-1)
+    order = [sorted(range(len(db_feats)), key=lambda j: (round(d[iq, j], 5), j))[:k] for iq in range(len(q_feats))]
+    return order, d
+
+
+def test_test_writes_recall_ns_predictions_pairs_and_preds(tiny_world, tmp_path, monkeypatch):
+    """Issue 22: test takes --recall-ns as train does, and writes what VPR-methods-evaluation and hloc users
+    expect: per-query predictions (csv), hloc pairs, preds/ images (all, or only the wrong ones)."""
+    import csv
+    import os
+
+    from netvlad_port.datasets import load_synthetic
+
+    figures, out = _captured_figures(monkeypatch), tmp_path / "eval"
+    data = tiny_world.data
+
+    def test(*args):
+        res = CliRunner().invoke(main, ["test", str(tiny_world.net), "--dataset", "synthetic-test", "--root",
+                                        str(data), "-o", str(out), "--quiet", *map(str, args)])  # fmt: skip
+        assert res.exit_code == 0, res.output
+        return res
+
+    res = test("--recall-ns", "7,1,3", "--num-preds-to-save", "3", "--save-only-wrong")
+    db = load_synthetic(data, "test")
+    f_db = feature_store.read_h5_descriptors(out / "db.h5", db.db_image_fns)
+    f_q = feature_store.read_h5_descriptors(out / "q.h5", db.q_image_fns)
+    results = json.loads((out / "results.json").read_text())
+    assert results["recall_ns"] == [1, 3, 7] and list(results["recall_at_n"]) == ["1", "3", "7"]
+    assert np.allclose(results["recalls"], brute_force_recall(db, f_db, f_q, [1, 3, 7]))
+    assert [line.split(":")[0].strip() for line in res.output.splitlines() if line.startswith("   ")] == ["1", "3", "7"]
+    assert figures["recall.png"].axes[0].get_lines()[0].get_xdata().tolist() == [1, 3, 7]
+    # predictions.csv and pairs.txt: the first 7 of each query, names under the folder holding both image folders
+    top, d = _brute_force_top(f_db, f_q, 7)
+    q_names = [os.path.relpath(db.q_image(i), data) for i in range(db.num_queries)]
+    db_names = [os.path.relpath(db.db_image(i), data) for i in range(db.num_images)]
+    pos = [set(np.flatnonzero(((db.utm_db - db.utm_q[:, [iq]]) ** 2).sum(0) <= db.pos_dist_sq_thr))
+           for iq in range(db.num_queries)]  # fmt: skip
+    rows = list(csv.DictReader((out / "predictions.csv").open()))
+    expected = [(q_names[iq], str(r + 1), db_names[j], int(j in pos[iq])) for iq in range(24) for r, j in
+                enumerate(top[iq])]  # fmt: skip
+    assert [(r["query"], r["rank"], r["prediction"], int(r["correct"])) for r in rows] == expected
+    dists = [d[iq, j] for iq in range(24) for j in top[iq]]
+    assert np.allclose([float(r["distance"]) for r in rows], dists, rtol=1e-4, atol=1e-5)
+    assert (out / "pairs.txt").read_text().splitlines() == [f"{q} {p}" for q, _, p, _ in expected]
+    # preds/: the queries whose first prediction is wrong; then every query
+    wrong = {f"{iq:02d}.jpg" for iq in range(24) if top[iq][0] not in pos[iq]}
+    assert wrong and {p.name for p in (out / "preds").iterdir()} == wrong
+    test("--recall-values", "1,5", "--num-preds-to-save", "2")
+    assert len(list((out / "preds").iterdir())) == 24
+    assert json.loads((out / "results.json").read_text())["recall_ns"] == [1, 5]
+
+
+def test_vg_folders_take_a_radius_and_their_dataset_name(tiny_world, tmp_path, monkeypatch):
+    """Issue 22: --positive-dist-threshold for VG folders, in the results folder key; .../pitts30k/images/test is
+    named pitts30k, not test."""
+    from types import SimpleNamespace
+
+    from netvlad_port.datasets import load_synthetic
+
+    db = load_synthetic(tiny_world.data, "test")
+    folder = tmp_path / "vgset" / "images" / "test"
+    _vg_copy(db, folder)
+    monkeypatch.chdir(tmp_path)  # the default results/ folder goes here
+
+    def test(*args):
+        return CliRunner().invoke(main, ["test", str(tiny_world.net), "--dataset", str(folder), "--quiet",
+                                         *map(str, args)])  # fmt: skip
+
+    default = test()
+    assert default.exit_code == 0, default.output
+    assert [p.name.split("-")[0] for p in (tmp_path / "results").iterdir()] == ["vgset"]
+    assert default.output.startswith("vgset: ")
+    wide = test("--positive-dist-threshold", "60")
+    assert wide.exit_code == 0, wide.output
+    runs = sorted((tmp_path / "results").glob("*/*/results.json"))
+    assert len(runs) == 2 and all(p.parent.parent.name.startswith("vgset-") for p in runs)
+    by_thr = {json.loads(p.read_text())["pos_dist_thr"]: json.loads(p.read_text()) for p in runs}
+    assert set(by_thr) == {25.0, 60.0} and by_thr[60.0]["dataset"] == "vgset"
+    names = {sub: sorted(p.name for p in (folder / sub).iterdir()) for sub in ("database", "queries")}
+    f_db = feature_store.read_h5_descriptors(runs[0].parent / "db.h5", names["database"])
+    f_q = feature_store.read_h5_descriptors(runs[0].parent / "q.h5", names["queries"])
+    utm = {sub: np.array([[float(n.split("@")[1]), float(n.split("@")[2])] for n in names[sub]]).T for sub in names}
+    for thr, res in by_thr.items():
+        geometry = SimpleNamespace(utm_db=utm["database"], utm_q=utm["queries"], pos_dist_sq_thr=thr**2)
+        assert np.allclose(res["recalls"], brute_force_recall(geometry, f_db, f_q, res["recall_ns"]))
+    assert by_thr[60.0]["recalls"] != by_thr[25.0]["recalls"]
+    refused = CliRunner().invoke(main, ["test", str(tiny_world.net), "--dataset", "synthetic-test", "--root",
+                                        str(tiny_world.data), "--positive-dist-threshold", "60"])  # fmt: skip
+    assert refused.exit_code == 1 and "for VG-format folders only" in refused.output

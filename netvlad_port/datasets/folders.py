@@ -28,9 +28,21 @@ def _vg_utm(path: Path) -> tuple[float, float]:
         raise DatasetError(f"{path}: not a VG-format name (@utm_east@utm_north@...@.jpg)") from None
 
 
+def vg_dataset_name(root: Path) -> str:
+    """The dataset a VG split folder belongs to: ``pitts30k`` for ``.../pitts30k/images/test``, as
+    VPR-datasets-downloader lays them out; else the folder's own name."""
+    root = root.resolve()
+    if root.name in ("train", "val", "test") and root.parent.name == "images" and root.parent.parent.name:
+        return root.parent.parent.name
+    return root.name
+
+
 def from_vg_folder(root: str | os.PathLike, pos_dist_thr: float = 25.0, name: str | None = None) -> DbBase:
-    """``root/database`` and ``root/queries`` (e.g. ``images/test``) with UTM in the file names."""
+    """``root/database`` and ``root/queries`` (e.g. ``images/test``) with UTM in the file names; named
+    after the dataset folder (:func:`vg_dataset_name`) unless ``name`` is given."""
     root = Path(root)
+    if not pos_dist_thr > 0:
+        raise DatasetError(f"{root}: the positives' radius must be above 0 m (got {pos_dist_thr:g})")
     lists = {}
     for sub in ("database", "queries"):
         folder = root / sub
@@ -43,7 +55,7 @@ def from_vg_folder(root: str | os.PathLike, pos_dist_thr: float = 25.0, name: st
     for sub, key, utm in (("database", "dbImageFns", "utmDb"), ("queries", "qImageFns", "utmQ")):
         s[key] = [p.relative_to(root / sub).as_posix() for p in lists[sub]]
         s[utm] = np.array([_vg_utm(p) for p in lists[sub]]).T
-    return DbBase(name or root.name, root / "database", root / "queries", s, str(root))
+    return DbBase(name or vg_dataset_name(root), root / "database", root / "queries", s, str(root))
 
 
 def from_npz(

@@ -67,13 +67,28 @@ def family_of(name: str) -> tuple[DatasetFamily, str | None]:
     return family, family.splits[[s.lower() for s in family.splits].index(split)]
 
 
-def open_dataset(name: str, root: str | os.PathLike | None = None, spec_dir: str | os.PathLike | None = None) -> DbBase:
-    """A dataset by name (see :func:`dataset_names`), a dbStruct spec ``.mat`` or a VG folder."""
+def _is_family(name: str) -> bool:
+    try:
+        family_of(name)
+    except DatasetError:
+        return False
+    return True
+
+
+def open_dataset(name: str, root: str | os.PathLike | None = None, spec_dir: str | os.PathLike | None = None,
+                 pos_dist_thr: float | None = None) -> DbBase:  # fmt: skip
+    """A dataset by name (see :func:`dataset_names`), a dbStruct spec ``.mat`` or a VG folder;
+    ``pos_dist_thr``: the positives' radius in metres of a VG folder (default 25; the others have theirs)."""
     from .db_base import load_db_struct
     from .folders import from_vg_folder
 
     root = Path(root or ".")
     path = Path(name)
+    if pos_dist_thr is not None:
+        if path.suffix == ".mat" or not path.is_dir() or _is_family(name):
+            raise DatasetError(f"--positive-dist-threshold: for VG-format folders only; {name} has its own "
+                               f"posDistThr")  # fmt: skip
+        return from_vg_folder(path, pos_dist_thr)
     if path.suffix == ".mat":  # image names relative to root, or to root/images and root/queries (Pitts layout)
         db_path, q_path = ((root / "images", root / "queries") if (root / "images").is_dir() and
                            (root / "queries").is_dir() else (root, root))  # fmt: skip

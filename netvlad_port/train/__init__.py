@@ -133,8 +133,9 @@ def _finish(trainer: Trainer, db_train, out_dir: Path, progress: bool, log) -> P
     if trainer.rank != 0:
         return out_dir / "final"
     o = trainer.opts
-    plot_epochs(trainer.history, o.recall_ns, out_dir / "recall_per_epoch.png")
     best = pick_best_epoch(trainer.history, o.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
+    title = f"{out_dir.resolve().name}: {o.loss} loss"
+    plot_epochs(trainer.history, o.recall_ns, out_dir / "recall_per_epoch.png", best, epoch_losses(out_dir), title)
     spec = load_converted(out_dir / f"epoch_{best:06d}")
     if o.pca_dim:
         spec = add_pca(spec, db_train, pca_dim=o.pca_dim, device=o.device, progress=progress, rng=o.rng)
@@ -146,6 +147,20 @@ def _finish(trainer: Trainer, db_train, out_dir: Path, progress: bool, log) -> P
     log(f"best epoch {best}; final model: {out_dir / 'final'}")
     log("run outputs: " + ", ".join(str(p) for p in outputs if p.exists()))
     return out_dir / "final"
+
+
+def epoch_losses(out_dir: Path) -> dict[int, float]:
+    """Mean training loss of each epoch, from the batch records of the run's ``log.jsonl``."""
+    import json
+
+    log_path = out_dir / "log.jsonl"
+    losses: dict[int, list[float]] = {}
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            record = json.loads(line) if line.strip() else {}
+            if "batch" in record and "loss" in record:
+                losses.setdefault(int(record["epoch"]), []).append(float(record["loss"]))
+    return {e: sum(v) / len(v) for e, v in sorted(losses.items())}
 
 
 def write_summary(trainer: Trainer, best: int, path: Path) -> None:
