@@ -124,7 +124,7 @@ def _image_size(value: str) -> tuple[int, int]:
 COMMANDS = {
     "demo": "Run the whole job on built-in synthetic data.",
     "make-synthetic": "Write the synthetic streets (dbStruct or MSLS).",
-    "convert": "Convert a network .mat into safetensors + JSON (load).",
+    "convert": "Convert a network .mat or a GCL/STML/Nanne .pth into safetensors + JSON (load).",
     "info": "Show a network's layers and sizes (vl_simplenn_display).",
     "cluster": "Build the start network (loadNet, getClusters, addLayers).",
     "train": "Train it (trainWeakly, deepIBL's train*.m).",
@@ -249,9 +249,15 @@ def info(model: Path, image_size: str):
     cfg = config_of(spec)
     meta = spec.meta
     click.echo(f"{model}")
-    click.echo(
-        f"netID {meta.get('netID', '-')}  sessionID {meta.get('sessionID', '-')}  epoch {meta.get('epoch', '-')}"
-    )
+    ckpt = meta.get("checkpoint")
+    if isinstance(ckpt, dict):  # a PyTorch-born network: what its checkpoint said of itself
+        said = "  ".join(f"{k} {ckpt[k]:.4g}" if isinstance(ckpt[k], float) else f"{k} {ckpt[k]}"
+                         for k in ("epoch", "step", "best_score") if k in ckpt)  # fmt: skip
+        click.echo(f"a {ckpt.get('from', '?')} checkpoint  {said}".rstrip())
+    else:
+        click.echo(
+            f"netID {meta.get('netID', '-')}  sessionID {meta.get('sessionID', '-')}  epoch {meta.get('epoch', '-')}"
+        )
     click.echo(
         f"method {cfg['method'] or '-'}  whitened {'yes' if cfg['whitened'] else 'no'}  "
         f"output dim {cfg['output_dim']}  {input_description(spec)}"

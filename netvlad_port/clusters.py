@@ -66,7 +66,7 @@ def sample_train_descs(
         for i in tqdm(ids, desc="train descriptors", unit="img", disable=not progress):
             if total >= n_train:
                 break
-            x = read_image(db_train.db_image(int(i)))[None].to(device)
+            x = read_image(db_train.db_image(int(i)), getattr(model, "resize", None))[None].to(device)
             y = model.run(model.prepare(model.from_rgb255(x)))[0]  # D x H x W
             descs = y.permute(0, 2, 1).reshape(y.shape[0], -1).float().cpu().numpy()  # D x (H W), h fastest
             n_this = min(n_per_image, descs.shape[1], n_train - total)

@@ -180,4 +180,5 @@ def _add_metadata(path: Path, fmt: str, meta: dict) -> None:
     else:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)  # torch 2.14: torch.jit is deprecated
             torch.jit.save(jit_load(path), str(path), _extra_files={f"{METADATA}.json": text})

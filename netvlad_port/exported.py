@@ -24,6 +24,7 @@ def jit_load(path: str | os.PathLike, extra_files: dict | None = None):
     """``torch.jit.load`` (deprecated in favour of torch.export since torch 2.10, still supported)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.14 says it as a FutureWarning
         return torch.jit.load(str(path), map_location="cpu", _extra_files=extra_files or {})
 
 

@@ -248,6 +248,8 @@ def output_dim(spec: NetSpec) -> int | None:
 
 def infer_method(spec: NetSpec) -> str:
     """The ``addLayers`` method string (e.g. ``vlad_preL2_intra``) the layers correspond to."""
+    if any(l.type == TORCH_VLAD for l in spec.layers):
+        return "netvlad"  # Nanne's / STML's whole module (its normalisations inside): no addLayers string
     entries = [layer_type(l.type) for l in spec.layers]
     aggs = [e for e in entries if e.token]
     if not aggs:

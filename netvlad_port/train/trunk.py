@@ -49,7 +49,9 @@ class TrunkCache:
         self.dtype = np.float16 if fp16 else np.float32
         self._arrays: dict[tuple, np.ndarray] = {}  # output shape -> array of that shape's images
         self._where: list[tuple[tuple, int]] = []  # image -> (output shape, row)
-        self.sizes = [image_size(self.root / n) for n in self.names]  # (H, W) of every image
+        self.resize = getattr(model, "resize", None)  # a PyTorch-born network's own resize (GCL's, STML's)
+        sizes = [image_size(self.root / n) for n in self.names]
+        self.sizes = [self.resize.out_hw(*hw) if self.resize else hw for hw in sizes]  # (H, W) the network sees
         for hw in dict.fromkeys(self.sizes):  # refuse what the network cannot take, before computing anything
             if (error := model.input_error(*hw)) is not None:
                 first = self.names[self.sizes.index(hw)]
@@ -66,12 +68,12 @@ class TrunkCache:
         def fail(i, msg):
             raise NetVladPortError(msg)
 
-        batches, _ = plan_batches(self.root, self.names, range(len(self.names)), batch_size, None, fail)
+        batches, _ = plan_batches(self.root, self.names, range(len(self.names)), batch_size, self.resize, fail)
         out_shape: dict[tuple, tuple] = {}
         with torch.inference_mode():  # the output shape of each image size
             for i, hw in enumerate(self.sizes):
                 if hw not in out_shape:
-                    x = read_image(self.root / self.names[i])[None].to(self.device)
+                    x = read_image(self.root / self.names[i], self.resize)[None].to(self.device)
                     out_shape[hw] = tuple(self.frozen(x).shape[1:])
         shapes = {i: out_shape[hw] for i, hw in enumerate(self.sizes)}
         counts: dict[tuple, int] = {}
@@ -124,7 +126,7 @@ class TrunkCache:
     def get(self, ids) -> torch.Tensor:
         """Frozen-layer outputs of images ``ids`` (all of one size), float32, on the model's device."""
         if self.mode == "none":
-            x = torch.stack([read_image(self.root / self.names[i]) for i in ids]).to(self.device)
+            x = torch.stack([read_image(self.root / self.names[i], self.resize) for i in ids]).to(self.device)
             with torch.no_grad():
                 return self.frozen(x)
         shape = self._where[ids[0]][0]
