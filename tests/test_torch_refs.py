@@ -1,12 +1,13 @@
-"""Parity with the PyTorch originals: the ../shared/torch_refs suites, made by running GCL's, STML's and
-Nanne's own model code (docs/pytorch_models.md#reference-suites). Each checkpoint is rebuilt byte for byte
-by the suite's rebuild.py into a cache folder, converted by the CLI (source detected from its keys),
-and run on the suite's images; descriptors, transformed inputs and intermediates are compared.
+"""Parity with the PyTorch originals: the torch_refs suites (in the project's shared folder beside the
+checkout), made by running GCL's, STML's and Nanne's own model code (docs/pytorch_models.md#reference-suites).
+Each checkpoint is rebuilt byte for byte by the suite's rebuild.py into a cache folder, converted by the CLI
+(source detected from its keys), and run on the suite's images; descriptors, transformed inputs and
+intermediates are compared.
 
-Location: $NETVLAD_TORCH_REFS (default ../shared/torch_refs beside the checkout); the rebuilt checkpoints
-go to $NETVLAD_TORCH_REFS_CACHE (default ~/.cache/netvlad-torch-refs). Tolerances (the suites' READMEs):
-descriptors 1e-5 relative to their largest value (float32 rounding; measured 0 for GCL and Nanne, 5e-7 for
-STML), inputs 1e-6, maps 1e-4, masks and scales 1e-5.
+Location: $NETVLAD_TORCH_REFS (default: torch_refs in the shared folder beside the checkout); the rebuilt
+checkpoints go to $NETVLAD_TORCH_REFS_CACHE (default ~/.cache/netvlad-torch-refs). Tolerances (the suites'
+READMEs): descriptors 1e-5 relative to their largest value (float32 rounding; measured 0 for GCL and Nanne,
+5e-7 for STML), inputs 1e-6, maps 1e-4, masks and scales 1e-5.
 """
 
 from __future__ import annotations

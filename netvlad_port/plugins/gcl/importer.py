@@ -3,7 +3,7 @@
 its average pool, ``pool`` = GeM (learned ``pool.p``) or a max / avg pooling without weights, then
 ``F.normalize``. Images: ``Resize((480, 640))`` on the PIL image (bilinear; ``--image_size`` is not saved,
 so ``image_size`` overrides it), ``ToTensor``, ImageNet ``Normalize`` (``extract_predictions.py``)
-([docs/pytorch_models.md](../../../docs/pytorch_models.md#gcl))."""
+([docs/pytorch_models.md](../../../docs/pytorch_models.md#key-mapping))."""
 
 from __future__ import annotations
 

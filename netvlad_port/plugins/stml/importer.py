@@ -3,7 +3,7 @@
 record the flags) and run in the code's fixed order: de-attention, SE, BAM, CBAM, CRN
 (``tasks/common.py``). Images: ``img.resize((640, 480))`` (PIL's default filter, bicubic), ``ToTensor``,
 ImageNet ``Normalize`` (``dataloaders/pittsburgh.py``). Old checkpoints' ``crm`` keys are read as ``crn``
-(``utils/misc.py`` ``change_crm_to_crn``) ([docs/pytorch_models.md](../../../docs/pytorch_models.md#stml))."""
+(``utils/misc.py`` ``change_crm_to_crn``) ([docs/pytorch_models.md](../../../docs/pytorch_models.md#key-mapping))."""
 
 from __future__ import annotations
 
