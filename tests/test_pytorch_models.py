@@ -218,3 +218,16 @@ def test_torchvision_imagenet_weights_by_name_as_a_training_start(tmp_path, monk
         RELEASES.unregister("tv_alexnet")
         RELEASES.unregister("tv_wrong")
         server.httpd.shutdown()
+
+
+def test_the_input_range_warning_follows_the_network(tmp_path):
+    """A PyTorch-born network takes 0..1 without a word, and says so when given 0..255 (MATLAB's range)."""
+    import warnings
+
+    model = load(save({"state_dict": nanne_state()}, tmp_path / "c.pth"))
+    x = torch.rand(1, 3, 80, 80)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)
+    with pytest.warns(UserWarning, match="takes RGB in 0..1"):
+        model(x * 255)
