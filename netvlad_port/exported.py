@@ -81,6 +81,12 @@ class OnnxRuntimeModel(nn.Module):
     def input_error(self, h: int, w: int) -> str | None:
         return None
 
+    def from_rgb255(self, images: torch.Tensor) -> torch.Tensor:
+        """Images read as RGB 0..255 in the range the graph takes (``SimpleNN.from_rgb255``)."""
+        from .model import to_pixel_range
+
+        return to_pixel_range(images, self.pixel_range)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = np.ascontiguousarray(images.detach().to("cpu", torch.float32).numpy())
         return torch.from_numpy(self.session.run(None, {"images": x})[0])

@@ -91,14 +91,7 @@ def test_extract_reproduces_the_originals_descriptors(name, ckpt, converted, tmp
     """convert, then ``extract`` of the suite's images, gives the original's descriptors."""
     suite = Suite(name)
     ref = suite.refs[suite.manifest["descriptors"][ckpt]]
-    names = tmp_path / "images.txt"
-    names.write_text("".join(p.name + "\n" for p in suite.images[: len(ref)]))
-    out = tmp_path / "desc.npy"
-    r = CliRunner().invoke(main, ["extract", str(converted[name, ckpt]), "--images", str(names), "--root",
-                                  str(suite.dir / "images"), "-o", str(out), "--quiet"])  # fmt: skip
-    assert r.exit_code == 0, r.output
-    got = np.load(out)
-    err = rel(got, ref)
+    err = rel(_extract(converted[name, ckpt], suite, len(ref), tmp_path / "desc.npy"), ref)
     print(f"{name}/{ckpt}: descriptors max rel diff {err:.2e}")
     assert err <= DESC_TOL
 
@@ -212,18 +205,31 @@ def test_stml_train_mode_forward_and_batchnorm_statistics(converted):
         assert rel(state[ours], want) <= 1e-5, key
 
 
+def _extract(model_path, suite: Suite, n: int, out: Path) -> np.ndarray:
+    """``extract`` of the suite's first ``n`` images, in order, as an .npy."""
+    names = out.with_suffix(".txt")
+    names.write_text("".join(p.name + "\n" for p in suite.images[:n]))
+    r = CliRunner().invoke(main, ["extract", str(model_path), "--images", str(names), "--root",
+                                  str(suite.dir / "images"), "-o", str(out), "--quiet"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return np.load(out)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,ckpt", CASES)
 def test_export_onnx_reproduces_the_originals_descriptors(name, ckpt, converted, tmp_path):
+    """export-onnx, then ``extract`` of the .onnx (onnxruntime, the resize from its metadata)."""
     pytest.importorskip("onnxruntime")
     suite = Suite(name)
     onnx_path = tmp_path / "model.onnx"
-    r = CliRunner().invoke(main, ["export-onnx", str(converted[name, ckpt]), "-o", str(onnx_path)])
+    # Nanne's far checkpoint leaves clusters nearly empty; F.normalize turns each into a unit vector, so its
+    # descriptor moves 2.4e-4 for a 1e-6 relative change of the conv5_3 map (measured), and onnxruntime's
+    # float32 convs differ from torch's by about that much: that case is held to 1e-3, export and all.
+    tol = 1e-3 if "far" in ckpt else DESC_TOL
+    r = CliRunner().invoke(main, ["export-onnx", str(converted[name, ckpt]), "-o", str(onnx_path), "--tolerance",
+                                  str(max(tol, 1e-4))])  # fmt: skip
     assert r.exit_code == 0, r.output
-    model = load(onnx_path)
     ref = suite.refs[suite.manifest["descriptors"][ckpt]]
-    with torch.no_grad():
-        got = torch.cat([model(x) for x in suite.inputs(model)[: len(ref)]]).numpy()
-    err = rel(got, ref)
+    err = rel(_extract(onnx_path, suite, len(ref), tmp_path / "desc.npy"), ref)
     print(f"{name}/{ckpt} (onnxruntime): descriptors max rel diff {err:.2e}")
-    assert err <= DESC_TOL
+    assert err <= tol

@@ -33,7 +33,10 @@ class GeM(MatLayer):
     @in_fp32
     def forward(self, x):
         p = self.p.to(x.dtype)  # a tensor exponent and avg_pool2d, as GCL's GeM: the same last bits
-        return F.avg_pool2d(x.clamp(min=GEM_EPS).pow(p), (x.size(-2), x.size(-1))).pow(1.0 / p)
+        x = x.clamp(min=GEM_EPS).pow(p)
+        if torch.onnx.is_in_onnx_export():  # ONNX's AveragePool needs a fixed window: a mean over H x W
+            return x.mean(dim=(2, 3), keepdim=True).pow(1.0 / p)
+        return F.avg_pool2d(x, (x.size(-2), x.size(-1))).pow(1.0 / p)
 
     def weight_params(self):
         return [self.p] if isinstance(self.p, torch.nn.Parameter) else []
