@@ -124,7 +124,7 @@ def _image_size(value: str) -> tuple[int, int]:
 COMMANDS = {
     "demo": "Run the whole job on built-in synthetic data.",
     "make-synthetic": "Write the synthetic streets (dbStruct or MSLS).",
-    "convert": "Convert a network .mat or a GCL/STML/Nanne .pth into safetensors + JSON (load).",
+    "convert": "Convert a .mat or a .pth to safetensors + JSON (load).",
     "info": "Show a network's layers and sizes (vl_simplenn_display).",
     "cluster": "Build the start network (loadNet, getClusters, addLayers).",
     "train": "Train it (trainWeakly, deepIBL's train*.m).",
