@@ -18,6 +18,7 @@ No index structure of our own, nothing pickled."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from pathlib import Path
@@ -291,6 +292,7 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
         perm = cluster_major_permutation(*vlad).astype(np.int32)
         remap, inner = faiss.RemapDimensionsTransform(d, d, faiss.swig_ptr(perm)), index
         index = faiss.IndexPreTransform(remap, inner)  # faiss's wrapper keeps both Python objects alive
+    _no_polysemous_training(index)
     step = chunk_rows(d, 0, 0, max_memory, chunk_size)
     n_train = 0
     if not index.is_trained:
@@ -306,6 +308,20 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
     info = {"factory": factory, "cluster_major": reorder, "vlad": list(vlad) if vlad else None,
             "train_size": n_train, "count": len(db), "dim": d}  # fmt: skip
     return index, info
+
+
+def _no_polysemous_training(index) -> None:
+    """Skip the polysemous code reordering faiss's factory turns on for PQ (``PQ64`` as ``PQ64np``): it only
+    serves polysemous filtering, which search never uses, and takes minutes; the distances are the same."""
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    with contextlib.suppress(RuntimeError, AttributeError):
+        inner = faiss.downcast_index(faiss.extract_index_ivf(inner))
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
 
 
 def index_sidecar(path: Path) -> Path:
