@@ -146,7 +146,7 @@ COMMANDS = {
     "extract": "Describe many images (serialAllFeats).",
     "test": "Measure recall@N on a dataset (testFromFn).",
     "search": "Write image pairs for hloc (pairs_from_retrieval).",
-    "index": "Build a faiss index of database descriptors for approximate search.",
+    "index": "Build a faiss index for approximate search.",
     "parity": "Compare a network with a MATLAB dump, layer by layer.",
     "export-mat": "Write a network back as a MatConvNet .mat.",
     "fetch": "Download a released network by name and convert it.",
