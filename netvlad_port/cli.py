@@ -67,6 +67,20 @@ _quiet_option = click.option("--quiet", is_flag=True, help="No progress bar.")
 _workers_option = click.option("--workers", type=int, default=None, help="Decoding processes (default min(4, CPUs)).")
 
 
+def _search_options(fn):
+    """The search of ``test`` and ``search``: exact in bounded memory, or a faiss index."""
+    for option in reversed([
+        click.option("--index", "index", help="Approximate search: a faiss index-factory string (IVF4096,PQ64, "
+                     "HNSW32, OPQ64,IVF4096,PQ64 ...; Flat: exact) built here, or an index file from `index`."),
+        click.option("--index-params", help="faiss search parameters of the index, e.g. nprobe=32 or efSearch=128."),
+        click.option("--max-memory", default="2GB", show_default=True,
+                     help="Memory for the database chunk, the queries and the results (2GB, 512MiB ...)."),
+        click.option("--chunk-size", type=int, default=None, help="Database rows per chunk (instead of --max-memory)."),
+    ]):  # fmt: skip
+        fn = option(fn)
+    return fn
+
+
 def _normalize_option(
     fn=None, text="matconvnet-cpu: MatConvNet's CPU LRN, to match features MATLAB computed on a CPU."
 ):
@@ -132,6 +146,7 @@ COMMANDS = {
     "extract": "Describe many images (serialAllFeats).",
     "test": "Measure recall@N on a dataset (testFromFn).",
     "search": "Write image pairs for hloc (pairs_from_retrieval).",
+    "index": "Build a faiss index for approximate search.",
     "parity": "Compare a network with a MATLAB dump, layer by layer.",
     "export-mat": "Write a network back as a MatConvNet .mat.",
     "fetch": "Download a released network by name and convert it.",
@@ -555,13 +570,26 @@ class DatasetOption(click.Option):
               help="Write OUT/preds/<query>.jpg: each query and its first N predictions (green: correct).")  # fmt: skip
 @click.option("--save-only-wrong", "--save-only-wrong-preds", "save_only_wrong", is_flag=True,
               help="With --num-preds-to-save: only the queries whose first prediction is wrong.")  # fmt: skip
+@_search_options
+@click.option(
+    "--exact-sample",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="With an approximate --index: queries whose recall is also measured exactly (all if fewer).",
+)
+@click.option(
+    "--cluster-major/--no-cluster-major",
+    default=None,
+    help="Raw VLAD: reorder components cluster-major before PQ [on for PQ indexes].",
+)
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace features in OUT made by another model, with other options or "
               "from other image files.")  # fmt: skip
 @_friendly
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
-             resize_queries, protocol, recall_ns, pos_dist_thr, num_preds_to_save, save_only_wrong, quiet,
-             force):  # fmt: skip
+             resize_queries, protocol, recall_ns, pos_dist_thr, num_preds_to_save, save_only_wrong, index,
+             index_params, max_memory, chunk_size, exact_sample, cluster_major, quiet, force):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
     from .datasets import open_dataset
     from .evaluate import run_evaluation
@@ -573,12 +601,19 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
     model = load(model_path, normalize=normalize)
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
                          num_workers=workers, protocol=protocol, force=force, recall_ns=recall_ns,
-                         num_preds_to_save=num_preds_to_save, save_only_wrong=save_only_wrong)  # fmt: skip
+                         num_preds_to_save=num_preds_to_save, save_only_wrong=save_only_wrong, index=index,
+                         index_params=index_params, max_memory=max_memory, chunk_size=chunk_size,
+                         exact_sample=exact_sample, cluster_major=cluster_major)  # fmt: skip
     out_dir = Path(res.out_dir)
     left = "counted as failures" if res.num_queries == db.num_queries else "left out"
     click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, {left}), "
                f"{res.dim}-D, {res.search}, protocol {protocol}")  # fmt: skip
     click.echo(res.table())
+    if res.exact_sample:
+        ex = res.exact_sample
+        line = ", ".join(f"R@{n} {ex['recall_at_n'][n] * 100:.2f} exact / {ex['approximate_recall_at_n'][n] * 100:.2f}"
+                         for n in ex["recall_at_n"] if n in ("1", "5", "10"))  # fmt: skip
+        click.echo(f"exact on {ex['num_queries']} sampled queries: {line}")
     names = ["results.json", "predictions.csv", "pairs.txt", "recall.png", "mosaic.png"]
     names += ["preds/"] if num_preds_to_save else []
     click.echo(f"results in {out_dir}: {', '.join(names)}")
@@ -594,18 +629,74 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
 @click.option("--query-prefix", help="Only query names starting with this.")
 @click.option("--db-list", type=click.Path(path_type=Path, exists=True), help="Only the database names listed.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True, help="hloc pairs file: 'query db' lines.")
+@_search_options
 @click.option("--force", is_flag=True, help="Replace the pairs file if it exists.")
 @_friendly
-def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, force):
+def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, index, index_params, max_memory, chunk_size, force):
     """Top-k database images for each query (hloc's pairs_from_retrieval format)."""
     from .io_utils import atomic_file
     from .retrieval import retrieval_pairs
 
     refuse_existing(out, force, "output file")
-    pairs, where = retrieval_pairs(db_h5, q_h5, k, db_prefix, query_prefix, db_list)
+    pairs, where = retrieval_pairs(db_h5, q_h5, k, db_prefix, query_prefix, db_list, index, index_params,
+                                   max_memory, chunk_size)  # fmt: skip
     with atomic_file(out) as tmp:
         tmp.write_text("".join(f"{q} {d}\n" for q, d in pairs))
     click.echo(f"{out}: {len(pairs)} pairs, {len({q for q, _ in pairs})} queries ({where})")
+
+
+@main.command("index")
+@click.argument("db_h5", type=click.Path(path_type=Path, exists=True))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="The index (faiss.write_index) and OUT.json beside it (tag, names).")  # fmt: skip
+@click.option("--factory", required=True, help="faiss index-factory string: IVF4096,PQ64, HNSW32, OPQ64,IVF4096,PQ64.")
+@click.option("--train-size", type=int, default=None, help="Descriptors sampled to train it [64 per IVF list, "
+              "at least 50,000].")  # fmt: skip
+@click.option("--max-memory", default="2GB", show_default=True, help="Memory for one chunk of descriptors.")
+@click.option("--chunk-size", type=int, default=None, help="Descriptors per chunk (instead of --max-memory).")
+@click.option("--model", "model_path", type=click.Path(path_type=Path),
+              help="The network that made them: checked against their tag, and tells raw VLAD's K.")  # fmt: skip
+@click.option("--vlad-k", type=int, default=None, help="Raw (unwhitened) VLAD with K clusters, K-fastest.")
+@click.option(
+    "--cluster-major/--no-cluster-major",
+    default=None,
+    help="Raw VLAD: reorder components cluster-major before PQ [on for PQ indexes].",
+)
+@_quiet_option
+@click.option("--force", is_flag=True, help="Replace the index if it exists.")
+@_friendly
+def index_cmd(db_h5, out, factory, train_size, max_memory, chunk_size, model_path, vlad_k, cluster_major, quiet,
+              force):  # fmt: skip
+    """Build a faiss index of an h5's descriptors: trained on a sample, filled a chunk at a time, saved for
+    search/test --index (refused there if the descriptors change)."""
+    from .feature_store import h5_names, read_tag
+    from .search_index import H5Descriptors, build_index, save_index, vlad_layout
+
+    refuse_existing(out, force, "index")
+    tag = read_tag(db_h5, "h5")
+    names = sorted(h5_names(db_h5))
+    if not names:
+        raise NetVladPortError(f"{db_h5}: no global_descriptor datasets")
+    db = H5Descriptors(db_h5, names)
+    vlad = None
+    if model_path is not None:
+        from .feature_store import model_fingerprint
+        from .loading import load
+
+        model = load(model_path)
+        if tag and tag.get("model_sha256") != model_fingerprint(model):
+            raise NetVladPortError(f"{db_h5}: descriptors of another model than {model_path}")
+        vlad = vlad_layout(model) if not (tag or {}).get("dim") else None
+    if vlad_k:
+        if db.dim % vlad_k:
+            raise NetVladPortError(f"--vlad-k {vlad_k}: does not divide the {db.dim}-D descriptor")
+        vlad = (vlad_k, db.dim // vlad_k)
+    log = None if quiet else click.echo
+    index, info = build_index(db, factory, vlad, cluster_major, train_size, max_memory, chunk_size, log=log)
+    save_index(index, info, out, names, tag, db_h5)
+    how = ", cluster-major" if info["cluster_major"] else ""
+    click.echo(f"{out}: {factory}{how}, {info['count']} x {info['dim']}-D, trained on {info['train_size']} (+ "
+               f"{out.name}.json)")  # fmt: skip
 
 
 @main.command("make-synthetic")

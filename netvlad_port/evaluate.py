@@ -21,6 +21,7 @@ from .feature_store import read_h5_descriptors
 from .io_utils import atomic_file
 from .plots import plot_mosaic, plot_recall, save_preds
 from .retrieval import N_TOP, PROTOCOLS, Results, test_from_fn
+from .search_index import H5Descriptors
 
 
 def dataset_features(
@@ -37,7 +38,8 @@ def dataset_features(
 ):
     """Database and query descriptors of ``db``, extracted to ``out_dir/{db,q}.h5`` or reused from
     there (files made by another model, with other options or from other image files are refused;
-    ``force`` replaces them)."""
+    ``force`` replaces them). The database's come as ``search_index.H5Descriptors`` (read a chunk at a time
+    by the search), the queries' as an array."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     feats = []
@@ -47,7 +49,7 @@ def dataset_features(
         serial_all_feats(model, names, path, root=root, batch_size=batch_size, device=device, progress=progress,
                          resize_shorter=resize, num_workers=num_workers, precision=precision, force=force,
                          stamp=True)  # fmt: skip
-        feats.append(read_h5_descriptors(path, names))
+        feats.append(H5Descriptors(path, names) if kind == "db" else read_h5_descriptors(path, names))
     return feats[0], feats[1]
 
 
@@ -149,12 +151,22 @@ def run_evaluation(
     recall_ns=None,
     num_preds_to_save: int = 0,
     save_only_wrong: bool = False,
+    index: str | None = None,
+    index_params: str | None = None,
+    max_memory=None,
+    chunk_size: int | None = None,
+    exact_sample: int = 1000,
+    cluster_major: bool | None = None,
 ) -> Results:
     """Recall@N of ``model`` on ``db`` under ``protocol`` (a name of ``retrieval.PROTOCOLS``, which also
     picks the N for the dataset unless ``recall_ns`` are given); features, ``results.json``,
     ``predictions.csv``, ``pairs.txt``, ``recall.png`` and ``mosaic.png`` go to ``out_dir`` (default
     :func:`results_dir`), and with ``num_preds_to_save`` the first N predictions of each query (or only of
-    those whose first is wrong) to ``out_dir/preds``. ``force``: replace features that cannot be reused."""
+    those whose first is wrong) to ``out_dir/preds``. ``force``: replace features that cannot be reused.
+    The search is exact, the database read from ``db.h5`` a chunk at a time (``max_memory``, ``chunk_size``),
+    or with ``index`` (a saved faiss index of ``db.h5`` or an index-factory string; ``index_params``, and
+    ``cluster_major`` for raw VLAD); then recall@N is also measured exactly on ``exact_sample`` queries
+    (all if fewer) and both go into ``results.json``."""
     recall_ns = check_recall_ns(recall_ns) if recall_ns else PROTOCOLS[protocol].recall_ns(db)
     check_dim(model, dim)
     if out_dir is None:
@@ -173,8 +185,18 @@ def run_evaluation(
         num_workers=num_workers,
         force=force,
     )
-    res, ranking = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, n_top=max(N_TOP, *recall_ns),
-                                protocol=protocol, return_ranking=True)  # fmt: skip
+    n_top = max(N_TOP, *recall_ns)
+    searcher = None
+    if index is not None:
+        searcher = approximate_searcher(model, db_feats.cropped(dim), out_dir, index, index_params, max_memory,
+                                        chunk_size, cluster_major, dim)  # fmt: skip
+    res, ranking = test_from_fn(db, db_feats, q_feats, recall_ns, dim=dim, n_top=n_top, protocol=protocol,
+                                return_ranking=True, searcher=searcher, max_memory=max_memory,
+                                chunk_size=chunk_size)  # fmt: skip
+    if searcher is not None and not getattr(searcher, "exact", False):
+        res.index = {"index": str(index), "params": index_params, "search": searcher.where}
+        res.exact_sample = exact_on_sample(db, db_feats, q_feats, recall_ns, dim, n_top, protocol, searcher,
+                                           exact_sample, max_memory, chunk_size)  # fmt: skip
     res.out_dir = str(out_dir)
     save_results(res, out_dir)
     save_predictions(ranking, max(recall_ns), out_dir)
@@ -183,3 +205,36 @@ def run_evaluation(
     if num_preds_to_save:
         save_preds(db, ranking.retrieved, out_dir / "preds", num_preds_to_save, save_only_wrong)
     return res
+
+
+def approximate_searcher(model, db_feats, out_dir, index, index_params, max_memory, chunk_size, cluster_major, dim):
+    """``test --index``: the saved index (checked against ``out_dir/db.h5``'s tag and names) or one built from
+    a factory string; raw VLAD is reordered cluster-major before PQ unless ``cluster_major`` is False."""
+    from .feature_store import read_tag
+    from .search_index import make_searcher, vlad_layout
+
+    vlad = vlad_layout(model) if not dim else None
+    return make_searcher(db_feats, db_feats.names, index, read_tag(Path(out_dir) / "db.h5", "h5"), vlad,
+                         cluster_major, index_params, max_memory, chunk_size)  # fmt: skip
+
+
+def exact_on_sample(db, db_feats, q_feats, recall_ns, dim, n_top, protocol, searcher, n_sample, max_memory,
+                    chunk_size) -> dict:  # fmt: skip
+    """Recall@N of the exact search and of ``searcher`` on the same random sample of ``n_sample`` queries
+    (all if fewer; seed 0), and how often the approximate top-1 / top-10 hold the exact one's."""
+    n_q = len(q_feats)
+    qids = np.arange(n_q) if n_sample >= n_q else np.sort(np.random.default_rng(0).choice(n_q, n_sample, False))
+    runs = {}
+    for name, s in (("exact", None), ("approximate", searcher)):
+        runs[name] = test_from_fn(db, db_feats, q_feats[qids], recall_ns, dim=dim, n_top=n_top, query_ids=qids,
+                                  protocol=protocol, return_ranking=True, searcher=s, max_memory=max_memory,
+                                  chunk_size=chunk_size)  # fmt: skip
+    (exact, e_rank), (approx, a_rank) = runs["exact"], runs["approximate"]
+    same = {}
+    for n in (1, 10):
+        agree = [len(set(e[:n]) & set(a[:n])) / max(1, len(e[:n])) for e, a in zip(e_rank.retrieved, a_rank.retrieved)]
+        same[str(n)] = float(np.mean(agree)) if agree else 0.0
+    return {"num_queries": len(qids), "seed": 0, "search": exact.search,
+            "recall_at_n": {str(n): r for n, r in zip(exact.recall_ns, exact.recalls)},
+            "approximate_recall_at_n": {str(n): r for n, r in zip(approx.recall_ns, approx.recalls)},
+            "exact_neighbours_found_at_n": same}  # fmt: skip

@@ -37,6 +37,8 @@ class Results:
     maps: list[float] | None = None  # mAP@N for each of recall_ns, where the protocol reports it
     out_dir: str = ""  # where run_evaluation wrote results.json, the features and the figures
     pos_dist_thr: float | None = None  # metres: a retrieved image within it of the query is correct
+    index: dict | None = None  # an approximate search: the index (factory, file, parameters)
+    exact_sample: dict | None = None  # with it: exact and approximate recall@N on a sample of the queries
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]
@@ -48,25 +50,16 @@ class Results:
                          for n, r, m in zip(self.recall_ns, self.recalls, maps))  # fmt: skip
 
 
-def faiss_search(db_feats: np.ndarray, q_feats: np.ndarray, k: int, use_gpu: bool | None = None):
-    """(ids, squared distances), each Q x k, ascending, ties by database index; and a description."""
-    import faiss
+def faiss_search(db_feats, q_feats: np.ndarray, k: int, use_gpu: bool | None = None, max_memory=None,
+                 chunk_size: int | None = None):  # fmt: skip
+    """(ids, squared distances), each Q x k, ascending, ties by database index; and a description.
+    Exhaustive, as one ``IndexFlatL2`` over ``db_feats`` (an array or ``search_index.Descriptors``), but
+    streamed a chunk at a time (``search_index.ExactSearch``: ``max_memory``, ``chunk_size``)."""
+    from .search_index import ExactSearch
 
-    db = np.ascontiguousarray(db_feats, np.float32)
-    q = np.ascontiguousarray(q_feats, np.float32)
-    k = min(k, len(db))
-    index = faiss.IndexFlatL2(db.shape[1])
-    where = "faiss CPU (IndexFlatL2)"
-    gpus = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
-    if (use_gpu or use_gpu is None) and gpus > 0 and hasattr(faiss, "StandardGpuResources"):
-        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
-        where = "faiss GPU (GpuIndexFlatL2)"
-    elif use_gpu:
-        where += " - faiss-gpu or a GPU is missing"
-    index.add(db)
-    ds, ids = index.search(q, k)
-    order = np.lexsort((ids, ds), axis=1)  # by distance, then by id
-    return np.take_along_axis(ids, order, 1), np.take_along_axis(ds, order, 1), where
+    searcher = ExactSearch(db_feats, max_memory, chunk_size, use_gpu)
+    ids, ds = searcher.search(q_feats, k)
+    return ids, ds, searcher.where
 
 
 def search_groups(db) -> tuple[np.ndarray, np.ndarray] | None:
@@ -83,23 +76,27 @@ def search_groups(db) -> tuple[np.ndarray, np.ndarray] | None:
     return db_group, q_group
 
 
-def grouped_search(db, db_feats: np.ndarray, q_feats: np.ndarray, qids: np.ndarray, k: int, use_gpu=None):
-    """:func:`faiss_search`, inside each query's group of the database when the dataset has groups
+def grouped_search(db, db_feats, q_feats: np.ndarray, qids: np.ndarray, k: int, use_gpu=None, searcher=None):
+    """The search (``searcher``: ``search_index.ExactSearch`` of ``db_feats`` by default, or an
+    ``IndexSearch``), inside each query's group of the database when the dataset has groups
     (:func:`search_groups`), one group at a time. Rows a group cannot fill are padded with id -1 and
     infinite distance."""
+    from .search_index import ExactSearch
+
+    searcher = searcher or ExactSearch(db_feats, use_gpu=use_gpu)
     groups = search_groups(db)
     if groups is None:
-        return faiss_search(db_feats, q_feats, k, use_gpu)
+        ids, ds = searcher.search(q_feats, k)
+        return ids, ds, searcher.where
     db_group, q_group = groups[0], groups[1][qids]
     ids, ds = np.full((len(qids), k), -1, np.int64), np.full((len(qids), k), np.inf, np.float32)
-    where = ""
     for g in np.unique(q_group):
         rows, members = np.flatnonzero(q_group == g), np.flatnonzero(db_group == g)
         if len(members) == 0:
             continue
-        g_ids, g_ds, where = faiss_search(db_feats[members], q_feats[rows], k, use_gpu)
-        ids[rows, : g_ids.shape[1]], ds[rows, : g_ids.shape[1]] = members[g_ids], g_ds
-    return ids, ds, where + " per group"
+        g_ids, g_ds = searcher.search(q_feats[rows], k, members)
+        ids[rows, : g_ids.shape[1]], ds[rows, : g_ids.shape[1]] = g_ids, g_ds
+    return ids, ds, searcher.where + " per group"
 
 
 @dataclass
@@ -162,27 +159,35 @@ def test_from_fn(
     query_ids=None,
     protocol: str = "matlab",
     return_ranking: bool = False,
+    searcher=None,
+    max_memory=None,
+    chunk_size: int | None = None,
 ):
-    """MATLAB ``testFromFn``: recall@N of query features against database features (rows).
-    ``query_ids``: evaluate only these queries (``testCore``'s ``nTestSample`` subset); ``q_feats``
-    then holds their features, in that order. ``protocol``: a name of :data:`PROTOCOLS`, which turns
-    the ranking into the results (``matlab``: every query counts). Returns the results, with
-    ``return_ranks`` and the retrieved ids of each query, or with ``return_ranking`` the whole
-    :class:`Ranking` (distances included)."""
+    """MATLAB ``testFromFn``: recall@N of query features against database features (rows; an array or
+    ``search_index.Descriptors``, e.g. an h5 read a chunk at a time). ``query_ids``: evaluate only these
+    queries (``testCore``'s ``nTestSample`` subset); ``q_feats`` then holds their features, in that order.
+    ``protocol``: a name of :data:`PROTOCOLS`, which turns the ranking into the results (``matlab``: every
+    query counts). The search is exact and streamed (``max_memory``, ``chunk_size``) unless ``searcher``
+    (``search_index.make_searcher``: an approximate faiss index over the database rows, already cropped
+    to ``dim``) is given. Returns the results, with ``return_ranks`` and the retrieved ids of each query,
+    or with ``return_ranking`` the whole :class:`Ranking` (distances included)."""
+    from .search_index import ExactSearch, as_descriptors
+
     make_results = PROTOCOLS[protocol].results
     import torch
 
-    db_feats, q_feats = np.asarray(db_feats, np.float32), np.asarray(q_feats, np.float32)
+    db_feats, q_feats = as_descriptors(db_feats), np.asarray(q_feats, np.float32)
     qids = np.arange(db.num_queries) if query_ids is None else np.asarray(query_ids)
-    if db_feats.shape[0] != db.num_images or q_feats.shape[0] != len(qids):
+    if len(db_feats) != db.num_images or q_feats.shape[0] != len(qids):
         raise ValueError(
-            f"{db.name}: {db_feats.shape[0]} db / {q_feats.shape[0]} query features for "
+            f"{db.name}: {len(db_feats)} db / {q_feats.shape[0]} query features for "
             f"{db.num_images} / {db.num_queries} images"
         )
     if dim:
-        db_feats = crop_to_dim(torch.from_numpy(db_feats), dim).numpy()
+        db_feats = db_feats.cropped(dim)
         q_feats = crop_to_dim(torch.from_numpy(q_feats), dim).numpy()
-    ids, ds, where = grouped_search(db, db_feats, q_feats, qids, n_top * db.retrieve_factor(), use_gpu)
+    searcher = searcher or ExactSearch(db_feats, max_memory, chunk_size, use_gpu)
+    ids, ds, where = grouped_search(db, db_feats, q_feats, qids, n_top * db.retrieve_factor(), searcher=searcher)
     recall_ns = list(recall_ns)
     hits = np.zeros((len(qids), len(recall_ns)), bool)
     has_pos = np.zeros(len(qids), bool)
@@ -198,7 +203,7 @@ def test_from_fn(
         if len(found):
             hits[row] = found[np.minimum(recall_ns, len(found)) - 1]
         retrieved.append(r_ids)
-    ranking = Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.shape[1]), where, positives,
+    ranking = Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.dim), where, positives,
                       distances)  # fmt: skip
     res = make_results(ranking)
     if res.pos_dist_thr is None:
@@ -212,16 +217,28 @@ test_from_fn.__test__ = False  # not a pytest test
 
 
 def retrieval_pairs(
-    db_h5, q_h5, k: int, db_prefix: str | None = None, query_prefix: str | None = None, db_list=None
+    db_h5,
+    q_h5,
+    k: int,
+    db_prefix: str | None = None,
+    query_prefix: str | None = None,
+    db_list=None,
+    index=None,
+    index_params: str | None = None,
+    max_memory=None,
+    chunk_size: int | None = None,
 ) -> tuple[list[tuple[str, str]], str]:
     """hloc's ``pairs_from_retrieval``: the k nearest database images of each query, from two feature
     files (names filtered by prefix, or the database names listed in ``db_list``). Within one file a
     query never retrieves itself; between two files an image of the same name is another image and
-    counts, as in hloc. Returns ((query, db) pairs, search description)."""
+    counts, as in hloc. The database is read a chunk at a time (``max_memory``, ``chunk_size``) and
+    searched exactly, or with ``index`` (a saved faiss index of ``db_h5``, or an index-factory string
+    built here; ``search_index.make_searcher``). Returns ((query, db) pairs, search description)."""
     from pathlib import Path
 
     from .errors import NetVladPortError
     from .feature_store import h5_names, read_h5_descriptors, read_tag
+    from .search_index import H5Descriptors, make_searcher
 
     if k < 1:
         raise NetVladPortError(f"-k {k}: pairs per query must be at least 1")
@@ -242,14 +259,16 @@ def retrieval_pairs(
     tags = [read_tag(Path(p), "h5") for p in (db_h5, q_h5)]
     if all(tags) and tags[0]["model_sha256"] != tags[1]["model_sha256"]:
         raise NetVladPortError(f"{db_h5} and {q_h5}: descriptors of different models")
-    db, q = read_h5_descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names)
-    if db.shape[1] != q.shape[1]:
-        raise NetVladPortError(f"{db_h5} has {db.shape[1]}-D descriptors but {q_h5} {q.shape[1]}-D")
+    db, q = H5Descriptors(db_h5, db_names), read_h5_descriptors(q_h5, q_names)
+    if db.dim != q.shape[1]:
+        raise NetVladPortError(f"{db_h5} has {db.dim}-D descriptors but {q_h5} {q.shape[1]}-D")
     one_file = Path(db_h5).resolve() == Path(q_h5).resolve()
     overlap = one_file and bool(set(db_names) & set(q_names))
-    ids, _, where = faiss_search(db, q, k + overlap)
+    searcher = make_searcher(db, db_names, index, tags[0], params=index_params, max_memory=max_memory,
+                             chunk_size=chunk_size)  # fmt: skip
+    ids, _ = searcher.search(q, k + overlap)
     pairs = []
     for qn, row in zip(q_names, ids):
         hits = [db_names[j] for j in row if j >= 0 and not (one_file and db_names[j] == qn)]
         pairs += [(qn, d) for d in hits[:k]]
-    return pairs, where
+    return pairs, searcher.where

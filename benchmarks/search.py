@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""Search at scale: synthetic clustered descriptors in an hloc h5 (1,000,000 x 1024-D and 2,800,000 x
+256-D, 1,000 queries near database images; ``--scale`` for smaller), searched four ways, each in its own
+process so its peak RSS (VmHWM) is its own:
+
+* whole: today's old path -- every descriptor read into one array, one IndexFlatL2, one search;
+* chunked: ``search_index.ExactSearch`` streaming the h5 (``--max-memory``), the same results;
+* IVF-PQ: ``build_index`` (``IVF<nlist>,PQ<D/16>``, nlist ~ 4 sqrt(N), trained on a sample, filled a chunk
+  at a time), searched with nprobe 16;
+* HNSW: ``HNSW32`` (all vectors in the graph), efSearch 128.
+
+Printed: peak RSS, build time, query time per 1,000 queries, recall@1/10 vs exact (the exact nearest
+neighbour at rank 1 / within the first 10), and ratios to the physical limits: peak RSS over N*D*4 bytes,
+and query time over one pass of N*D*4 bytes at the memory bandwidth measured with a numpy copy. Then, on raw
+VLAD-like descriptors (K = 16 clusters x 64-D, K-fastest, a few clusters per image, intra-normalised),
+IVF-PQ recall with and without the cluster-major reorder.
+
+    python benchmarks/search.py [--scale 0.1] [--dir /tmp/search_bench] [--max-memory 1GB] [--only 1024]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import in_fresh_process
+
+ROWS_PER_WRITE = 20_000
+
+
+def bandwidth_gbs(size: int = 2**30) -> float:
+    """Memory bandwidth (GB/s) of a numpy copy: bytes read + written over the best of 3."""
+    a = np.ones(size // 4, np.float32)
+    b = np.empty_like(a)
+    best = min(_timed(np.copyto, b, a) for _ in range(3))
+    return 2 * a.nbytes / best / 1e9
+
+
+def _timed(fn, *args) -> float:
+    t = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t
+
+
+def clustered(rng, n: int, centers: np.ndarray, noise: float = 0.6) -> np.ndarray:
+    x = centers[rng.integers(0, len(centers), n)] + noise * rng.normal(size=(n, centers.shape[1])).astype(np.float32)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def vlad_like(rng, n: int, places: np.ndarray, k: int, d: int) -> np.ndarray:
+    """Raw VLAD look-alikes, K-fastest: each image has residuals on 4 of K clusters near its place's,
+    each cluster's block intra-normalised, then the whole L2-normalised."""
+    base = places[rng.integers(0, len(places), n)]  # n x K x D
+    v = base + 0.5 * rng.normal(size=base.shape).astype(np.float32)
+    keep = np.zeros((n, k), bool)
+    for j in range(4):
+        keep[np.arange(n), (np.arange(n) * 7 + j * 5 + rng.integers(0, 2, n)) % k] = True
+    v *= keep[:, :, None]
+    v /= np.linalg.norm(v, axis=2, keepdims=True) + 1e-12
+    v = v.transpose(0, 2, 1).reshape(n, -1)  # n x D x K flattened: element k + K*d
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_set(folder: Path, n: int, n_q: int, make, seed: int) -> None:
+    """db.h5 (n images) and q.h5 (n_q queries, noisy copies of database images) in hloc's layout."""
+    import h5py
+
+    if (folder / "done.json").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    q_src = np.sort(rng.choice(n, n_q, replace=False))
+    queries = []
+    with h5py.File(folder / "db.h5", "w") as f:
+        for start in range(0, n, ROWS_PER_WRITE):
+            x = make(rng, min(ROWS_PER_WRITE, n - start))
+            for i, v in enumerate(x):
+                g = f.create_group(f"db/{start + i:08d}.jpg")
+                g.create_dataset("global_descriptor", data=v)
+                g.create_dataset("image_size", data=np.array([640, 480]))
+            mine = q_src[(q_src >= start) & (q_src < start + len(x))] - start
+            queries.append(x[mine] + 0.05 * rng.normal(size=(len(mine), x.shape[1])).astype(np.float32))
+    q = np.concatenate(queries)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    with h5py.File(folder / "q.h5", "w") as f:
+        for i, v in enumerate(q):
+            f.create_group(f"q/{i:05d}.jpg").create_dataset("global_descriptor", data=v)
+    (folder / "done.json").write_text(json.dumps({"n": n, "queries": n_q}))
+
+
+def _names(folder: Path, kind: str) -> list[str]:
+    from netvlad_port.feature_store import h5_names
+
+    return sorted(h5_names(folder / f"{kind}.h5"))
+
+
+def run_method(folder: str, method: str, factory: str, params: str, max_memory: str, k: int, vlad, cm, queue) -> None:
+    """One method in a fresh process: (build s, query s, ids) and its own peak RSS."""
+    import faiss
+
+    from netvlad_port.feature_store import read_h5_descriptors
+    from netvlad_port.search_index import ExactSearch, H5Descriptors, IndexSearch, build_index
+
+    folder = Path(folder)
+    q = read_h5_descriptors(folder / "q.h5", _names(folder, "q"))
+    db = H5Descriptors(folder / "db.h5", _names(folder, "db"))
+    t0 = time.perf_counter()
+    if method == "whole":  # as faiss_search did before: everything in RAM, one IndexFlatL2
+        index = faiss.IndexFlatL2(db.dim)
+        index.add(read_h5_descriptors(folder / "db.h5", db.names))
+        build = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        _, ids = index.search(q, k)
+    elif method == "chunked":
+        build = 0.0
+        t1 = time.perf_counter()
+        ids, _ = ExactSearch(db, max_memory=max_memory).search(q, k)
+    else:
+        index, info = build_index(db, factory, vlad=vlad, cluster_major=cm, max_memory=max_memory)
+        build = time.perf_counter() - t0
+        searcher = IndexSearch(index, factory, params=params)
+        t1 = time.perf_counter()
+        ids, _ = searcher.search(q, k)
+    query = time.perf_counter() - t1
+    rss = peak_rss()
+    queue.put({"build_s": build, "query_s": query, "rss": rss, "ids": np.asarray(ids)[:, :10].tolist()})
+
+
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM (ru_maxrss survives exec, so a spawned child would report its
+    parent's peak if that were higher)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def recall(ids, exact) -> tuple[float, float]:
+    ids, nn = np.asarray(ids), np.asarray(exact)[:, 0]
+    return float((ids[:, 0] == nn).mean()), float((ids[:, :10] == nn[:, None]).any(1).mean())
+
+
+def nlist_for(n: int) -> int:
+    return int(2 ** round(np.log2(4 * np.sqrt(n))))
+
+
+def bench(folder: Path, n: int, d: int, n_q: int, max_memory: str, bw: float) -> None:
+    nlist = nlist_for(n)
+    methods = [("whole", "Flat", ""), ("chunked", "Flat", ""), ("IVF-PQ", f"IVF{nlist},PQ{d // 16}", "nprobe=16"),
+               ("HNSW", "HNSW32", "efSearch=128")]  # fmt: skip
+    flat_bytes = n * d * 4
+    print(f"\n{n:,} x {d}-D, {n_q} queries, max-memory {max_memory} (flat data {flat_bytes / 1e9:.2f} GB)")
+    print(f"{'method':<22}{'peak RSS':>10}{'RSS/NxDx4':>11}{'build s':>9}{'query s/1k':>12}{'x one pass':>11}"
+          f"{'R@1':>7}{'R@10':>7}")  # fmt: skip
+    runs = {}
+    for name, factory, params in methods:
+        method = name if name in ("whole", "chunked") else "index"
+        runs[name] = in_fresh_process(run_method, str(folder), method, factory, params, max_memory, 10, None, None)
+    exact = runs["chunked"]["ids"]
+    if runs["whole"]["ids"] != exact:
+        print("  ! chunked and whole-RAM results differ")
+    one_pass = flat_bytes / (bw * 1e9)
+    for name, factory, _ in methods:
+        r = runs[name]
+        r1, r10 = recall(r["ids"], exact)
+        label = name if name in ("whole", "chunked") else f"{name} {factory}"
+        print(f"{label:<22}{r['rss'] / 1e9:>8.2f}GB{r['rss'] / flat_bytes:>11.2f}{r['build_s']:>9.1f}"
+              f"{r['query_s'] * 1000 / n_q:>12.2f}{r['query_s'] / one_pass:>11.1f}{r1:>7.3f}{r10:>7.3f}")  # fmt: skip
+    sys.stdout.flush()
+
+
+def bench_vlad(folder: Path, n: int, n_q: int, max_memory: str) -> None:
+    k, d = 16, 64
+    nlist = nlist_for(n)
+    print(
+        f"\nraw VLAD-like {n:,} x {k * d}-D (K={k}, D={d}, K-fastest), IVF{nlist},PQ16 nprobe 16: cluster-major or not"
+    )
+    exact = in_fresh_process(run_method, str(folder), "chunked", "Flat", "", max_memory, 10, None, None)["ids"]
+    for cm in (False, True):
+        r = in_fresh_process(run_method, str(folder), "index", f"IVF{nlist},PQ16", "nprobe=16", max_memory, 10,
+                             (k, d), cm)  # fmt: skip
+        r1, r10 = recall(r["ids"], exact)
+        print(f"  cluster-major {str(cm):<6} R@1 {r1:.3f}  R@10 {r10:.3f}  build {r['build_s']:.1f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scale", type=float, default=1.0, help="Fraction of the database sizes (queries stay 1,000).")
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--dir", type=Path, default=Path("/tmp/netvlad_search_bench"))
+    ap.add_argument("--max-memory", default="1GB", help="The chunked search's budget.")
+    ap.add_argument("--only", default="1024,256,vlad", help="Which sets: 1024, 256, vlad.")
+    args = ap.parse_args()
+    bw = bandwidth_gbs()
+    print(f"memory bandwidth (numpy copy, read + write): {bw:.1f} GB/s; scale {args.scale}")
+    sets = {"1024": (1_000_000, 1024), "256": (2_800_000, 256)}
+    for key in args.only.split(","):
+        if key == "vlad":
+            n = max(2000, int(200_000 * args.scale))
+            places = np.random.default_rng(5).normal(size=(2000, 16, 64)).astype(np.float32)
+            folder = args.dir / f"vlad_{n}"
+            write_set(folder, n, args.queries, lambda rng, m, p=places: vlad_like(rng, m, p, 16, 64), 2)
+            bench_vlad(folder, n, args.queries, args.max_memory)
+            continue
+        n, d = sets[key]
+        n = max(2000, int(n * args.scale))
+        centers = np.random.default_rng(1).normal(size=(10_000, d)).astype(np.float32) / np.sqrt(d) * 4
+        folder = args.dir / f"{key}_{n}"
+        t = time.perf_counter()
+        write_set(folder, n, args.queries, lambda rng, m, c=centers: clustered(rng, m, c), 0)
+        print(f"(data in {folder}: {time.perf_counter() - t:.0f} s)")
+        bench(folder, n, d, args.queries, args.max_memory, bw)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,463 @@
+"""Search over millions of descriptors in bounded memory, with faiss
+([README: search at scale](../README.md#search-at-scale)).
+
+* Exact: :class:`ExactSearch` streams the database (an h5 read chunk by chunk, or an array) through
+  faiss's exhaustive ``knn`` and keeps a running top-k per query, merged by (distance, database index):
+  the same ids and distances as one ``IndexFlatL2`` over the whole set, ties included (faiss keeps the
+  lower index of equal distances), in about one chunk + the queries of memory (``--max-memory``,
+  ``--chunk-size``). Chunks start at multiples of faiss's database block (1024 rows), so even its BLAS
+  path sees the blocks it would see on the whole set.
+* Approximate: :func:`build_index` makes a faiss index from an index-factory string (``IVF4096,PQ64``,
+  ``HNSW32`` ...), trained on a sample and filled chunk by chunk; :func:`save_index` writes it with
+  ``faiss.write_index`` plus a JSON sidecar (the features' tag, the names in index order), and
+  :func:`open_index` reads it back, refusing one made from other descriptors. Raw VLAD (K-fastest, no
+  whitening; [docs/matlab.md#vlad-layout](../docs/matlab.md#vlad-layout)) is reordered cluster-major
+  before PQ by a ``RemapDimensionsTransform`` inside the index, so queries need no change.
+
+No index structure of our own, nothing pickled."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .errors import NetVladPortError
+
+DEFAULT_MAX_MEMORY = "2GB"
+FAISS_BLOCK = 1024  # faiss's distance_compute_blas_database_bs: its own blocks of database rows
+INDEX_FORMAT = "netvlad-port/faiss-index"
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
+          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
+
+
+def faiss_message(exc: Exception) -> str:
+    """The sentence of a faiss RuntimeError, without its C++ function and source position."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+    return re.split(r"\.(?:cpp|h|cu):\d+: ", text)[-1]
+
+
+def looks_like_file(value: str) -> bool:
+    """An ``--index`` value meant as a file: it exists, or has a folder or a file suffix (a factory string
+    has neither)."""
+    return Path(value).exists() or "/" in value or Path(value).suffix.lower() in (".faiss", ".index", ".bin")
+
+
+def parse_memory(text: str | int) -> int:
+    """Bytes of a size such as ``2GB``, ``512MiB``, ``1.5g`` or ``1000000``."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        raise NetVladPortError(f"--max-memory {text}: expected a size such as 2GB, 512MiB or 1.5G")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+# ---------------------------------------------------------------------------------------------------
+# database rows, read a chunk at a time
+
+
+class Descriptors:
+    """The database's descriptors as rows ``0..len-1``, read on demand (``rows(ids)``), each cropped to
+    ``dim`` as ``testFromFn``'s ``cropToDim`` (first ``dim`` components, L2 again) when ``dim`` is set."""
+
+    crop: int | None = None
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def full_dim(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        return min(self.crop, self.full_dim) if self.crop else self.full_dim
+
+    def _read(self, ids: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def rows(self, ids) -> np.ndarray:
+        x = self._read(np.asarray(ids, np.int64))
+        if self.crop and self.crop < x.shape[1]:
+            import torch
+
+            from .extract import crop_to_dim
+
+            x = crop_to_dim(torch.from_numpy(x), self.crop).numpy()
+        return np.ascontiguousarray(x, np.float32)
+
+    def cropped(self, dim: int | None) -> Descriptors:
+        import copy
+
+        out = copy.copy(self)
+        out.crop = dim or None
+        return out
+
+
+class ArrayDescriptors(Descriptors):
+    """Rows of an N x D array in memory."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.asarray(array, np.float32)
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    @property
+    def full_dim(self) -> int:
+        return self.array.shape[1]
+
+    def _read(self, ids):
+        return self.array[ids]
+
+
+class H5Descriptors(Descriptors):
+    """``global_descriptor`` rows of an hloc-layout h5 for ``names``, in that order (float16 files are read
+    as float32); only the rows asked for are ever in memory."""
+
+    def __init__(self, path, names: list[str]):
+        import h5py
+
+        self.path, self.names = Path(path), list(names)
+        with h5py.File(self.path, "r") as f:
+            missing = next((n for n in self.names if n not in f), None) if len(self.names) < 100_000 else None
+            if missing is not None:
+                raise KeyError(f"{path}: images without a descriptor (first: {missing})")
+            self._dim = int(f[self.names[0]]["global_descriptor"].shape[0]) if self.names else 0
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    @property
+    def full_dim(self) -> int:
+        return self._dim
+
+    def _read(self, ids):
+        import h5py
+
+        out = np.empty((len(ids), self._dim), np.float32)
+        with h5py.File(self.path, "r") as f:
+            fid = f.id
+            for row, i in enumerate(ids):  # h5py's low level: a third of the high level's time per image
+                try:
+                    dset = h5py.h5d.open(fid, f"{self.names[i]}/global_descriptor".encode())
+                except KeyError:
+                    raise KeyError(f"{self.path}: {self.names[i]} has no descriptor") from None
+                dset.read(h5py.h5s.ALL, h5py.h5s.ALL, out[row])
+        return out
+
+
+def as_descriptors(feats) -> Descriptors:
+    return feats if isinstance(feats, Descriptors) else ArrayDescriptors(feats)
+
+
+def chunk_rows(dim: int, n_queries: int, k: int, max_memory=None, chunk_size: int | None = None) -> int:
+    """Database rows per chunk: ``chunk_size`` as given, else what fits ``max_memory`` beside the queries
+    and the running results (a multiple of faiss's 1024-row block where one fits)."""
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise NetVladPortError(f"--chunk-size {chunk_size}: must be at least 1")
+        return int(chunk_size)
+    budget = parse_memory(max_memory if max_memory is not None else DEFAULT_MAX_MEMORY)
+    fixed = n_queries * dim * 4 + 3 * n_queries * k * 12 + 16 * 2**20  # queries, merged results, faiss's buffers
+    rows = (budget - fixed) // (dim * 4 + 8)
+    if rows < 1:
+        raise NetVladPortError(f"--max-memory {max_memory}: too small, the queries and results alone need "
+                               f"{fixed / 1e6:.0f} MB with faiss's buffers")  # fmt: skip
+    return int(rows // FAISS_BLOCK * FAISS_BLOCK if rows >= FAISS_BLOCK else rows)
+
+
+def merge_top(ds, ids, new_ds, new_ids, k):
+    """The first k of two result lists per query, by (distance, database index); id -1 (nothing) last."""
+    d = np.concatenate([ds, new_ds], 1)
+    i = np.concatenate([ids, new_ids], 1)
+    d = np.where(i < 0, np.inf, d)
+    order = np.lexsort((np.where(i < 0, np.iinfo(np.int64).max, i), d), axis=1)[:, :k]
+    return np.take_along_axis(d, order, 1), np.take_along_axis(i, order, 1)
+
+
+def _gpu_count(use_gpu) -> int:
+    import faiss
+
+    if use_gpu is False or not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+
+
+class ExactSearch:
+    """Exhaustive squared-L2 search of ``db`` (:class:`Descriptors` or an array), one chunk at a time."""
+
+    exact = True
+
+    def __init__(self, db, max_memory=None, chunk_size: int | None = None, use_gpu: bool | None = None):
+        self.db, self.max_memory, self.chunk_size, self.use_gpu = as_descriptors(db), max_memory, chunk_size, use_gpu
+        self.gpu = _gpu_count(use_gpu) > 0
+        self._res = None
+
+    @property
+    def where(self) -> str:
+        where = "faiss GPU (exact, knn_gpu)" if self.gpu else "faiss CPU (exact, IndexFlatL2 order)"
+        if self.use_gpu and not self.gpu:
+            where += " - faiss-gpu or a GPU is missing"
+        return where
+
+    def _knn(self, q, x, k):
+        import faiss
+
+        if self.gpu:
+            self._res = self._res or faiss.StandardGpuResources()
+            return faiss.knn_gpu(self._res, q, x, k)
+        return faiss.knn(q, x, k)
+
+    def search(self, q: np.ndarray, k: int, members: np.ndarray | None = None):
+        """(ids, squared distances), each Q x min(k, n), ascending, ties by index; ids are database rows
+        (among ``members`` when given)."""
+        q = np.ascontiguousarray(q, np.float32)
+        n = len(self.db) if members is None else len(members)
+        k = min(k, n)
+        step = chunk_rows(self.db.dim, len(q), k, self.max_memory, self.chunk_size)
+        ds, ids = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
+        for start in range(0, n, step):
+            pos = np.arange(start, min(n, start + step))
+            rows = pos if members is None else members[pos]
+            x = self.db.rows(rows)
+            c_ds, c_ids = self._knn(q, x, min(k, len(x)))
+            c_ids = np.where(c_ids >= 0, rows[np.maximum(c_ids, 0)], -1)
+            del x
+            ds, ids = merge_top(ds, ids, c_ds, c_ids, k)
+        return ids, ds
+
+
+# ---------------------------------------------------------------------------------------------------
+# approximate indexes
+
+
+def cluster_major_permutation(k: int, d: int) -> np.ndarray:
+    """Column order taking a K-fastest VLAD (element k + K*d) to cluster-major (element d + D*k)."""
+    return np.arange(k * d).reshape(d, k).T.ravel()
+
+
+def vlad_layout(model) -> tuple[int, int] | None:
+    """(K, D) when ``model``'s descriptor is raw MATLAB VLAD (K-fastest, nothing with weights after the
+    VLAD layer: no WPCA); else None (whitened, another pooling, or cluster-major already)."""
+    from .layers.netvlad import VLADCore
+
+    layers = list(getattr(model, "layers", []))
+    at = [i for i, layer in enumerate(layers) if isinstance(layer, VLADCore)]
+    if not at or any(list(layer.parameters()) for layer in layers[at[-1] + 1 :]):
+        return None
+    return layers[at[-1]].K, layers[at[-1]].D
+
+
+def _uses_pq(factory: str) -> bool:
+    return "PQ" in factory.upper()  # PQ, OPQ, IVF...,PQ, HNSW..._PQ: product quantization somewhere
+
+
+def is_exact_factory(factory: str) -> bool:
+    return factory.replace(" ", "").lower() in ("flat", "flatl2", "idmap,flat")
+
+
+def default_train_size(index, n: int) -> int:
+    """How many database rows train an index: 64 per IVF list (at least 50,000) or 50,000, all if fewer."""
+    import faiss
+
+    try:
+        nlist = faiss.extract_index_ivf(index).nlist
+    except (RuntimeError, AttributeError):
+        nlist = 0
+    return min(n, max(50_000, 64 * nlist))
+
+
+def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_major: bool | None = None,
+                train_size: int | None = None, max_memory=None, chunk_size: int | None = None, seed: int = 0,
+                log=None):  # fmt: skip
+    """A faiss index of ``db``'s rows (ids = row numbers) from an index-factory string: trained on a random
+    sample (``train_size`` rows, default :func:`default_train_size`), then filled chunk by chunk. Raw VLAD
+    (``vlad`` = (K, D)) is reordered cluster-major first when the index quantizes with PQ
+    (``cluster_major`` None), always (True) or never (False). Returns (index, info dict)."""
+    import faiss
+
+    db = as_descriptors(db)
+    d = db.dim
+    try:
+        index = faiss.index_factory(d, factory)
+    except RuntimeError as exc:
+        raise NetVladPortError(f"index factory {factory!r}: faiss cannot build it ({faiss_message(exc)})") from None
+    reorder = bool(vlad) and (cluster_major if cluster_major is not None else _uses_pq(factory))
+    if reorder:
+        if vlad[0] * vlad[1] != d:
+            raise NetVladPortError(f"cluster-major reorder: K={vlad[0]} x D={vlad[1]} is not the {d}-D descriptor")
+        perm = cluster_major_permutation(*vlad).astype(np.int32)
+        remap, inner = faiss.RemapDimensionsTransform(d, d, faiss.swig_ptr(perm)), index
+        index = faiss.IndexPreTransform(remap, inner)  # faiss's wrapper keeps both Python objects alive
+    _no_polysemous_training(index)
+    step = chunk_rows(d, 0, 0, max_memory, chunk_size)
+    n_train = 0
+    if not index.is_trained:
+        n_train = min(len(db), train_size or default_train_size(index, len(db)), max(step, 1))
+        sample = np.sort(np.random.default_rng(seed).choice(len(db), n_train, replace=False))
+        if log:
+            log(f"training {factory} on {n_train} of {len(db)} descriptors")
+        index.train(db.rows(sample))
+    for start in range(0, len(db), step):
+        index.add(db.rows(np.arange(start, min(len(db), start + step))))
+        if log:
+            log(f"added {min(len(db), start + step)} / {len(db)}")
+    info = {"factory": factory, "cluster_major": reorder, "vlad": list(vlad) if vlad else None,
+            "train_size": n_train, "count": len(db), "dim": d}  # fmt: skip
+    return index, info
+
+
+def _no_polysemous_training(index) -> None:
+    """Skip the polysemous code reordering faiss's factory turns on for PQ (``PQ64`` as ``PQ64np``): it only
+    serves polysemous filtering, which search never uses, and takes minutes; the distances are the same."""
+    import faiss
+
+    inner = faiss.downcast_index(index)
+    while isinstance(inner, faiss.IndexPreTransform):
+        inner = faiss.downcast_index(inner.index)
+    with contextlib.suppress(RuntimeError, AttributeError):
+        inner = faiss.downcast_index(faiss.extract_index_ivf(inner))
+    if hasattr(inner, "do_polysemous_training"):
+        inner.do_polysemous_training = False
+
+
+def index_sidecar(path: Path) -> Path:
+    return Path(path).with_name(Path(path).name + ".json")
+
+
+def save_index(index, info: dict, path, names: list[str], features_tag: dict | None, source) -> None:
+    """``faiss.write_index`` to ``path`` and the JSON sidecar ``path.json``: the features' tag, where they
+    came from and the database names in index order (both written atomically)."""
+    import faiss
+
+    from .io_utils import atomic_file
+
+    side = {"format": INDEX_FORMAT, **info, "features": features_tag, "source": str(source), "names": list(names)}
+    with atomic_file(index_sidecar(path)) as tmp:
+        tmp.write_text(json.dumps(side) + "\n")
+    with atomic_file(path) as tmp:
+        faiss.write_index(index, str(tmp))
+
+
+def open_index(path, features_tag: dict | None, names: list[str] | None = None):
+    """A saved index and its sidecar; refused in one line if its descriptors were not these (another model,
+    other options or image files, other names)."""
+    import faiss
+
+    path = Path(path)
+    try:
+        side = json.loads(index_sidecar(path).read_text())
+        if side.get("format") != INDEX_FORMAT:
+            raise ValueError("not a netvlad-port index sidecar")
+    except (OSError, ValueError) as exc:
+        raise NetVladPortError(f"{path}: no readable {index_sidecar(path).name} beside it ({exc}); build the index "
+                               "with netvlad-port index") from None  # fmt: skip
+    old = side.get("features")
+    if features_tag is not None and old != features_tag:
+        if not old:
+            why = "untagged descriptors"
+        elif old.get("model_sha256") != features_tag.get("model_sha256"):
+            why = f"descriptors of another model ({str(old.get('model_sha256'))[:12]}, not "
+            why += f"{str(features_tag.get('model_sha256'))[:12]})"
+        else:
+            keys = [k for k in sorted(set(old) | set(features_tag)) if old.get(k) != features_tag.get(k)]
+            why = "descriptors made with other options or images (" + ", ".join(keys) + " differ)"
+        raise NetVladPortError(f"{path}: built from {why}; rebuild it with netvlad-port index")
+    if names is not None and (len(names) != len(side["names"]) or set(names) != set(side["names"])):
+        raise NetVladPortError(f"{path}: built on {len(side['names'])} database images, not these {len(names)}; "
+                               "rebuild it with netvlad-port index")  # fmt: skip
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        raise NetVladPortError(f"{path}: faiss cannot read it ({faiss_message(exc)})") from None
+    return index, side
+
+
+class IndexSearch:
+    """Search with a faiss index whose ids are positions in ``index_names`` (mapped to the caller's database
+    rows by ``to_rows``); ``params`` a faiss ParameterSpace string (``nprobe=32,efSearch=128``); on all
+    GPUs with faiss-gpu (``index_cpu_to_all_gpus``)."""
+
+    exact = False
+
+    def __init__(self, index, about: str, to_rows: np.ndarray | None = None, params: str | None = None,
+                 use_gpu: bool | None = None):  # fmt: skip
+        import faiss
+
+        self.to_rows = to_rows
+        self.from_rows = None
+        if to_rows is not None:
+            self.from_rows = np.empty(len(to_rows), np.int64)
+            self.from_rows[to_rows] = np.arange(len(to_rows))
+        if params:
+            try:
+                faiss.ParameterSpace().set_index_parameters(index, params)
+            except RuntimeError as exc:
+                raise NetVladPortError(f"--index-params {params}: {faiss_message(exc)}") from None
+        self.gpu = _gpu_count(use_gpu) > 0
+        if self.gpu:
+            index = faiss.index_cpu_to_all_gpus(index)
+        self.index, self.about = index, about
+        self.where = f"faiss {'GPU' if self.gpu else 'CPU'} ({about}{', ' + params if params else ''})"
+
+    def _params(self, members):
+        import faiss
+
+        sel = faiss.IDSelectorBatch(np.ascontiguousarray(members, np.int64))
+        try:
+            ivf = faiss.extract_index_ivf(self.index)
+            return faiss.SearchParametersIVF(sel=sel, nprobe=ivf.nprobe), sel
+        except (RuntimeError, AttributeError):
+            pass
+        inner = self.index
+        while isinstance(inner, faiss.IndexPreTransform):
+            inner = faiss.downcast_index(inner.index)
+        if hasattr(inner, "hnsw"):
+            return faiss.SearchParametersHNSW(sel=sel, efSearch=inner.hnsw.efSearch), sel
+        return faiss.SearchParameters(sel=sel), sel
+
+    def search(self, q: np.ndarray, k: int, members: np.ndarray | None = None):
+        q = np.ascontiguousarray(q, np.float32)
+        k = min(k, self.index.ntotal if members is None else len(members))
+        if members is None:
+            ds, ids = self.index.search(q, k)
+        else:
+            index_ids = members if self.from_rows is None else self.from_rows[members]
+            params, _sel = self._params(index_ids)
+            try:
+                ds, ids = self.index.search(q, k, params=params)
+            except RuntimeError as exc:
+                raise NetVladPortError(f"{self.about}: cannot search within groups "
+                                       f"({faiss_message(exc)})") from None  # fmt: skip
+        if self.to_rows is not None:
+            ids = np.where(ids >= 0, self.to_rows[np.maximum(ids, 0)], -1)
+        ds = np.where(ids < 0, np.inf, ds).astype(np.float32)
+        order = np.lexsort((np.where(ids < 0, np.iinfo(np.int64).max, ids), ds), axis=1)
+        return np.take_along_axis(ids, order, 1), np.take_along_axis(ds, order, 1)
+
+
+def make_searcher(db, db_names: list[str], index=None, features_tag: dict | None = None, vlad=None,
+                  cluster_major: bool | None = None, params: str | None = None, max_memory=None,
+                  chunk_size: int | None = None, use_gpu: bool | None = None):  # fmt: skip
+    """The search of ``test`` and ``search``: exact and chunked without ``index`` (or with ``Flat``), else a
+    saved index file (checked against ``features_tag`` and ``db_names``) or an index-factory string built
+    here from ``db``."""
+    db = as_descriptors(db)
+    if index is None or (not looks_like_file(str(index)) and is_exact_factory(str(index))):
+        return ExactSearch(db, max_memory, chunk_size, use_gpu)
+    if looks_like_file(str(index)):
+        if not Path(str(index)).is_file():
+            raise NetVladPortError(f"--index {index}: no such index file (or give a faiss factory string)")
+        faiss_index, side = open_index(index, features_tag, db_names)
+        if faiss_index.d != db.dim:
+            raise NetVladPortError(f"{index}: a {faiss_index.d}-D index, but the descriptors are {db.dim}-D")
+        pos = {n: i for i, n in enumerate(db_names)}
+        to_rows = np.fromiter((pos[n] for n in side["names"]), np.int64, len(side["names"]))
+        about = f"{side['factory']}{' cluster-major' if side.get('cluster_major') else ''} from {Path(index).name}"
+        return IndexSearch(faiss_index, about, to_rows, params, use_gpu)
+    faiss_index, info = build_index(db, str(index), vlad, cluster_major, max_memory=max_memory, chunk_size=chunk_size)
+    about = f"{index}{' cluster-major' if info['cluster_major'] else ''}, built here"
+    return IndexSearch(faiss_index, about, None, params, use_gpu)
