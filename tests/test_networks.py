@@ -99,7 +99,7 @@ def test_get_clusters_samples_the_first_images_and_caches(imagenet, synthetic, t
     pre = type(spec)(spec.layers[:30], spec.meta)
     read = []
     real = clusters_mod.read_image
-    monkeypatch.setattr(clusters_mod, "read_image", lambda p: read.append(p) or real(p))
+    monkeypatch.setattr(clusters_mod, "read_image", lambda p, *resize: read.append(p) or real(p, *resize))
     c, d = get_clusters(pre, synthetic, k=8, cache_dir=tmp_path, n_train=300, n_per_image=10, progress=False)
     assert read == [synthetic.db_image(i) for i in range(30)]  # ceil(300/10) = 30 first images, file order
     assert c.shape == (32, 8) and d.shape == (32, 300)
