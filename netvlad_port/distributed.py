@@ -27,15 +27,16 @@ def init_distributed(device: str, backend: str | None = None, timeout: timedelta
 
 def local_device(device: str) -> str:
     """``--device`` for this process: ``auto`` or ``cuda`` become ``cuda:LOCAL_RANK`` under torchrun (one GPU
-    per process on each node) when GPUs are there; ``cpu`` and an explicit ``cuda:N`` are kept."""
+    per process on each node; modulo the GPU count, so more processes than GPUs share them) when GPUs are
+    there; ``cpu`` and an explicit ``cuda:N`` are kept."""
     device = (device or "auto").strip().lower()
     local = os.environ.get("LOCAL_RANK")
     if local is None or int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1"))) < 2:
         return device
     import torch
 
-    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
-        return f"cuda:{int(local)}"
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        return f"cuda:{int(local) % torch.cuda.device_count()}"
     return device
 
 
