@@ -242,9 +242,8 @@ class Termination:
     def __init__(self, rank: int):
         self.writing = self.pending = False
         self.previous = None
-        spec = os.environ.get(TEST_EXIT, "")
-        r, _, n = spec.partition(":")
-        self.exit_after = int(n) if spec and int(r) == rank else None
+        r, _, n = os.environ.get(TEST_EXIT, "").partition(":")
+        self.exit_after = int(n) if r.strip().isdigit() and n.strip().isdigit() and int(r) == rank else None
 
     def __enter__(self) -> Termination:
         if threading.current_thread() is threading.main_thread():

@@ -3,8 +3,10 @@ single-process output byte for byte; a rank that dies leaves its part, and a rer
 number of processes finishes the job."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -148,3 +150,34 @@ def test_an_unreadable_part_is_described_again(data, single, tmp_path):
     assert res.exit_code == 0, res.output
     assert "rank1of2.h5: unreadable" in res.output and "60 images" in res.output
     assert sorted(h5_bytes(out)[0]) == sorted(h5_bytes(single["h5"])[0])
+
+
+def test_sigterm_waits_for_the_batch_being_written():
+    from netvlad_port.distributed_extract import Termination
+
+    written, before = [], signal.getsignal(signal.SIGTERM)
+    with Termination(rank=0) as term:
+        with pytest.raises(KeyboardInterrupt), term.guard():
+            os.kill(os.getpid(), signal.SIGTERM)  # torchrun stopping this rank in the middle of a batch
+            written.append("the whole batch")
+        assert written == ["the whole batch"]
+        with pytest.raises(KeyboardInterrupt):  # between batches: at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before  # restored
+
+
+def test_each_local_rank_takes_its_own_gpu(monkeypatch):
+    import torch
+
+    from netvlad_port.distributed import local_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert local_device("auto") == "auto"  # no torchrun: as given
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    for rank, gpu in ((0, "cuda:0"), (1, "cuda:1"), (2, "cuda:0")):  # more processes than GPUs: they share
+        monkeypatch.setenv("LOCAL_RANK", str(rank))
+        assert local_device("auto") == local_device("cuda") == gpu
+    assert local_device("cpu") == "cpu" and local_device("cuda:1") == "cuda:1"
