@@ -421,7 +421,8 @@ def extract(
     quiet,
     force,
 ):
-    """Extract descriptors of many images (MATLAB serialAllFeats)."""
+    """Extract descriptors of many images (MATLAB serialAllFeats). Under torchrun the images are split
+    across the processes, each writes OUT.parts/rank<r>of<W>.h5, and rank 0 merges them into OUT."""
     from .extract import serial_all_feats, skipped_path
     from .loading import load
 
@@ -443,9 +444,12 @@ def extract(
         progress=not quiet,
         force=force,
     )
+    if report.rank != 0:  # under torchrun rank 0 speaks for every rank
+        return
+    processes = f" x {report.world} processes, merged from {out.name}.parts" if report.world > 1 else ""
     msg = (
         f"{out}: {report.extracted} images in {report.seconds:.1f} s ({report.images_per_second:.1f} img/s, "
-        f"{report.device})"
+        f"{report.device}{processes})"
     )
     if report.already_present:
         msg += f", {report.already_present} already present"

@@ -17,6 +17,7 @@ Files that cannot be read stop the run (``on_error="stop"``) or are listed in
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import time
@@ -48,6 +49,8 @@ class ExtractReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     seconds: float = 0.0
     device: str = "cpu"
+    rank: int = 0  # under torchrun: this process's rank and the number of processes
+    world: int = 1
 
     @property
     def images_per_second(self) -> float:
@@ -308,6 +311,12 @@ def serial_all_feats(
     resize_shorter = effective_resize(model, resize_shorter)
     if stamp:
         tag["images"] = images_stamp(base, names)
+    run = {"dim": dim, "resize_shorter": resize_shorter, "device": device, "precision": precision,
+           "num_workers": num_workers, "channels_last": channels_last, "progress": progress}  # fmt: skip
+    from . import distributed_extract
+
+    if distributed_extract.wanted(out):  # under torchrun, or parts of an earlier one are there: ranks share the list
+        return _extract_in_parts(model, base, names, out, fmt, tag, report, force, on_error, batch_size, half, run)
     check_tag(out, fmt, tag, force)
     todo = list(range(len(names)))
     if fmt == "h5":
@@ -321,69 +330,148 @@ def serial_all_feats(
         report.skipped.append((names[i], msg))
 
     batches, original = plan_batches(base, names, todo, batch_size, resize_shorter, fail, model)
-    results: dict[int, np.ndarray] = {}
     store_dtype = np.float16 if half else np.float32
-    h5 = None
-    created = not out.exists()
-    if fmt == "h5":
-        import h5py
-
-        out.parent.mkdir(parents=True, exist_ok=True)
-        h5 = h5py.File(out, "a")
-        write_tag(out, fmt, tag, h5)
     start = time.perf_counter()
-    try:
-        for ids, desc in iter_descriptors(
-            model,
-            base,
-            names,
-            batches,
-            fail,
-            dim=dim,
-            resize_shorter=resize_shorter,
-            device=device,
-            precision=precision,
-            num_workers=num_workers,
-            channels_last=channels_last,
-            progress=progress,
-        ):
-            for i, d in zip(ids, desc):
-                if h5 is not None:
-                    write_h5_descriptor(h5, names[i], d.astype(store_dtype), original[i])
-                else:
-                    results[i] = d
-            if h5 is not None:
-                h5.flush()
-            report.extracted += len(ids)
-    except BaseException as exc:
-        if h5 is not None:
-            h5.close()
-            h5 = None
-            if created and report.extracted == 0:  # stopped before any descriptor: leave nothing behind
-                out.unlink(missing_ok=True)
-        if isinstance(exc, KeyboardInterrupt):
+    if fmt == "h5":
+        extract_to_h5(out, tag, model, base, names, batches, original, fail, report, store_dtype,
+                      lambda: interrupted_message(out, fmt, report), **run)  # fmt: skip
+    else:
+        results: dict[int, np.ndarray] = {}
+        try:
+            for ids, desc in iter_descriptors(model, base, names, batches, fail, **run):
+                results.update(zip(ids, desc))
+                report.extracted += len(ids)
+        except KeyboardInterrupt:
             raise Interrupted(interrupted_message(out, fmt, report)) from None
-        raise
-    finally:
-        if h5 is not None:
-            h5.close()
     report.seconds = time.perf_counter() - start
     if fmt != "h5":
         order = sorted(results)
-        arr = np.stack([results[i] for i in order]).astype(store_dtype) if order else np.zeros((0, 0), store_dtype)
-        with atomic_file(out) as tmp:
-            if fmt == "bin":
-                arr.astype(np.float32).tofile(tmp)  # serialAllFeats: float32, D per image
-            else:
-                with open(tmp, "wb") as f:
-                    np.save(f, arr)
-        with atomic_file(names_path(out)) as tmp:
-            tmp.write_text("".join(names[i] + "\n" for i in order))
-        write_tag(out, fmt, tag)
-    if report.skipped:
-        with atomic_file(skipped_path(out)) as tmp:
-            tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in report.skipped))
+        write_rows(out, fmt, [results[i] for i in order], [names[i] for i in order], tag, store_dtype)
+    write_skipped(out, report.skipped)
     return report
+
+
+def _extract_in_parts(model, base, names, out, fmt, tag, report, force, on_error, batch_size, half, run):
+    """``serial_all_feats`` under torchrun, or finishing the parts an earlier run left: this rank's batches
+    into its part, then rank 0 merges every part into ``out`` ([distributed_extract](distributed_extract.py)).
+    Returns on every rank once ``out`` is complete; the report on rank 0 counts every rank's images."""
+    from . import distributed_extract as dx
+
+    with dx.process_group(run["device"]) as (device, rank, size):
+        run = {**run, "device": device, "progress": run["progress"] and rank == 0}
+        report.device, report.rank, report.world = str(resolve_device(device)), rank, size
+        done = dx.agree_and_prepare(out, fmt, names, tag, force)
+        todo = [i for i, n in enumerate(names) if n not in done]
+        report.already_present = len(names) - len(todo)
+
+        def fail(i: int, msg: str) -> None:
+            if on_error == "stop":
+                raise ImageError(msg)
+            report.skipped.append((names[i], msg))
+
+        def plan_fail(i: int, msg: str) -> None:  # every rank plans every image; rank 0 lists the skipped
+            if on_error == "stop" or rank == 0:
+                fail(i, msg)
+
+        batches, original = plan_batches(base, names, todo, batch_size, run["resize_shorter"], plan_fail, model)
+        store_dtype = np.float16 if half else np.float32
+        start = time.perf_counter()
+        if batches[rank::size]:
+            part = dx.part_path(out, rank, size)
+            with dx.Termination(rank) as term:
+                extract_to_h5(part, tag, model, base, names, batches[rank::size], original, fail, report, store_dtype,
+                              lambda: dx.interrupted(out, part, rank, report.extracted), guard=term.guard,
+                              on_batch=term.after_batch, **run)  # fmt: skip
+        shares = dx.gather(out, (report.extracted, report.skipped))
+        if rank == 0:
+            _merge_parts(out, fmt, names, tag, store_dtype, report, shares)
+        report.seconds = time.perf_counter() - start
+        dx.barrier(out)  # the output is complete on every rank when extract returns
+    return report
+
+
+def _merge_parts(out, fmt, names, tag, store_dtype, report, shares) -> None:
+    """Rank 0: every rank's counts and skipped images, then the parts merged into ``out`` and removed."""
+    from . import distributed_extract as dx
+
+    report.extracted = sum(n for n, _ in shares)
+    first = {n: i for i, n in reversed(list(enumerate(names)))}
+    report.skipped = sorted({s for _, sk in shares for s in sk}, key=lambda s: (first.get(s[0], -1), s))
+    if fmt == "h5":
+        dx.merge_h5(out, names, tag)
+    else:
+        with dx.read_parts(out) as where:
+            order = [n for n in names if n in where]
+            write_rows(out, fmt, dx.part_rows(where, order), order, tag, store_dtype)
+    write_skipped(out, report.skipped)
+    dx.remove_parts(out)
+
+
+def extract_to_h5(
+    path: Path,
+    tag: dict,
+    model,
+    base: Path,
+    names: Sequence[str],
+    batches: list[list[int]],
+    original: dict[int, tuple[int, int]],
+    fail,
+    report: ExtractReport,
+    store_dtype,
+    interrupted,
+    guard=contextlib.nullcontext,
+    on_batch=None,
+    **run,
+) -> None:
+    """Describe ``batches`` into the h5 ``path`` (tagged ``tag``), flushed batch by batch so that an
+    interruption leaves a valid file; ``report.extracted`` counts them. Ctrl-C raises :class:`Interrupted`
+    with ``interrupted()`` as its message; a file this call created and left empty is removed. ``guard()``
+    wraps each batch's writes, ``on_batch(extracted)`` runs after each flush (``distributed_extract``)."""
+    import h5py
+
+    created = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h5 = h5py.File(path, "a")
+    try:
+        write_tag(path, "h5", tag, h5)
+        for ids, desc in iter_descriptors(model, base, names, batches, fail, **run):
+            with guard():
+                for i, d in zip(ids, desc):
+                    write_h5_descriptor(h5, names[i], d.astype(store_dtype), original[i])
+                h5.flush()
+            report.extracted += len(ids)
+            if on_batch is not None:
+                on_batch(report.extracted)
+    except BaseException as exc:
+        h5.close()
+        if created and report.extracted == 0:  # stopped before any descriptor: leave nothing behind
+            path.unlink(missing_ok=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise Interrupted(interrupted()) from None
+        raise
+    finally:
+        h5.close()
+
+
+def write_rows(out: Path, fmt: str, rows: list[np.ndarray], names: list[str], tag: dict, store_dtype) -> None:
+    """A ``bin`` or ``npy`` output (atomic): ``rows`` in order, their names in ``OUT.names.txt``, the tag."""
+    arr = np.stack(rows).astype(store_dtype) if rows else np.zeros((0, 0), store_dtype)
+    with atomic_file(out) as tmp:
+        if fmt == "bin":
+            arr.astype(np.float32).tofile(tmp)  # serialAllFeats: float32, D per image
+        else:
+            with open(tmp, "wb") as f:
+                np.save(f, arr)
+    with atomic_file(names_path(out)) as tmp:
+        tmp.write_text("".join(n + "\n" for n in names))
+    write_tag(out, fmt, tag)
+
+
+def write_skipped(out: Path, skipped: list[tuple[str, str]]) -> None:
+    """``OUT.skipped.txt`` (atomic): each skipped image and why, tab-separated; nothing when none was."""
+    if skipped:
+        with atomic_file(skipped_path(out)) as tmp:
+            tmp.write_text("".join(f"{n}\t{msg}\n" for n, msg in skipped))
 
 
 def interrupted_message(out: Path, fmt: str, report: ExtractReport) -> str:

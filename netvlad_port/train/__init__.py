@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..distributed import init_distributed  # noqa: F401  (re-exported: train.init_distributed)
 from .loop import Trainer
 from .options import TrainOptions
 from .recipes import RECIPES, register_recipe
@@ -33,14 +34,6 @@ def training_data(dataset=None, train_spec=None, val_spec=None, root=None, spec_
         raise NetVladPortError("name the training data: --dataset NAME, or --train-spec A.mat --val-spec B.mat")
     db_train, db_val, family = training_splits(dataset, root, spec_dir)
     return db_train, db_val, family.recipe
-
-
-def init_distributed(device: str) -> None:
-    """Join the torchrun process group (nccl on GPUs, gloo on CPUs) when launched with WORLD_SIZE > 1."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
 
 
 def train(

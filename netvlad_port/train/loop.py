@@ -24,6 +24,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from ..devices import resolve_device
+from ..distributed import world
 from ..errors import NetVladPortError
 from ..layers import matlab_flatten
 from ..matlab_random import make_rng, matlab_round
@@ -42,12 +43,6 @@ from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups
 TRAIN_SEED = 42
 
 
-def _world():
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def image_paths(db) -> list[str]:
     """Every image of a split as the trunk rows hold them: the db images, then the queries."""
     return [str(db.db_image(i)) for i in range(db.num_images)] + [str(db.q_image(i)) for i in range(db.num_queries)]
@@ -59,7 +54,7 @@ class Trainer:
     def __init__(self, spec, db_train, db_val, opts: TrainOptions, out_dir, progress: bool = False, log=print):
         self.opts, self.db_train, self.db_val = opts, db_train, db_val
         self.out_dir = Path(out_dir)
-        self.rank, self.world = _world()
+        self.rank, self.world = world()
         self.progress, self.log = progress and self.rank == 0, log if self.rank == 0 else (lambda *a, **k: None)
         self._tb = None
         self._setup_objective(opts)
