@@ -41,42 +41,29 @@ def vgg16_offtheshelf_max(pretrained: bool = True):
     return _model("vd16_offtheshelf_conv5_3_max", "vd16", "max", None, pretrained)
 
 
-def _pytorch_born(release: str, pretrained: bool, layers, resize: dict | None):
+def _pytorch_born(release: str, pretrained: bool, network):
     """A GCL / STML network: the released checkpoint, or its layers with torchvision's initialisation."""
     import netvlad_port
-    from netvlad_port.importers import IMAGENET
-    from netvlad_port.matconvnet.spec import NetSpec
     from netvlad_port.model import SimpleNN
 
-    if pretrained:
-        return netvlad_port.load(release)
-    meta = {"preprocess": dict(IMAGENET), **({"resize": resize} if resize else {})}
-    return SimpleNN(NetSpec(layers(), meta)).eval()
+    return netvlad_port.load(release) if pretrained else SimpleNN(network()).eval()
 
 
-def _gcl_layers(arch: str, cut: str):
-    import numpy as np
+def _gcl(arch: str):
+    from netvlad_port.plugins.gcl.importer import gcl_network, resize_meta
 
-    from netvlad_port.importers.layers import l2_layer
-    from netvlad_port.layers.pooling import gem_layer
-    from netvlad_port.matconvnet.spec import LayerSpec
-
-    gem = gem_layer(0)
-    gem.name, gem.weights = "pool", [np.full((1, 1), 3.0, np.float32)]
-    return [LayerSpec("backbone", "backbone", [], {"arch": arch, "cut": cut}), gem, l2_layer()]
+    return gcl_network(arch, resize=resize_meta(None))  # Resize((480, 640)), as GCL's extractor
 
 
 def gcl_resnext_gem(pretrained: bool = True):
     """GCL (Leyva-Vallina et al.): ResNeXt101-32x8d + GeM + L2 trained on MSLS, 2048-D (MSLS-val R@1 75.5); takes
     RGB 0..1, resized to 480 x 640 (the file has no direct link: the error says where to get it)."""
-    return _pytorch_born("gcl_msls_resnext_gem", pretrained, lambda: _gcl_layers("resnext101_32x8d", "layer4"),
-                         {"mode": "fixed", "size": [480, 640], "filter": "bilinear"})  # fmt: skip
+    return _pytorch_born("gcl_msls_resnext_gem", pretrained, lambda: _gcl("resnext101_32x8d"))
 
 
 def gcl_resnet50_gem(pretrained: bool = True):
     """GCL: ResNet50 + GeM + L2 trained on MSLS, 2048-D (MSLS-val R@1 66.2); RGB 0..1, resized to 480 x 640."""
-    return _pytorch_born("gcl_msls_resnet50_gem", pretrained, lambda: _gcl_layers("resnet50", "layer4"),
-                         {"mode": "fixed", "size": [480, 640], "filter": "bilinear"})  # fmt: skip
+    return _pytorch_born("gcl_msls_resnet50_gem", pretrained, lambda: _gcl("resnet50"))
 
 
 def stml_deattention_stml(pretrained: bool = True):
@@ -84,14 +71,16 @@ def stml_deattention_stml(pretrained: bool = True):
     (Pitts30k-test R@1 90.3); RGB 0..1, resized to 480 x 640 (bicubic)."""
     import numpy as np
 
-    from netvlad_port.matconvnet.spec import LayerSpec
+    from netvlad_port.importers import IMAGENET
+    from netvlad_port.matconvnet.spec import LayerSpec, NetSpec
+    from netvlad_port.plugins.stml.importer import RESIZE
 
-    def layers():
+    def network():
         rng = np.random.default_rng(0)
         vlad = [rng.standard_normal((64, 512, 1, 1)).astype(np.float32), rng.random((64, 512), np.float32)]
-        return [LayerSpec("backbone", "encoder", [], {"arch": "vgg16", "cut": "conv5_3"}),
-                LayerSpec("deattention", "deattention", [], {"version": 1, "padding": "reflect"}),
-                LayerSpec("se", "senet_attention"), LayerSpec("netvlad", "pool", vlad)]  # fmt: skip
+        layers = [LayerSpec("backbone", "encoder", [], {"arch": "vgg16", "cut": "conv5_3"}),
+                  LayerSpec("deattention", "deattention", [], {"version": 1, "padding": "reflect"}),
+                  LayerSpec("se", "senet_attention"), LayerSpec("netvlad", "pool", vlad)]  # fmt: skip
+        return NetSpec(layers, {"preprocess": dict(IMAGENET), "resize": dict(RESIZE)})
 
-    return _pytorch_born("stml_deattention_stml", pretrained, layers,
-                         {"mode": "fixed", "size": [480, 640], "filter": "bicubic"})  # fmt: skip
+    return _pytorch_born("stml_deattention_stml", pretrained, network)

@@ -43,13 +43,11 @@ class SimpleNN(nn.Module):
         self.layers = nn.ModuleList(build_layer(l, channels[i]) for i, l in enumerate(spec.layers))
         self.meta = {k: v for k, v in spec.meta.items() if k != "averageImage"}
         self._average_image = spec.meta.get("averageImage")
-        self.register_buffer("average_rgb", torch.from_numpy(spec.average_rgb).view(1, 3, 1, 1), persistent=False)
         pre = preprocess_of(spec.meta)
         self.pixel_range = 1.0 if pre else 255.0  # what model(x) takes: RGB in 0..255 or in 0..1
-        std = pre["std"] if pre else [1.0, 1.0, 1.0]
-        if pre:
-            self.average_rgb = torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("std_rgb", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        mean, std = (pre["mean"], pre["std"]) if pre else (spec.average_rgb, [1.0, 1.0, 1.0])
+        for name, value in (("average_rgb", mean), ("std_rgb", std)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.resize = Resize.from_meta(spec.meta.get("resize"))
         self.normalize_mode = normalize
         self._warned_range = False

@@ -126,9 +126,3 @@ def _plain(value):
         return float(value)
     except (TypeError, ValueError):
         return str(value)[:100]
-
-
-def with_prefix(state: dict, prefix: str) -> dict:
-    """The entries under ``prefix.``, with it removed."""
-    n = len(prefix) + 1
-    return {k[n:]: v for k, v in state.items() if k.startswith(prefix + ".")}

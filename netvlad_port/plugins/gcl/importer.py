@@ -7,12 +7,15 @@ so ``image_size`` overrides it), ``ToTensor``, ImageNet ``Normalize`` (``extract
 
 from __future__ import annotations
 
+import torch
+
 from ...errors import NetFormatError
 from ...hub import Release, register_release
 from ...importers import IMAGENET, Importer, Keys, register_importer
 from ...importers.layers import gem_layer, global_pool_layer, l2_layer
 from ...layers.backbones import match_backbone
-from ...matconvnet.spec import NetSpec
+from ...layers.pooling import GEM_P
+from ...matconvnet.spec import LayerSpec, NetSpec
 
 ARCHS = ("vgg16", "resnet18", "resnet34", "resnet50", "resnet152", "resnext101_32x8d")  # get_backbone
 CUT = {"vgg16": "pool5"}  # the ResNets: children()[:-2], up to layer4
@@ -27,6 +30,15 @@ def resize_meta(image_size) -> dict | None:
     if len(size) == 1:
         return {"mode": "shorter", "size": [int(size[0])]}
     return {"mode": "fixed", "size": [int(size[0]), int(size[1])], "filter": "bilinear"}
+
+
+def gcl_network(arch: str, width: float = 1, resize: dict | None = None) -> NetSpec:
+    """GCL's ``create_model(arch, 'GeM', norm='L2')`` with torchvision's initialisation (GeM p = 3, trained):
+    what ``build`` makes from a checkpoint, before the weights (torch.hub's ``pretrained=False``, the demo)."""
+    params = {"arch": arch, "cut": CUT.get(arch, "layer4"), **({"width": width} if width != 1 else {})}
+    gem = gem_layer({"p": torch.tensor([GEM_P])}, "GeM")
+    meta = {"preprocess": dict(IMAGENET), **({"resize": resize} if resize else {})}
+    return NetSpec([LayerSpec("backbone", "backbone", [], params), gem, l2_layer()], meta)
 
 
 def build(keys: Keys, info: dict, options: dict) -> NetSpec:

@@ -17,19 +17,10 @@ def demo_network():
     """GCL's own VGG16-GeM layout (``create_model('vgg16', 'GeM', norm='L2')``): torchvision's VGG16 ``features``
     whole (pool5 included; 1/8 width here, torchvision's initialisation), GeM with a trained p from 3,
     ``F.normalize``; RGB 0..1 with ImageNet mean and std. The demo's images are already small: no resize."""
-    import numpy as np
+    from .importer import gcl_network
 
-    from ...importers import IMAGENET
-    from ...importers.layers import l2_layer
-    from ...layers.pooling import gem_layer
-    from ...matconvnet.spec import LayerSpec, NetSpec
-
-    gem = gem_layer(0)
-    gem.name = "pool"
-    gem.weights = [np.full((1, 1), 3.0, np.float32)]
-    backbone = LayerSpec("backbone", "backbone", [], {"arch": "vgg16", "cut": "pool5", "width": 0.125})
     what = "GCL's VGG16-GeM layout: torchvision VGG16 features to pool5 (1/8 width, random weights), GeM, L2"
-    return NetSpec([backbone, gem, l2_layer()], {"preprocess": dict(IMAGENET)}), what
+    return gcl_network("vgg16", width=0.125), what
 
 
 register_demo(Demo(
