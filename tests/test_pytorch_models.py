@@ -20,6 +20,7 @@ from netvlad_port.errors import NetFormatError
 from netvlad_port.extract import compute_representation
 from netvlad_port.importers import import_checkpoint
 from netvlad_port.loading import load
+from netvlad_port.matconvnet.spec import WHOLE_L2
 
 torchvision = pytest.importorskip("torchvision")
 from torchvision import transforms  # noqa: E402
@@ -106,6 +107,34 @@ def test_gcl_checkpoint_resizes_as_gcl_and_gives_its_descriptor(image, tmp_path)
     assert rel(compute_representation(load(out), image), ref) <= 1e-5
     r = CliRunner().invoke(main, ["info", str(out)])
     assert "input RGB 0..1" in r.output and "resize 64x96 bilinear" in r.output and "backbone" in r.output
+
+
+@pytest.mark.parametrize("arch", ["vgg16", "resnet18"])
+def test_imagenet_weights_from_gcl_are_its_start_network(arch, image, tmp_path):
+    """torchvision ImageNet weights given --from gcl: GCL's create_model(arch, 'GeM', pretrained=True) --
+    VGG16's whole features (pool5 included) or ResNet children()[:-2], GeM p = 3, F.normalize, 480x640."""
+    torch.manual_seed(3)
+    net = getattr(torchvision.models, arch)().eval()
+    ckpt = save(net.state_dict(), tmp_path / f"{arch}.pth")
+    out = tmp_path / "start"
+    r = CliRunner().invoke(main, ["convert", str(ckpt), "--from", "gcl", "-o", str(out), "--image-size", "48x64"])
+    assert r.exit_code == 0, r.output
+    trunk = net.features if arch == "vgg16" else torch.nn.Sequential(*list(net.children())[:-2])
+    tf = transforms.Compose([transforms.Resize((48, 64)), transforms.ToTensor(), NORMALIZE])
+    with torch.no_grad():
+        x = trunk(tf(Image.open(image).convert("RGB"))[None])
+        ref = F.normalize(F.avg_pool2d(x.clamp(min=1e-6).pow(3.0), x.shape[-2:]).pow(1.0 / 3).flatten(1))[0]
+    model = load(out)
+    assert [layer.type for layer in model.to_spec().layers] == ["backbone", "gem", WHOLE_L2]
+    assert rel(compute_representation(model, image), ref) <= 1e-5
+    default = import_checkpoint(ckpt, "gcl")  # no --image-size: GCL's Resize((480, 640))
+    assert default.meta["resize"] == {"mode": "fixed", "size": [480, 640], "filter": "bilinear"}
+
+
+def test_imagenet_weights_of_another_family_are_not_a_gcl_start(tmp_path):
+    ckpt = save(torchvision.models.alexnet().state_dict(), tmp_path / "alexnet.pth")
+    assert "alexnet is not one of GCL's backbones" in cli_error(["convert", str(ckpt), "--from", "gcl", "-o",
+                                                                   str(tmp_path / "o")])  # fmt: skip
 
 
 def cli_error(args) -> str:

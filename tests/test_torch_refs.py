@@ -122,6 +122,35 @@ def test_gcl_intermediates(name, converted):
     assert rel(pooled, suite.refs["pooled"]) <= 1e-5
 
 
+def test_gcl_start_from_imagenet_weights_is_the_suites_layout(rebuilt, converted, tmp_path):
+    """GCL's VGG16-GeM built from torchvision-format weights (``--from gcl``, the training start) is the layout
+    the suite's checkpoint converts to: same layers, cut, preprocessing and resize; with the checkpoint's
+    learned p in place of the start's 3 it gives the suite's descriptors."""
+    import torchvision
+
+    from netvlad_port.importers import import_checkpoint
+    from netvlad_port.model import SimpleNN
+
+    suite = Suite("gcl_vgg16_gem")
+    ckpt = next(iter(suite.manifest["descriptors"]))
+    state = torch.load(rebuilt / suite.name / ckpt, weights_only=True)["model_state_dict"]
+    imagenet = {k.replace("backbone.", "features.", 1): v for k, v in state.items() if k.startswith("backbone.")}
+    imagenet |= {f"classifier.{k}": v for k, v in torchvision.models.vgg16().classifier.state_dict().items()}
+    torch.save(imagenet, tmp_path / "vgg16-imagenet.pth")
+    start = import_checkpoint(tmp_path / "vgg16-imagenet.pth", "gcl")
+    released = import_checkpoint(rebuilt / suite.name / ckpt)
+    assert [(x.type, x.params) for x in start.layers] == [(x.type, x.params) for x in released.layers]
+    assert {k: start.meta[k] for k in ("preprocess", "resize")} == {
+        k: released.meta[k] for k in ("preprocess", "resize")
+    }
+    assert float(start.layers[1].weights[0].ravel()[0]) == 3.0  # GeM(p=3), src/networks.py
+    start.layers[1].weights[0][...] = state["pool.p"].item()
+    model = SimpleNN(start).eval()
+    with torch.no_grad():
+        got = torch.cat([model(x) for x in suite.inputs(model)])
+    assert rel(got, suite.refs[suite.manifest["descriptors"][ckpt]]) <= DESC_TOL
+
+
 def _vlad_checks(model, x, refs, prefix: str = "") -> None:
     """The NetVLAD module's soft-assignment, raw residual sums, their norms and cluster masses."""
     layer = model.layers[model.names.index("pool")]
