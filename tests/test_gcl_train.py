@@ -267,3 +267,24 @@ def test_bad_schedule_options_are_one_line(options, words):
     with pytest.raises(NetVladPortError) as exc:
         TrainOptions(**{"loss": "gcl", **options}).objective()
     assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_gcl_steps_train_through_the_cli(tiny_world, tmp_path):
+    from click.testing import CliRunner
+
+    from netvlad_port.cli import main
+
+    res = CliRunner().invoke(main, ["train", str(tiny_world.net), "--dataset", "synthetic", "--root",
+                                    str(tiny_world.data), "--loss", "gcl", "--out", str(tmp_path), "--epochs", "2",
+                                    "--pca-dim", "0", "--step-queries", "10", "--forward", "siamese",
+                                    "--batch-size", "4", "--val-protocol", "gcl", "--select-by", "1", "--no-test0",
+                                    "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["select_by"], summary["step_queries"], summary["val_protocol"]) == (1, 10, "gcl")
+    r1 = {int(e): r[0] for e, r in summary["val_recall"].items()}
+    assert sorted(r1) == [1, 2] and r1[summary["best_epoch"]] == max(r1.values())
+    records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    pairs = {r["epoch"]: r["pairs"] for r in records if "pairs" in r}
+    batches = [r for r in records if "batch" in r]
+    assert len(batches) == sum(-(-p // 4) for p in pairs.values())  # ceil(pairs / 4) batches a step
