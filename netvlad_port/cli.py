@@ -896,6 +896,13 @@ TRAIN_OPTIONS = {
               "or numpy's"),
     "--attention": ("attention", _names, "modules inserted before the aggregation, in order (registered names, "
                     "e.g. the sTML wing's deattention-v1,se)"),
+    "--step-queries": ("step_queries", int, "GCL's steps: an epoch is one step of this many queries, one pair each, "
+                       "validated on every val query (the gcl recipe: 10000); 0: MATLAB's epochs"),
+    "--forward": ("forward", click.Choice(["tuple", "batch", "siamese"]), "what one forward pass holds: each tuple "
+                  "(MATLAB), the whole batch (STML) or 2 queries / 2 partners (GCL)"),
+    "--select-by": ("select_by", int, "the best epoch: max val recall@N (getBestEpoch: 5; STML: 1)"),
+    "--val-protocol": ("val_protocol", LazyChoice(_protocols), "the protocol of the validation recalls (GCL's: "
+                       "gcl)"),
 }  # fmt: skip
 TRAIN_FLAGS = {  # on/off options
     "exclude_very_hard": ("--exclude-very-hard", "excludeVeryHard (trainWeakly)"),

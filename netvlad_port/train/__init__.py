@@ -126,7 +126,9 @@ def _finish(trainer: Trainer, db_train, out_dir: Path, progress: bool, log) -> P
     if trainer.rank != 0:
         return out_dir / "final"
     o = trainer.opts
-    best = pick_best_epoch(trainer.history, o.recall_ns) if trainer.history.val_recall else trainer.epoch - 1
+    best = (
+        pick_best_epoch(trainer.history, o.recall_ns, o.select_by) if trainer.history.val_recall else trainer.epoch - 1
+    )
     title = f"{out_dir.resolve().name}: {o.loss} loss"
     plot_epochs(trainer.history, o.recall_ns, out_dir / "recall_per_epoch.png", best, epoch_losses(out_dir), title)
     spec = load_converted(out_dir / f"epoch_{best:06d}")
@@ -157,7 +159,8 @@ def epoch_losses(out_dir: Path) -> dict[int, float]:
 
 
 def write_summary(trainer: Trainer, best: int, path: Path) -> None:
-    """``summary.json``: the best epoch (``getBestEpoch``) and the validation recalls per epoch."""
+    """``summary.json``: the best epoch (``getBestEpoch``, by val recall@``select_by``) and the validation
+    recalls per epoch (per GCL step with ``step_queries``)."""
     import json
 
     from ..io_utils import atomic_file
@@ -165,6 +168,9 @@ def write_summary(trainer: Trainer, best: int, path: Path) -> None:
     h = trainer.history
     summary = {
         "best_epoch": best,
+        "select_by": trainer.opts.select_by,
+        "step_queries": trainer.opts.step_queries,
+        "val_protocol": trainer.opts.val_protocol,
         "recall_ns": list(trainer.opts.recall_ns),
         "pretrain_val_recall": h.pretrain_val_recall,
         "val_recall": {str(e): r for e, r in sorted(h.val_recall.items())},

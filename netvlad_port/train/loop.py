@@ -8,6 +8,10 @@ interval doubling at each lr drop (epochs 6, 11, ...: lr halved). Each batch is 
 (``step.py``). At epoch end: save, val recall on ``nTestSample`` fixed queries (``rng(43)``,
 ``validation.py``), train cache refresh. ``pick_best_epoch`` then ``addPCA`` give the final model.
 
+With ``step_queries`` (GCL's schedule, ``steps.py``) an epoch is one GCL step: the step's queries each
+get one pair, the pairs are shuffled into batches, validation runs on every val query after each step;
+no train feature cache is kept. ``select_by`` picks the best epoch by that recall.
+
 Multi-process (torchrun, gloo/nccl): the step sums gradients over ranks; cache refreshes are split
 across ranks and gathered.
 """
@@ -36,6 +40,7 @@ from .options import TrainOptions
 from .samplers import MiningContext
 from .state import History, restore_state, run_state, truncate_log
 from .step import Step, TupleInputs, sample_batch
+from .steps import step_batches, step_generator, step_queries
 from .terms import TermContext, build_terms
 from .trunk import TrunkCache
 from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups
@@ -82,7 +87,7 @@ class Trainer:
         self.timing["trunk"] = time.perf_counter() - t
         inputs = TupleInputs(self.trunks["train"], opts, self.device, self.model)
         self.step_fn = Step(self.model, self.first, self.params, self.optimizer, self.loss, self.loss_params,
-                            self.terms, inputs, opts.precision, self.rank, self.world)  # fmt: skip
+                            self.terms, inputs, opts.precision, self.rank, self.world, opts.forward)  # fmt: skip
         self.jitter = inputs.jitter
         self.last_terms: dict[str, float] = {}
 
@@ -149,19 +154,35 @@ class Trainer:
         return validation.evaluate(db, self.all_feats(key) if feats is None else feats, self.opts, self.margin)
 
     # --- one batch --------------------------------------------------------------------------
-    def step(self, query_ids) -> float:
-        """Sample, forward and backward the batch's tuples; one SGD update. Returns the mean tuple loss
-        (``obj.train.loss``: 0 when no query of the batch has a tuple)."""
+    def step(self, query_ids=None, tuples: list | None = None) -> float:
+        """Sample (unless ``tuples`` are given: a GCL step's pairs), forward and backward the batch's
+        tuples; one SGD update. Returns the mean tuple loss (``obj.train.loss``: 0 when no query of the
+        batch has a tuple)."""
         t0 = time.perf_counter()
-        ctx = MiningContext(
-            self.db_train, self.train_feats, self.neg_cache, self.rng, self.opts, self.margin, self.loss
-        )
-        tuples = sample_batch(self.sampler, ctx, query_ids, self.loss, self.jitter)
-        counts = [self.sampler.empty_counts and t is None and len(self.db_train.nontrivial_pos_q(int(iq))) > 0
-                  for iq, t in zip(query_ids, tuples)]  # fmt: skip
+        if tuples is None:
+            tuples = sample_batch(self.sampler, self._context(), query_ids, self.loss, self.jitter)
+            counts = [self.sampler.empty_counts and t is None and len(self.db_train.nontrivial_pos_q(int(iq))) > 0
+                      for iq, t in zip(query_ids, tuples)]  # fmt: skip
+        else:
+            counts = [False] * len(tuples)
         loss, self.last_terms = self.step_fn(self.db_train, tuples, np.asarray(counts, bool))
         self.timing["tuples"] += time.perf_counter() - t0
         return loss
+
+    def _context(self, rng=None) -> MiningContext:
+        return MiningContext(self.db_train, self.train_feats, self.neg_cache, rng or self.rng, self.opts, self.margin,
+                             self.loss)  # fmt: skip
+
+    def step_plan(self, e: int) -> list[list]:
+        """GCL step ``e``'s batches of pairs (``steps.py``); the run's generator continues after them."""
+        o, n = self.opts, self.db_train.num_queries
+        rng = step_generator(o.rng, TRAIN_SEED, e, n)
+        qids = step_queries(n, e, o.step_queries, o.rng, TRAIN_SEED)
+        tuples = sample_batch(self.sampler, self._context(rng), qids, self.loss, self.jitter)
+        batches = step_batches(tuples, o.batch_size, rng)
+        self.rng = rng
+        self.event({"epoch": e, "step_queries": len(qids), "pairs": sum(map(len, batches))})
+        return batches
 
     # --- the run ----------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
@@ -179,34 +200,40 @@ class Trainer:
     def _start(self) -> None:
         """The start network's val recall (``test0``) and train cache, unless resumed past them."""
         o = self.opts
-        if self.train_feats is None:
+        if self.train_feats is None:  # in GCL's steps: always (no train cache)
             if o.test0 and self.db_val is not None and self.history.pretrain_val_recall is None:
                 feats = self.start_feats("val", o.db_checkpoint0_val, o.q_checkpoint0_val)
                 self.history.pretrain_val_recall = self.evaluate("val", feats)[0]
                 text = validation.recall_text(self.history.pretrain_val_recall, o.recall_ns)
                 self.log(f"off-the-shelf val recall@1/5/10: {text}")
-            self.train_feats = self.start_feats("train", o.db_checkpoint0, o.q_checkpoint0)
+            if not o.step_queries:
+                self.train_feats = self.start_feats("train", o.db_checkpoint0, o.q_checkpoint0)
 
     def run(self, stop_after: int | None = None) -> Trainer:
         """Train until ``n_epoch`` (or until ``stop_after`` more batches have run)."""
         o = self.opts
         n_batches = self.db_train.num_queries // o.batch_size
-        if n_batches == 0:
+        if n_batches == 0 and not o.step_queries:
             raise NetVladPortError(f"{self.db_train.name}: fewer queries ({self.db_train.num_queries}) than one batch")
         self._start()
         ran = 0
         while self.epoch <= o.n_epoch:
             e = self.epoch
-            order = make_rng(o.rng, TRAIN_SEED + e).randperm(self.db_train.num_queries) - 1
+            if o.step_queries:  # GCL's step: its pairs, drawn at its start (and again on a resume)
+                batches = self.step_plan(e)
+            else:
+                order = make_rng(o.rng, TRAIN_SEED + e).randperm(self.db_train.num_queries) - 1
+                batches = [order[(b - 1) * o.batch_size : b * o.batch_size] for b in range(1, n_batches + 1)]
             if self.batch == 1:
-                self.rng = make_rng(o.rng, TRAIN_SEED + e)  # rng(42 + e); trainOrder = randperm(...)
-                self.rng.randperm(self.db_train.num_queries)  # the stream continues after randperm
+                if not o.step_queries:
+                    self.rng = make_rng(o.rng, TRAIN_SEED + e)  # rng(42 + e); trainOrder = randperm(...)
+                    self.rng.randperm(self.db_train.num_queries)  # the stream continues after randperm
                 self.lr_drop(e)
                 self.set_lr()
-            bar = tqdm(total=n_batches * o.batch_size, initial=(self.batch - 1) * o.batch_size, unit="query",
+            bar = tqdm(total=len(batches) * o.batch_size, initial=(self.batch - 1) * o.batch_size, unit="query",
                        desc=f"epoch {e}/{o.n_epoch}", disable=not self.progress, leave=False)  # fmt: skip
             try:
-                ran, stopped = self._batches(order, n_batches, bar, ran, stop_after)
+                ran, stopped = self._batches(batches, bar, ran, stop_after)
             finally:
                 bar.close()
             if stopped:
@@ -214,9 +241,10 @@ class Trainer:
             self.end_epoch()
         return self
 
-    def _batches(self, order, n_batches: int, bar, ran: int, stop_after: int | None) -> tuple[int, bool]:
-        """The rest of this epoch's batches; returns (batches run so far, stopped by ``stop_after``)."""
-        o, e = self.opts, self.epoch
+    def _batches(self, batches: list, bar, ran: int, stop_after: int | None) -> tuple[int, bool]:
+        """The rest of this epoch's batches (query ids, or a GCL step's pairs); returns (batches run so
+        far, stopped by ``stop_after``)."""
+        o, e, n_batches = self.opts, self.epoch, len(batches)
         while self.batch <= n_batches:
             b = self.batch
             if b % o.save_batch_frequency == 0 and ran:
@@ -231,7 +259,7 @@ class Trainer:
                     bar.write(msg)
                 else:
                     self.log(msg)
-            loss = self.step(order[(b - 1) * o.batch_size : b * o.batch_size])
+            loss = self.step(tuples=batches[b - 1]) if o.step_queries else self.step(batches[b - 1])
             self.history.batch_loss.append(loss)
             self.event({"epoch": e, "batch": b, "lr": self.lr, "loss": loss, **self.last_terms})
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.lr:g}", refresh=False)
@@ -292,9 +320,10 @@ class Trainer:
             ns = list(self.opts.recall_ns)
             at = {f"val_recall@{n}": recalls[ns.index(n)] for n in (1, 5, 10) if n in ns}
             self.event({"epoch": e, **at, "val_rankloss": rank})
-        self.refresh_train_cache()
-        if test_now:
-            self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
+        if not self.opts.step_queries:  # GCL's steps keep no train cache
+            self.refresh_train_cache()
+            if test_now:
+                self.history.train_recall[e] = self.evaluate("train", self.train_feats)[0]
         self.epoch += 1
         self.batch = 1
         self.save()

@@ -21,7 +21,8 @@ from ..retrieval import RECALL_NS
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 # options that may change on --resume (they do not change the numbers of the epochs already run)
-RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim")
+RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim", "select_by")
+FORWARDS = ("tuple", "batch", "siamese")  # how Step runs a batch's images (step.py)
 TUPLES = ("recall_ns", "fix_layers", "jitter_scale", "attention")  # lists in JSON
 
 
@@ -86,6 +87,11 @@ class TrainOptions:
     precision: str = "fp32"  # bf16 | fp16: autocast for the trainable layers (opt-in)
     device: str = "auto"  # a GPU when there is one; train() records the device it resolved
     pca_dim: int = 4096  # addPCA on the best epoch; 0: skip
+    # the originals' schedules and batches (docs/gcl.md#training, docs/stml.md#batches-and-the-best-epoch)
+    step_queries: int = 0  # >0: an epoch is one GCL step of this many queries (src/datasets.py:327-409)
+    forward: str = "tuple"  # tuple (MATLAB) | batch (STML, tasks/train.py:44-54) | siamese (GCL, train.py:142-167)
+    select_by: int = 5  # the best epoch: max val recall@select_by (getBestEpoch 5; STML 1, tasks/train.py:199)
+    val_protocol: str = "matlab"  # the protocol of the validation recalls (retrieval.PROTOCOLS; GCL's: gcl)
     # the start network's features (MATLAB's dbCheckpoint0 ...: float32 .bin); computed and written when absent
     db_checkpoint0: str = ""
     q_checkpoint0: str = ""
@@ -115,12 +121,37 @@ class TrainOptions:
                 f"so it has no meaning for --loss {self.loss}"
             )
         loss.check_params(self.loss_params)
+        self.check_schedule(loss)
         if sampler.check is not None:
             sampler.check(self, loss)
         for name in self.extras:  # a plug-in's option that means nothing for this run
             if (option := OPTIONS[name]).check is not None:
                 option.check(self, loss)
         return loss, sampler
+
+    def check_schedule(self, loss) -> None:
+        """step_queries, forward, select_by and val_protocol: each bad value refused in one line."""
+        from ..retrieval import PROTOCOLS
+
+        if not isinstance(self.step_queries, int) or self.step_queries < 0:
+            raise NetVladPortError(f"--step-queries must be a whole number >= 0 (0: epochs), got {self.step_queries!r}")
+        if self.step_queries and loss.mining != "pairs":
+            raise NetVladPortError(f"--step-queries draws GCL's pairs; --loss {self.loss} mines tuples on the feature "
+                                   f"cache (use --step-queries 0)")  # fmt: skip
+        if self.forward not in FORWARDS:
+            raise NetVladPortError(f"--forward must be one of {', '.join(FORWARDS)}, got {self.forward!r}")
+        if self.forward == "siamese" and loss.mining != "pairs":
+            raise NetVladPortError(f"--forward siamese runs GCL's pairs; --loss {self.loss} trains on tuples")
+        if self.forward != "tuple" and (self.jitter_scale or self.jitter_flip):
+            raise NetVladPortError(
+                f"--forward {self.forward} stacks the batch's images: no --jitter-scale/--jitter-flip"
+            )
+        if self.select_by not in self.recall_ns:
+            raise NetVladPortError(f"--select-by {self.select_by!r}: not one of recallNs "
+                                   f"({','.join(map(str, self.recall_ns))})")  # fmt: skip
+        if PROTOCOLS.get(self.val_protocol) is None:
+            raise NetVladPortError(f"--val-protocol {self.val_protocol!r}: expected one of "
+                                   f"{', '.join(PROTOCOLS)}")  # fmt: skip
 
     def extra(self, name: str) -> Any:
         """A plug-in option's value (its default when not given)."""

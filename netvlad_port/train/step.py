@@ -6,18 +6,26 @@ update of sum(L) / T is made.
 Every rank samples every tuple (same generator, same cache); rank r runs tuples r, r + W, ..., so the
 update equals the single-process one. BatchNorm running statistics (attention modules) are averaged
 over ranks after each step.
+
+``forward`` sets what one forward pass holds, which is what BatchNorm layers see in train mode:
+``tuple`` (MATLAB: each tuple's images), ``batch`` (STML, ``tasks/train.py:44-54``: every tuple of the
+batch -- of the rank -- in one pass) or ``siamese`` (GCL, ``train.py:142-167``, ``networks.py:55-58``:
+mini-batches of 2 pairs, the 2 queries in one pass and the 2 partners in another; an odd last pair is
+dropped). The objective is the same sum of losses over the pairs used, divided by their number.
 """
 
 from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..errors import NetVladPortError
 from ..layers import matlab_flatten
 from ..matlab_random import matlab_round
 from .samplers import MiningContext, SamplerEntry
@@ -80,10 +88,13 @@ class Step:
     """Forward, loss, terms, all-reduce and update of one batch's tuples."""
 
     def __init__(self, model: nn.Module, first: int, params, optimizer, loss, loss_params: dict, terms, inputs,
-                 precision: str, rank: int = 0, world: int = 1):  # fmt: skip
+                 precision: str, rank: int = 0, world: int = 1, forward: str = "tuple"):  # fmt: skip
         self.model, self.first, self.params, self.optimizer = model, first, params, optimizer
         self.loss, self.loss_params, self.terms, self.inputs = loss, loss_params, terms, inputs
-        self.precision, self.rank, self.world = precision, rank, world
+        self.precision, self.rank, self.world, self.forward = precision, rank, world, forward
+        if forward == "siamese" and terms:
+            raise NetVladPortError(f"--forward siamese (GCL's pairs) takes no auxiliary loss term "
+                                   f"({', '.join(t.name for t in terms)})")  # fmt: skip
 
     def _autocast(self):
         if self.precision in ("fp32", "tf32"):
@@ -98,13 +109,16 @@ class Step:
             else:
                 p.grad.zero_()
 
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        """The trainable layers on ``x``: one row of features per image."""
+        with self._autocast():
+            out = self.model.run(x, self.first)
+        return matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+
     def _tuple(self, db, tup, sums: torch.Tensor) -> tuple[float, int]:
         """Forward and backward one tuple; adds its terms to ``sums``; returns (logged loss, pairs)."""
         ids = tuple_images(db, tup)
-        x = self.inputs(ids, *tup.jitter)
-        with self._autocast():
-            out = self.model.run(x, self.first)
-        feats = matlab_flatten(out).to(torch.float64 if x.dtype == torch.float64 else torch.float32)
+        feats = self._run(self.inputs(ids, *tup.jitter))
         res = self.loss(feats[0], feats[1], feats[2:], labels=tup.labels, **self.loss_params)
         total = res.loss if res.n_pairs > 0 else None
         for k, term in enumerate(self.terms):
@@ -114,6 +128,49 @@ class Step:
         if total is not None:
             total.backward()
         return res.logged.item(), res.n_pairs
+
+    def _batch(self, db, tups: list, sums: torch.Tensor) -> tuple[list[float], int]:
+        """STML's forward: every tuple's images in one pass, each tuple's loss as in :meth:`_tuple`; the
+        terms once, on the pass's images (a tuple-like with the batch's ``tuples`` and no jitter).
+        Returns (each tuple's logged loss, pairs)."""
+        ids = [tuple_images(db, t) for t in tups]
+        feats = self._run(self.inputs([i for row in ids for i in row]))
+        total, logged, pairs, at = None, [], 0, 0
+        for tup, row in zip(tups, ids):
+            f, at = feats[at : at + len(row)], at + len(row)
+            res = self.loss(f[0], f[1], f[2:], labels=tup.labels, **self.loss_params)
+            if res.n_pairs > 0:
+                total = res.loss if total is None else total + res.loss
+            logged.append(res.logged.item())
+            pairs += res.n_pairs
+        whole = SimpleNamespace(tuples=tups, jitter=(None, False))
+        for k, term in enumerate(self.terms):
+            g = term(whole, [i for row in ids for i in row])
+            sums[k] += g.item()
+            total = g if total is None else total + g
+        if total is not None:
+            total.backward()
+        return logged, pairs
+
+    def _siamese(self, db, pair: list) -> tuple[list[float], int]:
+        """GCL's mini-batch of 2 pairs (``train.py:142-159``): the queries in one pass, the partners in
+        another; backward of their summed losses. Returns (each pair's logged loss, pairs)."""
+        fq = self._run(self.inputs([db.num_images + t.query for t in pair]))
+        fp = self._run(self.inputs([t.positive for t in pair]))
+        total, logged = None, []
+        for k, tup in enumerate(pair):
+            res = self.loss(fq[k], fp[k], fp[k][None][:0], labels=tup.labels, **self.loss_params)
+            total = res.loss if total is None else total + res.loss
+            logged.append(res.logged.item())
+        total.backward()
+        return logged, len(pair)
+
+    def _groups(self, tuples: list) -> list[list]:
+        """The batch's units of work, one forward (or one siamese mini-batch) each, before the rank split."""
+        real = [t for t in tuples if t is not None]
+        if self.forward == "siamese":
+            return [real[k : k + 2] for k in range(0, len(real) - 1, 2)]  # the odd last pair dropped
+        return [real]
 
     def __call__(self, db, tuples: list, counts_empty: np.ndarray) -> tuple[float, dict[str, float]]:
         """One update from ``tuples`` (None: no tuple; ``counts_empty[k]``: that None counts as a zero
@@ -126,7 +183,9 @@ class Step:
         loss_sum = torch.zeros(2, dtype=torch.float64)  # (sum of losses, number of tuples)
         pairs = torch.zeros(1, dtype=torch.float64)
         term_sums = torch.zeros(len(self.terms), dtype=torch.float64)
-        for k, tup in enumerate(tuples):
+        if self.forward != "tuple":
+            self._grouped(db, tuples, counts_empty, loss_sum, pairs, term_sums)
+        for k, tup in enumerate(tuples if self.forward == "tuple" else ()):
             if k % self.world != self.rank:
                 continue
             if tup is None:  # no positive: skipped; trainWeakly without violators: loss 0 is recorded
@@ -144,6 +203,20 @@ class Step:
                 g.div_(pairs.item())
             self.optimizer.step()
         return (loss_sum[0].item() / loss_sum[1].item() if loss_sum[1].item() else 0.0), terms  # MATLAB: 0 if none
+
+    def _grouped(self, db, tuples, counts_empty, loss_sum, pairs, term_sums) -> None:
+        """The ``batch`` and ``siamese`` forwards: rank r runs groups r, r + W, ... (``batch``: its share of
+        the tuples in one pass); adds to the sums as the per-tuple loop does."""
+        loss_sum[1] += float(np.sum(counts_empty[[t is None for t in tuples]])) if self.rank == 0 else 0.0
+        groups = self._groups(tuples)
+        if self.forward == "batch":
+            groups = [groups[0][self.rank :: self.world]]
+        for k, group in enumerate(groups):
+            if not group or (self.forward == "siamese" and k % self.world != self.rank):
+                continue
+            logged, n = self._batch(db, group, term_sums) if self.forward == "batch" else self._siamese(db, group)
+            pairs += n
+            loss_sum += torch.tensor([sum(logged), len(logged)], dtype=torch.float64)
 
     def _all_reduce(self, grads, *sums) -> None:
         for t in (*grads, *sums):

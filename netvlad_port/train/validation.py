@@ -44,17 +44,25 @@ def rank_loss(db, db_feats, q_feats, opts, margin: float) -> float:
 
 def evaluate(db, feats: np.ndarray, opts, margin: float) -> tuple[list[float], float]:
     """``testNet``: (recall@recallNs on the ``nTestSample`` subset, rank loss) of every image's features
-    (db rows, then queries)."""
+    (db rows, then queries), under ``val_protocol``. With ``step_queries`` (GCL's steps) on every query,
+    as GCL validates on all of MSLS-val (train.py:65-81)."""
     n_db = db.num_images
-    qids = test_sample(db.num_queries, opts.n_test_sample, opts.rng)
-    res = test_from_fn(db, feats[:n_db], feats[n_db:][qids], recall_ns=opts.recall_ns, query_ids=qids)
+    if opts.step_queries:
+        qids = np.arange(db.num_queries)
+    else:
+        qids = test_sample(db.num_queries, opts.n_test_sample, opts.rng)
+    res = test_from_fn(db, feats[:n_db], feats[n_db:][qids], recall_ns=opts.recall_ns, query_ids=qids,
+                       protocol=opts.val_protocol)  # fmt: skip
     return res.recalls, rank_loss(db, feats[:n_db], feats[n_db:], opts, margin)
 
 
-def pick_best_epoch(history, recall_ns) -> int:
-    """``getBestEpoch``: max val recall@5; ties (|diff| < 1e-6) by recall@4, 3, 2, 1, then 10, 15, ..."""
+def pick_best_epoch(history, recall_ns, select_by: int = 5) -> int:
+    """``getBestEpoch``: max val recall@5; ties (|diff| < 1e-6) by recall@4, 3, 2, 1, then 10, 15, ...
+    ``select_by`` N != 5: max recall@N first (STML: N = 1, tasks/train.py:199), ties as getBestEpoch."""
     ns = list(recall_ns)
-    order = [5, 4, 3, 2, 1] + [n for n in ns if n > 5]
+    if select_by not in ns:
+        raise NetVladPortError(f"select_by {select_by}: not one of recallNs ({','.join(map(str, ns))})")
+    order = [select_by] + [n for n in [5, 4, 3, 2, 1] + [n for n in ns if n > 5] if n != select_by]
     keys = [ns.index(n) for n in order if n in ns]
     best = None
     for e in sorted(history.val_recall):

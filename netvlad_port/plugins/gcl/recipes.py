@@ -1,13 +1,16 @@
-"""GCL's recipes ([docs/gcl.md](../../../docs/gcl.md)): plain SGD lr 0.1 (no momentum, no weight decay),
-32 pairs a batch, lr / 10 every 25 steps (``src/train.py``; our epoch stands for its 10,000-query step),
-and the demo's run on the synthetic MSLS layout."""
+"""GCL's recipes ([docs/gcl.md](../../../docs/gcl.md#training)): ``train.py``'s defaults -- 52 steps of
+10,000 queries (an epoch of the loop is one step), 32 pairs a batch in mini-batches of 2 pairs, plain
+SGD lr 0.1 on every parameter, lr / 10 every 25 steps, validation on all of MSLS-val after each step
+under GCL's protocol, the best step by recall@5 -- and the demo's run on the synthetic MSLS layout."""
 
 from ...demo import Demo, register_demo
 from ...train.recipes import register_recipe
 
-register_recipe("gcl", {"loss": "gcl", "learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 32,
-                        "lr_down_freq": 25, "lr_down_factor": 10, "back_prop_to_layer": "conv5_1", "pca_dim": 0},
-                "GCL's training: plain SGD lr 0.1, 32 pairs a batch, lr / 10 every 25 epochs")  # fmt: skip
+GCL = {"loss": "gcl", "learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0, "batch_size": 32,
+       "lr_down_freq": 25, "lr_down_factor": 10, "back_prop_to_layer": "backbone", "n_epoch": 52,
+       "step_queries": 10_000, "forward": "siamese", "select_by": 5, "val_protocol": "gcl", "pca_dim": 0}  # fmt: skip
+register_recipe("gcl", GCL, "GCL's train.py: 52 steps of 10,000 queries, 32 pairs a batch as 16 x 2, plain SGD "
+                "lr 0.1 on every parameter, lr / 10 every 25 steps, best step by val recall@5")  # fmt: skip
 register_recipe("demo-gcl", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
                              "batch_size": 32, "back_prop_to_layer": "backbone", "pca_dim": 0},
                 "the gcl demo: plain SGD lr 1.0 for its 1/8-width VGG-GeM")  # fmt: skip
