@@ -11,9 +11,8 @@ GCL = {"loss": "gcl", "learning_rate": 0.1, "momentum": 0.0, "weight_decay": 0.0
        "step_queries": 10_000, "forward": "siamese", "select_by": 5, "val_protocol": "gcl", "pca_dim": 0}  # fmt: skip
 register_recipe("gcl", GCL, "GCL's train.py: 52 steps of 10,000 queries, 32 pairs a batch as 16 x 2, plain SGD "
                 "lr 0.1 on every parameter, lr / 10 every 25 steps, best step by val recall@5")  # fmt: skip
-register_recipe("demo-gcl", {"loss": "gcl", "learning_rate": 1.0, "momentum": 0.0, "weight_decay": 0.0,
-                             "batch_size": 32, "back_prop_to_layer": "backbone", "pca_dim": 0},
-                "the gcl demo: plain SGD lr 1.0 for its 1/8-width VGG-GeM")  # fmt: skip
+register_recipe("demo-gcl", {**GCL, "learning_rate": 1.0}, "the gcl demo: GCL's recipe (steps of all the "
+                "synthetic queries, pairs in mini-batches of 2), lr 1.0 for its 1/8-width VGG-GeM")  # fmt: skip
 
 
 def demo_network():
@@ -29,5 +28,6 @@ def demo_network():
 register_demo(Demo(
     "gcl", "msls", ("msls-train", "msls-val", "msls-val"), "gem", (("trained", "trained", "demo-gcl", {}),),
     epochs=6, protocol="gcl", network=demo_network,
-    about="GCL (pairs 50/25/25, plain SGD lr 1.0 for this 1/8-width net, whole backbone), best epoch on MSLS-val",
+    about="GCL's recipe (pairs 50/25/25 from the query's city, 2-pair mini-batches, plain SGD lr 1.0 for this "
+    "1/8-width net, whole network, validation every step), best step by MSLS-val recall@5",
 ))  # fmt: skip
