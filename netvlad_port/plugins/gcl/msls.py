@@ -102,6 +102,7 @@ class DbMsls(DbBase):
 
     def __init__(self, root: str | os.PathLike, split: str = "val", cities: list[str] | None = None):
         base = Path(root) / "train_val"
+        self.root = Path(root)
         if cities is None:
             if split not in MSLS_CITIES:
                 raise DatasetError(f"MSLS split {split!r}: expected train or val (the test cities have no positions)")
@@ -112,14 +113,14 @@ class DbMsls(DbBase):
             if absent and split == "val":  # an evaluation on part of MSLS-val is not MSLS-val
                 warnings.warn(f"{base}: MSLS {split} without {', '.join(absent)}", stacklevel=2)
         self.cities = list(cities)
-        parts: dict[str, list] = {k: [] for k in ("names", "utm", "heading", "row", "city")}
+        parts: dict[str, list] = {k: [] for k in ("names", "utm", "heading", "row", "city", "pano")}
         per = {"db": {k: [] for k in parts}, "q": {k: [] for k in parts}}
         self._rows = {}  # city -> (query rows, database rows) in its csv files
         for ci, city in enumerate(self.cities):
             sizes = []
             for kind, sub in (("q", "query"), ("db", "database")):
                 d = read_msls_folder(base / city / sub)
-                keep = np.flatnonzero(~d["pano"])
+                keep = self._kept_rows(base / city / sub, kind, d)
                 sizes.append(len(d["key"]))
                 p = per[kind]
                 p["names"] += [f"{city}/{sub}/images/{k}.jpg" for k in d["key"][keep]]
@@ -127,6 +128,7 @@ class DbMsls(DbBase):
                 p["heading"].append(np.deg2rad(d["ca"][keep]))
                 p["row"].append(keep)
                 p["city"].append(np.full(len(keep), ci))
+                p["pano"].append(d["pano"][keep])
             self._rows[city] = tuple(sizes)
         cat = {kind: {k: np.concatenate(v, axis=-1) for k, v in p.items() if k != "names"} for kind, p in per.items()}
         s = {
@@ -139,17 +141,34 @@ class DbMsls(DbBase):
             "nonTrivPosDistSqThr": NON_TRIV_POS_DIST_SQ_THR,
         }
         name = f"msls_{split}" if len(self.cities) != 1 else f"msls_{self.cities[0]}"
+        name += self._name_suffix()
         super().__init__(name, base, base, s, str(base))
         self.heading_db, self.heading_q = cat["db"]["heading"], cat["q"]["heading"]
         self.db_row, self.q_row = cat["db"]["row"], cat["q"]["row"]
         self.db_city, self.q_city = cat["db"]["city"], cat["q"]["city"]
-        self._db_ids = [np.flatnonzero(self.db_city == ci) for ci in range(len(self.cities))]
+        self.db_pano = cat["db"]["pano"]  # ranked panoramas (evaluation views) are never positives
+        self._db_ids = [np.flatnonzero((self.db_city == ci) & ~self.db_pano) for ci in range(len(self.cities))]
         self._q_ids = [np.flatnonzero(self.q_city == ci) for ci in range(len(self.cities))]
         self._q_local = np.zeros(self.num_queries, np.int64)  # a query's index among its city's queries
         for ids in self._q_ids:
             self._q_local[ids] = np.arange(len(ids))
         self._city_dbs: dict[int, DbBase] = {}
         self._sim_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _kept_rows(self, folder: Path, kind: str, d: dict[str, np.ndarray]) -> np.ndarray:
+        """The csv rows of a city's ``query/`` (kind ``q``) or ``database/`` (``db``) folder the dataset holds:
+        all but the panoramas (evaluation views keep others: ``msls_eval.DbMslsEval``)."""
+        return np.flatnonzero(~d["pano"])
+
+    def _name_suffix(self) -> str:
+        return ""
+
+    def evaluation_view(self, protocol: str = "matlab", **options):
+        """The dataset as ``test`` evaluates it under ``protocol`` (subtask, database panoramas, sequence
+        task: :func:`msls_eval.evaluation_view`)."""
+        from .msls_eval import evaluation_view
+
+        return evaluation_view(self, protocol, **options)
 
     def search_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """The city of each database image and query: retrieval searches the query's city only."""
@@ -278,13 +297,17 @@ MSLS_SCALE = 3.0
 
 def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, cfg, version: str) -> None:
     """The layout ``msls`` of ``make-synthetic``: MSLS's ``train_val/<city>/{database,query}/`` with csv
-    files, each street a city (train: trondheim, london, ...; val: cph, sf; no test split, MSLS's test
-    cities have no positions), compass angles near north (the facades face the camera), every tenth
-    image a panorama, which readers must leave out."""
-    if split not in MSLS_CITIES:
-        return
+    files, each street a city (train: trondheim, london, ...; val: cph, sf), compass angles near north (the
+    facades face the camera), every tenth image a panorama, which readers must leave out; beside them
+    ``seq_info.csv`` and ``subtask_index.csv``, and the test split as MSLS's ``test/<city>/`` (no positions;
+    ``msls_eval.write_synthetic_msls_test``)."""
     from PIL import Image
 
+    from .msls_eval import write_synthetic_msls_test, write_synthetic_seq_subtask
+
+    if split not in MSLS_CITIES:
+        write_synthetic_msls_test(out, split, db, queries)
+        return
     rng = np.random.default_rng(cfg.seed + 1 + split_index)
     for sub, views, sd in (("database", db, 2.0), ("query", queries, 8.0)):
         for st in sorted({v[0] for v in views}):
@@ -297,7 +320,14 @@ def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, c
             pano = [v[1] % PANO_EVERY == PANO_EVERY - 1 for v in mine]
             utm = [(ORIGIN[0] + MSLS_SCALE * (v[2][0] - ORIGIN[0]), v[2][1]) for v in mine]
             write_msls_city(out, city, sub, keys, utm, ca, pano)
+            write_synthetic_seq_subtask(out / "train_val" / city / sub, keys, sub)
 
 
-register_dataset("msls", lambda split, root, spec_dir: DbMsls(root, split), ("train", "val"))
+def _open_msls(split: str, root, spec_dir=None) -> DbBase:
+    from .msls_eval import open_msls
+
+    return open_msls(split, root, spec_dir)
+
+
+register_dataset("msls", _open_msls, ("train", "val", "test"))
 register_layout("msls", write_synthetic_msls, "MSLS's train_val/<city>/ folders (datasets msls-train, msls-val)")
