@@ -203,8 +203,10 @@ def run_evaluation(
         out_dir = results_dir(model, db, dim=dim, resize_queries=resize_queries, precision=precision, protocol=protocol)
     out_dir = Path(out_dir)
     frames = getattr(db, "frames", db)
-    if frames is not db and index is not None:
-        raise NetVladPortError(f"--index: {db.name} ranks sequences, which only the exact search does")
+    if frames is not db and (index is not None or dim):
+        flag = "index" if index is not None else "dim"
+        raise NetVladPortError(f"--{flag}: {db.name} ranks sequences (concatenated frame descriptors), which only "
+                               f"the exact search of whole descriptors does")  # fmt: skip
     frames.check_images()
     db_feats, q_feats = dataset_features(
         model,

@@ -259,3 +259,57 @@ def test_msls_test_end_to_end(world, tmp_path):
         assert len(line) == 1 + 20 and set(line[1:]) <= db_keys and len(set(line[1:])) == 20
     record = json.loads((tmp_path / "t" / "results.json").read_text())
     assert record["ground_truth"] is False and record["recall_at_n"] == {}
+
+
+# -- sequence tasks (mapillary_sls msls.py:263-292) ------------------------------------------------------------
+
+
+def test_sequences_are_arranged_as_mapillary_sls_does():
+    from netvlad_port.plugins.gcl.msls_seq import arrange_as_seq
+
+    keys, frames = np.array(list("AAABBB")), np.array([0, 1, 2, 0, 1, 3])
+    # centres 1..4 of length 3: only rows 0-2 share a key with consecutive frames (4: frames 0, 1, 3)
+    assert arrange_as_seq(keys, frames, 3).tolist() == [[0, 1, 2]]
+    assert arrange_as_seq(keys, frames, 1).tolist() == [[i] for i in range(6)]
+    assert arrange_as_seq(np.array(list("AAAAA")), np.arange(5), 5).tolist() == [[0, 1, 2, 3, 4]]
+
+
+def _seq_info(root, city, sub, seq_keys, frames):
+    rows = [["", "key", "sequence_key", "frame_number"]]
+    rows += [[str(i), f"{sub[0]}{i}", k, str(f)] for i, (k, f) in enumerate(zip(seq_keys, frames))]
+    with open(root / "train_val" / city / sub / "seq_info.csv", "w", newline="") as f:
+        csv.writer(f).writerows(rows)
+
+
+def test_im2seq_by_hand(tmp_path):
+    _hand_city(tmp_path, [0.0, 10.0, 20.0, 100.0, 110.0], [False] * 5, [115.0, -20.0])
+    _seq_info(tmp_path, "cph", "database", ["S"] * 5, range(5))
+    _seq_info(tmp_path, "cph", "query", ["Q", "R"], [0, 0])
+    view = DbMsls(tmp_path, "val", ["cph"]).evaluation_view("gcl", task="im2seq", seq_length=3)
+    assert view.db_seq.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]] and view.q_seq.tolist() == [[0], [1]]
+    # q0 at 115 m: d3 (15 m) and d4 (5 m) are within 25 m, in sequences 1 and 2; q1 at -20 m: d0, sequence 0
+    assert view.pos_q(0).tolist() == [1, 2] and view.pos_q(1).tolist() == [0]
+    db, q = view.combine(np.arange(5, dtype=np.float32)[:, None], np.array([[3.9], [0.0]], np.float32))
+    assert db.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]] and q[0] == pytest.approx([3.9] * 3)
+    res, ranking = test_from_fn(view, db, q, (1, 2), protocol="gcl", return_ranking=True)
+    # q0: sums of squares 27.23 / 12.83 / 4.43 rank sequences 2, 1, 0; q1: 5 / 14 / 29 rank 0, 1, 2
+    assert [r.tolist() for r in ranking.retrieved] == [[2, 1, 0], [0, 1, 2]] and res.recalls == [1.0, 1.0]
+    path = write_key_predictions(ranking, 2, tmp_path / "p.txt")
+    assert path.read_text() == "q0 d2,d3,d4 d1,d2,d3\nq1 d0,d1,d2 d1,d2,d3\n"
+    with pytest.raises(DatasetError, match="--seq-length 2: im2seq needs an odd sequence length"):
+        DbMsls(tmp_path, "val", ["cph"]).evaluation_view("gcl", task="im2seq", seq_length=2)
+
+
+def test_seq2seq_end_to_end(world, tmp_path):
+    out = tmp_path / "p.txt"
+    res = CliRunner().invoke(main, ["test", str(world.net), "--dataset", "msls-val", "--root", str(world.data),
+                                    "--protocol", "gcl", "--task", "seq2seq", "--seq-length", "3",
+                                    "-o", str(tmp_path / "t"), "--predictions-out", str(out), "--quiet"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "msls_val-seq2seq3" in res.output and "96-D" in res.output  # three 32-D frames
+    lines = [line.split(" ") for line in out.read_text().splitlines()]
+    assert all(len(key.split(",")) == 3 for line in lines for key in line)
+    bad = CliRunner().invoke(main, ["test", str(world.net), "--dataset", "msls-val", "--root", str(world.data),
+                                    "--task", "seq2seq", "--seq-length", "3", "--dim", "8",
+                                    "-o", str(tmp_path / "u")])  # fmt: skip
+    assert bad.exit_code != 0 and "--dim: msls_val-seq2seq" in bad.output and "Traceback" not in bad.output

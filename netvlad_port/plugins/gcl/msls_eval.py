@@ -162,11 +162,11 @@ def evaluation_view(db, protocol: str, subtask: str | None = None, db_panoramas:
         db_panoramas = "rank" if protocol.lower() == "gcl" else "drop"
     if db_panoramas not in DB_PANORAMAS:
         raise DatasetError(f"--db-panoramas {db_panoramas}: expected {' or '.join(DB_PANORAMAS)}")
+    if task != "im2im":
+        return SequenceView(db, task, seq_length, column, db_panoramas == "rank")
     if isinstance(db, DbMslsTest):
-        view = DbMslsTest(db.root, column) if column else db
-    else:
-        view = DbMslsEval(db.root, db.which_set, db.cities, column, db_panoramas == "rank")
-    return view if task == "im2im" else SequenceView(view, task, seq_length)
+        return DbMslsTest(db.root, column) if column else db
+    return DbMslsEval(db.root, db.which_set, db.cities, column, db_panoramas == "rank")
 
 
 def prediction_keys(names: list[str]) -> list[str]:
