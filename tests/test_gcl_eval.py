@@ -147,7 +147,7 @@ def test_database_panoramas_count_as_misses(tmp_path):
     feats_db = np.array([[0.0], [2.0], [1.0], [3.0]], np.float32)  # q0 ranks d0, d2, d1, d3
     feats_q = np.array([[0.0], [3.0]], np.float32)  # q1 (at d3) ranks d3 first
     ranked = DbMslsEval(tmp_path, "val", ["cph"], rank_db_panoramas=True)
-    dropped = DbMsls(tmp_path, "val", ["cph"]).evaluation_view("gcl", db_panoramas="drop")
+    dropped = DbMslsEval(tmp_path, "val", ["cph"]).evaluation_view("gcl", db_panoramas="drop")
     assert ranked.num_images == 4 and dropped.num_images == 3 and ranked.pos_q(0).tolist() == [1]
     r = test_from_fn(ranked, feats_db, feats_q, (1, 2, 3), protocol="gcl")
     d = test_from_fn(dropped, feats_db[1:], feats_q, (1, 2, 3), protocol="gcl")
@@ -155,8 +155,9 @@ def test_database_panoramas_count_as_misses(tmp_path):
     assert r.recalls == pytest.approx([0.5, 0.5, 1.0]) and r.maps == pytest.approx([0.5, 0.5, (1 / 3 + 1) / 2])
     assert d.recalls == pytest.approx([0.5, 1.0, 1.0]) and d.maps == pytest.approx([0.5, 0.75, 0.75])
     # the default of --protocol gcl is GCL's (ranked); MATLAB's protocol keeps ours (dropped)
-    base = DbMsls(tmp_path, "val", ["cph"])
-    assert base.evaluation_view("gcl").num_images == 4 and base.evaluation_view("matlab").num_images == 3
+    base = DbMslsEval(tmp_path, "val", ["cph"])
+    assert isinstance(base, DbMsls) and base.evaluation_view("gcl").num_images == 4
+    assert base.evaluation_view("matlab").num_images == 3
 
 
 # -- subtasks (mapillary_sls msls.py:101-111) -------------------------------------------------------------
@@ -165,7 +166,7 @@ def test_database_panoramas_count_as_misses(tmp_path):
 def test_subtask_filters_queries_and_database_by_hand(tmp_path):
     subtask = {"database": [True, False, True, True], "query": [False, True]}
     _hand_city(tmp_path, [0.0, 5.0, 100.0, 200.0], [False, True, False, False], [0.0, 200.0], subtask=subtask)
-    db = DbMsls(tmp_path, "val", ["cph"])
+    db = DbMslsEval(tmp_path, "val", ["cph"])
     view = db.evaluation_view("gcl", subtask="day2night")  # column d2n; the panorama d1 is outside it
     assert view.name == "msls_cph-d2n"
     assert [n.split("/")[-1] for n in view.db_image_fns] == ["d0.jpg", "d2.jpg", "d3.jpg"]
@@ -285,7 +286,7 @@ def test_im2seq_by_hand(tmp_path):
     _hand_city(tmp_path, [0.0, 10.0, 20.0, 100.0, 110.0], [False] * 5, [115.0, -20.0])
     _seq_info(tmp_path, "cph", "database", ["S"] * 5, range(5))
     _seq_info(tmp_path, "cph", "query", ["Q", "R"], [0, 0])
-    view = DbMsls(tmp_path, "val", ["cph"]).evaluation_view("gcl", task="im2seq", seq_length=3)
+    view = DbMslsEval(tmp_path, "val", ["cph"]).evaluation_view("gcl", task="im2seq", seq_length=3)
     assert view.db_seq.tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]] and view.q_seq.tolist() == [[0], [1]]
     # q0 at 115 m: d3 (15 m) and d4 (5 m) are within 25 m, in sequences 1 and 2; q1 at -20 m: d0, sequence 0
     assert view.pos_q(0).tolist() == [1, 2] and view.pos_q(1).tolist() == [0]
@@ -297,7 +298,7 @@ def test_im2seq_by_hand(tmp_path):
     path = write_key_predictions(ranking, 2, tmp_path / "p.txt")
     assert path.read_text() == "q0 d2,d3,d4 d1,d2,d3\nq1 d0,d1,d2 d1,d2,d3\n"
     with pytest.raises(DatasetError, match="--seq-length 2: im2seq needs an odd sequence length"):
-        DbMsls(tmp_path, "val", ["cph"]).evaluation_view("gcl", task="im2seq", seq_length=2)
+        DbMslsEval(tmp_path, "val", ["cph"]).evaluation_view("gcl", task="im2seq", seq_length=2)
 
 
 def test_seq2seq_end_to_end(world, tmp_path):

@@ -10,7 +10,8 @@ the csv's own; retrieval and ground truth stay inside the query's city: ``search
 cities to the core's search, and positives, training positives and negatives come from the city's own
 ``DbBase`` (GCL's ``validate.py`` and mapillary_sls search and label each city on its own).
 
-``make-synthetic --layout msls`` (the layout ``msls``, :func:`write_synthetic_msls`) writes the layout.
+``make-synthetic --layout msls`` (the layout ``msls``, :func:`write_synthetic_msls`) writes the layout; the
+dataset ``msls`` is registered in ``msls_eval``, which adds ``test``'s evaluation views.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from ...datasets.db_base import DatasetError, DbBase
-from ...datasets.registry import register_dataset
 from ...datasets.synthetic import MASKS, ORIGIN, register_layout, save_view
 from .labels import RADIUS, fov_overlaps
 
@@ -38,6 +38,14 @@ POS_DIST_THR = 25.0  # GCL evaluates with posDistThr=25 (src/validate.py:22); MS
 NON_TRIV_POS_DIST_SQ_THR = 100.0  # MSLS's training posDistThr, 10 m
 RECALL_NS = (1, 5, 10, 20)  # GCL src/validate.py:18, mapillary_sls eval.py:18
 GT_KEYS = {"graded": "fov", "binary": "sim"}
+TEST_CITIES = (
+    "miami",
+    "athens",
+    "buenosaires",
+    "stockholm",
+    "bengaluru",
+    "kampala",
+)  # mapillary_sls msls.py:21 (no positions)
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
@@ -162,13 +170,6 @@ class DbMsls(DbBase):
 
     def _name_suffix(self) -> str:
         return ""
-
-    def evaluation_view(self, protocol: str = "matlab", **options):
-        """The dataset as ``test`` evaluates it under ``protocol`` (subtask, database panoramas, sequence
-        task: :func:`msls_eval.evaluation_view`)."""
-        from .msls_eval import evaluation_view
-
-        return evaluation_view(self, protocol, **options)
 
     def search_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """The city of each database image and query: retrieval searches the query's city only."""
@@ -298,16 +299,12 @@ MSLS_SCALE = 3.0
 def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, cfg, version: str) -> None:
     """The layout ``msls`` of ``make-synthetic``: MSLS's ``train_val/<city>/{database,query}/`` with csv
     files, each street a city (train: trondheim, london, ...; val: cph, sf), compass angles near north (the
-    facades face the camera), every tenth image a panorama, which readers must leave out; beside them
-    ``seq_info.csv`` and ``subtask_index.csv``, and the test split as MSLS's ``test/<city>/`` (no positions;
-    ``msls_eval.write_synthetic_msls_test``)."""
+    facades face the camera), every tenth image a panorama, which readers must leave out. The layout as
+    registered adds the evaluation files and the test cities (:func:`write_synthetic_layout`)."""
+    if split not in MSLS_CITIES:
+        return
     from PIL import Image
 
-    from .msls_eval import write_synthetic_msls_test, write_synthetic_seq_subtask
-
-    if split not in MSLS_CITIES:
-        write_synthetic_msls_test(out, split, db, queries)
-        return
     rng = np.random.default_rng(cfg.seed + 1 + split_index)
     for sub, views, sd in (("database", db, 2.0), ("query", queries, 8.0)):
         for st in sorted({v[0] for v in views}):
@@ -320,14 +317,76 @@ def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, c
             pano = [v[1] % PANO_EVERY == PANO_EVERY - 1 for v in mine]
             utm = [(ORIGIN[0] + MSLS_SCALE * (v[2][0] - ORIGIN[0]), v[2][1]) for v in mine]
             write_msls_city(out, city, sub, keys, utm, ca, pano)
-            write_synthetic_seq_subtask(out / "train_val" / city / sub, keys, sub)
 
 
-def _open_msls(split: str, root, spec_dir=None) -> DbBase:
-    from .msls_eval import open_msls
+SEQ_FRAMES = 10  # make-synthetic --layout msls: each 10 consecutive csv rows are one sequence
+# The synthetic rows' conditions (make-synthetic only): row i of query/ and database/ is at night, in winter,
+# or old when these hold; a subtask X2Y keeps the database images in X and the queries in Y.
+CONDITIONS = {
+    "query": {"night": lambda i: i % 3 == 0, "winter": lambda i: i % 2 == 0, "old": lambda i: i % 5 < 2},
+    "database": {"night": lambda i: i % 4 == 0, "winter": lambda i: i % 3 == 0, "old": lambda i: i % 2 == 0},
+}
+SUBTASK_CONDITIONS = {
+    "s2w": ("winter", False),
+    "w2s": ("winter", True),
+    "d2n": ("night", False),
+    "n2d": ("night", True),
+    "o2n": ("old", True),
+    "n2o": ("old", False),
+}  # (condition, db has it)
 
-    return open_msls(split, root, spec_dir)
+
+def synthetic_subtask_rows(sub: str, n: int) -> dict[str, list[bool]]:
+    """The columns of a synthetic ``subtask_index.csv`` (``all`` and one per subtask) for ``n`` rows of ``sub``."""
+    cols = {"all": [True] * n}
+    for column, (cond, db_has) in SUBTASK_CONDITIONS.items():
+        want = db_has if sub == "database" else not db_has
+        cols[column] = [bool(CONDITIONS[sub][cond](i)) == want for i in range(n)]
+    return cols
 
 
-register_dataset("msls", _open_msls, ("train", "val", "test"))
-register_layout("msls", write_synthetic_msls, "MSLS's train_val/<city>/ folders (datasets msls-train, msls-val)")
+def write_synthetic_layout(out: Path, split: str, split_index: int, db, queries, cfg, version: str) -> None:
+    """The layout ``msls`` of ``make-synthetic``: :func:`msls.write_synthetic_msls`, then in each city folder
+    ``seq_info.csv`` and ``subtask_index.csv`` (:func:`write_synthetic_seq_subtask`), and the test cities."""
+    write_synthetic_msls(out, split, split_index, db, queries, cfg, version)
+    if split not in MSLS_CITIES:
+        write_synthetic_msls_test(out, split, db, queries)
+        return
+    for city in MSLS_CITIES[split][: len({v[0] for v in db})]:
+        for sub in ("query", "database"):
+            folder = out / "train_val" / city / sub
+            write_synthetic_seq_subtask(folder, _read_csv(folder / "raw.csv", ("key",))["key"], sub)
+
+
+def write_synthetic_seq_subtask(folder: Path, keys: list[str], sub: str) -> None:
+    """``seq_info.csv`` (sequences of :data:`SEQ_FRAMES` consecutive rows) and ``subtask_index.csv`` of a
+    synthetic ``query/`` or ``database/`` folder, in MSLS's columns."""
+    from ...io_utils import atomic_file
+
+    seq = [["", "key", "sequence_key", "frame_number"]]
+    seq += [[str(i), k, f"{k[:-5]}s{i // SEQ_FRAMES}", str(i % SEQ_FRAMES)] for i, k in enumerate(keys)]
+    cols = synthetic_subtask_rows(sub, len(keys))
+    subtask = [[""] + list(cols)] + [[str(i)] + [str(c[i]) for c in cols.values()] for i in range(len(keys))]
+    for name, rows in (("seq_info.csv", seq), ("subtask_index.csv", subtask)):
+        with atomic_file(folder / name, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+
+def write_synthetic_msls_test(out: Path, split: str, db, queries) -> None:
+    """The test split of ``make-synthetic --layout msls``: ``test/<city>/{query,database}/`` (miami, athens) with
+    images, ``seq_info.csv`` and ``subtask_index.csv`` and no positions, as MSLS releases its test cities."""
+    from PIL import Image
+
+    if split != "test":
+        return
+    for sub, views in (("database", db), ("query", queries)):
+        for st in sorted({v[0] for v in views}):
+            folder = out / "test" / TEST_CITIES[st] / sub
+            mine = [v for v in views if v[0] == st]
+            keys = [f"{split}{st}{sub[0]}{v[1]:05d}" for v in mine]
+            for key, (_, _, _, image, lab) in zip(keys, mine):
+                save_view(Image, image, folder / "images" / f"{key}.jpg", lab, out / MASKS)
+            write_synthetic_seq_subtask(folder, keys, sub)
+
+
+register_layout("msls", write_synthetic_layout, "MSLS's train_val/<city>/ and test/<city>/ (datasets msls-*)")

@@ -6,19 +6,19 @@ sequences of ``seq_info.csv`` for the tasks im2seq, seq2im and seq2seq.
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
 from ...datasets.db_base import DatasetError, DbBase
-from .msls import MSLS_CITIES, POS_DIST_THR, DbMsls
+from ...datasets.registry import register_dataset
+from .msls import POS_DIST_THR, TEST_CITIES, DbMsls
+from .msls_seq import SequenceView, check_task, read_seq_info, read_subtask
 
 # mapillary_sls datasets/msls.py:30 (the csv columns) and README (the long names)
 SUBTASKS = {"all": "all", "summer2winter": "s2w", "winter2summer": "w2s", "old2new": "o2n", "new2old": "n2o",
             "day2night": "d2n", "night2day": "n2d"}  # fmt: skip
-TEST_CITIES = ("miami", "athens", "buenosaires", "stockholm", "bengaluru", "kampala")  # msls.py:21
 TASKS = ("im2im", "im2seq", "seq2im", "seq2seq")  # msls.py:29
 DB_PANORAMAS = ("rank", "drop")
 
@@ -34,58 +34,17 @@ def subtask_column(name: str) -> str:
     raise DatasetError(f"--subtask {name}: expected one of {names}")
 
 
-def _rows(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing ({what})")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise DatasetError(f"{path}: empty")
-    return rows[0], rows[1:]
-
-
-def read_subtask(folder: Path, column: str, n_rows: int | None = None) -> np.ndarray:
-    """The boolean column ``column`` of ``folder/subtask_index.csv``, one value per csv row of the folder
-    (mapillary_sls ``msls.py:101-111``: the rows of a subtask, by position)."""
-    path = folder / "subtask_index.csv"
-    header, rows = _rows(path, f"--subtask {column} reads it; MSLS's metadata holds one per query/ and database/")
-    if column not in header:
-        raise DatasetError(f"{path}: no column {column!r} (header: {','.join(header)})")
-    if n_rows is not None and len(rows) != n_rows:
-        raise DatasetError(f"{path}: {len(rows)} rows, but the folder's csv files have {n_rows}")
-    j, values = header.index(column), {"true": True, "false": False, "1": True, "0": False}
-    try:
-        return np.array([values[row[j].strip().lower()] for row in rows], bool)
-    except (KeyError, IndexError):
-        raise DatasetError(f"{path}: column {column!r} holds a value that is not True/False") from None
-
-
-def read_seq_info(folder: Path) -> dict[str, np.ndarray]:
-    """``key``, ``sequence_key`` and ``frame_number`` of ``folder/seq_info.csv``, in row order."""
-    path = folder / "seq_info.csv"
-    header, rows = _rows(path, "the sequence tasks and the test cities read it")
-    cols = ("key", "sequence_key", "frame_number")
-    missing = [c for c in cols if c not in header]
-    if missing:
-        raise DatasetError(f"{path}: no column {missing[0]!r} (header: {','.join(header)})")
-    out = {c: np.array([row[header.index(c)] for row in rows]) for c in cols}
-    try:
-        out["frame_number"] = out["frame_number"].astype(np.int64)
-    except ValueError:
-        raise DatasetError(f"{path}: column 'frame_number' holds a non-integer") from None
-    return out
-
-
 class DbMslsEval(DbMsls):
-    """MSLS ``val`` (or ``train``) as ``test`` evaluates it: the subtask's rows only (``subtask``, a column
-    of ``subtask_index.csv``; None keeps every row), and with ``rank_db_panoramas`` the database panoramas
-    kept in the search but never positives (GCL ``validate.py:38-46``: they are ranked and count as misses)."""
+    """MSLS ``train`` or ``val`` (the dataset ``msls``): a :class:`DbMsls` that ``test`` can view as it
+    evaluates (:meth:`evaluation_view`): the subtask's rows only (``subtask``, a column of
+    ``subtask_index.csv``; None keeps every row), and with ``rank_db_panoramas`` the database panoramas kept
+    in the search but never positives (GCL ``validate.py:38-46``: they are ranked and count as misses)."""
 
     def __init__(self, root, split: str, cities: list[str] | None = None, subtask: str | None = None,
                  rank_db_panoramas: bool = False):  # fmt: skip
         self.subtask, self.rank_db_panoramas = subtask, rank_db_panoramas
         super().__init__(root, split, cities)
-        if self.num_queries == 0 or self.num_images == 0:
+        if subtask is not None and (self.num_queries == 0 or self.num_images == 0):
             raise DatasetError(f"{self.db_path}: no query or no database image of {', '.join(self.cities)} in the "
                                f"subtask {subtask}")  # fmt: skip
 
@@ -97,6 +56,10 @@ class DbMslsEval(DbMsls):
 
     def _name_suffix(self) -> str:
         return f"-{self.subtask}" if self.subtask else ""
+
+    def evaluation_view(self, protocol: str = "matlab", **options):
+        """The dataset as ``test`` evaluates it under ``protocol`` (:func:`evaluation_view`)."""
+        return evaluation_view(self, protocol, **options)
 
 
 class DbMslsTest(DbBase):
@@ -145,7 +108,7 @@ class DbMslsTest(DbBase):
 
 def open_msls(split: str, root: str | os.PathLike, spec_dir=None) -> DbBase:
     """The dataset family ``msls``: ``train`` and ``val`` (:class:`DbMsls`), ``test`` (:class:`DbMslsTest`)."""
-    return DbMslsTest(root) if split == "test" else DbMsls(root, split)
+    return DbMslsTest(root) if split == "test" else DbMslsEval(root, split)
 
 
 def evaluation_view(db, protocol: str, subtask: str | None = None, db_panoramas: str | None = None,
@@ -154,8 +117,6 @@ def evaluation_view(db, protocol: str, subtask: str | None = None, db_panoramas:
     :data:`SUBTASKS`; None: every image), ``db_panoramas`` ``rank`` (GCL and mapillary_sls: searched, never
     positive; the default of ``--protocol gcl``) or ``drop`` (removed; the default otherwise), and a
     sequence ``task`` with ``seq_length`` frames (``msls_seq.SequenceView``)."""
-    from .msls_seq import SequenceView, check_task
-
     column = subtask_column(subtask) if subtask is not None else None
     seq_length = check_task(task, seq_length)
     if db_panoramas is None:
@@ -166,71 +127,10 @@ def evaluation_view(db, protocol: str, subtask: str | None = None, db_panoramas:
         return SequenceView(db, task, seq_length, column, db_panoramas == "rank")
     if isinstance(db, DbMslsTest):
         return DbMslsTest(db.root, column) if column else db
+    as_opened = not (getattr(db, "subtask", None) or getattr(db, "rank_db_panoramas", False))
+    if column is None and db_panoramas == "drop" and as_opened:
+        return db  # panoramas dropped, every image: the dataset as opened
     return DbMslsEval(db.root, db.which_set, db.cities, column, db_panoramas == "rank")
 
 
-def prediction_keys(names: list[str]) -> list[str]:
-    """MSLS keys of image names (``.../images/<key>.jpg``), as GCL's ``extract_msls_top_k`` writes them."""
-    return [Path(n).stem for n in names]
-
-
-SEQ_FRAMES = 10  # make-synthetic --layout msls: each 10 consecutive csv rows are one sequence
-# The synthetic rows' conditions (make-synthetic only): row i of query/ and database/ is at night, in winter,
-# or old when these hold; a subtask X2Y keeps the database images in X and the queries in Y.
-CONDITIONS = {
-    "query": {"night": lambda i: i % 3 == 0, "winter": lambda i: i % 2 == 0, "old": lambda i: i % 5 < 2},
-    "database": {"night": lambda i: i % 4 == 0, "winter": lambda i: i % 3 == 0, "old": lambda i: i % 2 == 0},
-}
-SUBTASK_CONDITIONS = {
-    "s2w": ("winter", False),
-    "w2s": ("winter", True),
-    "d2n": ("night", False),
-    "n2d": ("night", True),
-    "o2n": ("old", True),
-    "n2o": ("old", False),
-}  # (condition, db has it)
-
-
-def synthetic_subtask_rows(sub: str, n: int) -> dict[str, list[bool]]:
-    """The columns of a synthetic ``subtask_index.csv`` (``all`` and one per subtask) for ``n`` rows of ``sub``."""
-    cols = {"all": [True] * n}
-    for column, (cond, db_has) in SUBTASK_CONDITIONS.items():
-        want = db_has if sub == "database" else not db_has
-        cols[column] = [bool(CONDITIONS[sub][cond](i)) == want for i in range(n)]
-    return cols
-
-
-def write_synthetic_seq_subtask(folder: Path, keys: list[str], sub: str) -> None:
-    """``seq_info.csv`` (sequences of :data:`SEQ_FRAMES` consecutive rows) and ``subtask_index.csv`` of a
-    synthetic ``query/`` or ``database/`` folder, in MSLS's columns."""
-    from ...io_utils import atomic_file
-
-    seq = [["", "key", "sequence_key", "frame_number"]]
-    seq += [[str(i), k, f"{k[:-5]}s{i // SEQ_FRAMES}", str(i % SEQ_FRAMES)] for i, k in enumerate(keys)]
-    cols = synthetic_subtask_rows(sub, len(keys))
-    subtask = [[""] + list(cols)] + [[str(i)] + [str(c[i]) for c in cols.values()] for i in range(len(keys))]
-    for name, rows in (("seq_info.csv", seq), ("subtask_index.csv", subtask)):
-        with atomic_file(folder / name, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
-            csv.writer(f).writerows(rows)
-
-
-def write_synthetic_msls_test(out: Path, split: str, db, queries) -> None:
-    """The test split of ``make-synthetic --layout msls``: ``test/<city>/{query,database}/`` (miami, athens) with
-    images, ``seq_info.csv`` and ``subtask_index.csv`` and no positions, as MSLS releases its test cities."""
-    from PIL import Image
-
-    from ...datasets.synthetic import MASKS, save_view
-
-    if split != "test":
-        return
-    for sub, views in (("database", db), ("query", queries)):
-        for st in sorted({v[0] for v in views}):
-            folder = out / "test" / TEST_CITIES[st] / sub
-            mine = [v for v in views if v[0] == st]
-            keys = [f"{split}{st}{sub[0]}{v[1]:05d}" for v in mine]
-            for key, (_, _, _, image, lab) in zip(keys, mine):
-                save_view(Image, image, folder / "images" / f"{key}.jpg", lab, out / MASKS)
-            write_synthetic_seq_subtask(folder, keys, sub)
-
-
-__all__ = ["DbMslsEval", "DbMslsTest", "MSLS_CITIES", "evaluation_view", "open_msls", "read_subtask"]
+register_dataset("msls", open_msls, ("train", "val", "test"))

@@ -1,5 +1,5 @@
 """MSLS's sequence tasks (mapillary_sls ``datasets/msls.py:67-75, 97-180, 263-292``): ``im2seq``, ``seq2im``
-and ``seq2seq`` with sequences of ``seq_length`` frames ([docs/gcl.md](../../../docs/gcl.md#sequence-tasks)).
+and ``seq2seq`` with sequences of ``seq_length`` frames ([docs/gcl.md](../../../docs/gcl.md#msls-evaluation)).
 
 A sequence is centred on a csv row and takes the rows around it (``arange_as_seq``): all of one
 ``sequence_key`` of ``seq_info.csv`` with consecutive ``frame_number``; the subtask and the panorama flag
@@ -11,6 +11,7 @@ as often as the other side's frames, so the squared distance is the sum over ali
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,48 @@ from ...datasets.db_base import DatasetError, DbBase
 from .msls import POS_DIST_THR, read_msls_folder
 
 TASKS = ("im2im", "im2seq", "seq2im", "seq2seq")
+
+
+def _rows(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: missing ({what})")
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        raise DatasetError(f"{path}: empty")
+    return rows[0], rows[1:]
+
+
+def read_subtask(folder: Path, column: str, n_rows: int | None = None) -> np.ndarray:
+    """The boolean column ``column`` of ``folder/subtask_index.csv``, one value per csv row of the folder
+    (mapillary_sls ``msls.py:101-111``: the rows of a subtask, by position)."""
+    path = folder / "subtask_index.csv"
+    header, rows = _rows(path, f"--subtask {column} reads it; MSLS's metadata holds one per query/ and database/")
+    if column not in header:
+        raise DatasetError(f"{path}: no column {column!r} (header: {','.join(header)})")
+    if n_rows is not None and len(rows) != n_rows:
+        raise DatasetError(f"{path}: {len(rows)} rows, but the folder's csv files have {n_rows}")
+    j, values = header.index(column), {"true": True, "false": False, "1": True, "0": False}
+    try:
+        return np.array([values[row[j].strip().lower()] for row in rows], bool)
+    except (KeyError, IndexError):
+        raise DatasetError(f"{path}: column {column!r} holds a value that is not True/False") from None
+
+
+def read_seq_info(folder: Path) -> dict[str, np.ndarray]:
+    """``key``, ``sequence_key`` and ``frame_number`` of ``folder/seq_info.csv``, in row order."""
+    path = folder / "seq_info.csv"
+    header, rows = _rows(path, "the sequence tasks and the test cities read it")
+    cols = ("key", "sequence_key", "frame_number")
+    missing = [c for c in cols if c not in header]
+    if missing:
+        raise DatasetError(f"{path}: no column {missing[0]!r} (header: {','.join(header)})")
+    out = {c: np.array([row[header.index(c)] for row in rows]) for c in cols}
+    try:
+        out["frame_number"] = out["frame_number"].astype(np.int64)
+    except ValueError:
+        raise DatasetError(f"{path}: column 'frame_number' holds a non-integer") from None
+    return out
 
 
 def check_task(task: str, seq_length: int | None) -> int:
@@ -50,8 +93,6 @@ def arrange_as_seq(seq_key: np.ndarray, frame: np.ndarray, length: int) -> np.nd
 def city_sequences(folder: Path, length: int, test: bool, subtask: str | None, drop_panoramas: bool):
     """(keys, 2 x n positions, panorama flags) of a ``query/`` or ``database/`` folder's csv rows, and its
     sequences (rows, S x length) kept by the centre frame's subtask and panorama flag (``msls.py:97-119``)."""
-    from .msls_eval import read_seq_info, read_subtask
-
     info = read_seq_info(folder)
     n = len(info["key"])
     if test:
@@ -80,10 +121,8 @@ class SequenceView:
     is_msls = True
 
     def __init__(self, base, task: str, seq_length: int, subtask: str | None = None, rank_db_panoramas: bool = False):
-        from .msls_eval import DbMslsTest
-
         self.task, self.seq_length, self.subtask = task, seq_length, subtask
-        test = isinstance(base, DbMslsTest)
+        test = not getattr(base, "has_ground_truth", True)  # the test cities: no positions, no raw.csv
         self.has_ground_truth = not test
         top = base.root / ("test" if test else "train_val")
         lengths = {"query": seq_length if task.startswith("seq") else 1,
