@@ -587,13 +587,27 @@ class DatasetOption(click.Option):
     default=None,
     help="Raw VLAD: reorder components cluster-major before PQ [on for PQ indexes].",
 )
+@click.option("--subtask", default=None,
+              help="MSLS: only the images of this subtask_index.csv column (all, summer2winter/s2w, "
+                   "winter2summer/w2s, day2night/d2n, night2day/n2d, old2new/o2n, new2old/n2o).")  # fmt: skip
+@click.option("--task", type=click.Choice(["im2im", "im2seq", "seq2im", "seq2seq"]), default="im2im",
+              show_default=True,
+              help="MSLS: queries and database as images or as sequences of seq_info.csv.")  # fmt: skip
+@click.option("--seq-length", type=int, default=None, help="MSLS: frames per sequence of the seq tasks (odd, 3+).")
+@click.option("--db-panoramas", type=click.Choice(["rank", "drop"]), default=None,
+              help="MSLS: database panoramas searched but never positive (rank: GCL, mapillary_sls) or removed "
+                   "(drop) [rank with --protocol gcl, else drop].")  # fmt: skip
+@click.option("--predictions-out", type=click.Path(path_type=Path), default=None,
+              help="Also write MSLS's predictions file (query key, then the keys of the first max(N) "
+                   "predictions, per line): what its benchmark server takes for msls-test.")  # fmt: skip
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace features in OUT made by another model, with other options or "
               "from other image files.")  # fmt: skip
 @_friendly
 def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, workers, device, precision, normalize,
              resize_queries, protocol, recall_ns, pos_dist_thr, num_preds_to_save, save_only_wrong, index,
-             index_params, max_memory, chunk_size, exact_sample, cluster_major, quiet, force):  # fmt: skip
+             index_params, max_memory, chunk_size, exact_sample, cluster_major, subtask, task, seq_length,
+             db_panoramas, predictions_out, quiet, force):  # fmt: skip
     """Recall@N on a dataset, as MATLAB's testFromFn (all queries count), or as GCL reports it."""
     from .datasets import open_dataset
     from .evaluate import run_evaluation
@@ -602,25 +616,43 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
     if num_preds_to_save < 0:
         raise NetVladPortError(f"--num-preds-to-save {num_preds_to_save}: must be 0 or more")
     db = open_dataset(dataset, root, spec_dir, pos_dist_thr=pos_dist_thr)
+    db = _evaluation_view(db, protocol, subtask=subtask, task=task, seq_length=seq_length, db_panoramas=db_panoramas)
     model = load(model_path, normalize=normalize)
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
                          num_workers=workers, protocol=protocol, force=force, recall_ns=recall_ns,
                          num_preds_to_save=num_preds_to_save, save_only_wrong=save_only_wrong, index=index,
                          index_params=index_params, max_memory=max_memory, chunk_size=chunk_size,
-                         exact_sample=exact_sample, cluster_major=cluster_major)  # fmt: skip
+                         exact_sample=exact_sample, cluster_major=cluster_major,
+                         predictions_out=predictions_out)  # fmt: skip
     out_dir = Path(res.out_dir)
     left = "counted as failures" if res.num_queries == db.num_queries else "left out"
-    click.echo(f"{db.name}: {res.num_queries} queries ({res.queries_without_positives} without positives, {left}), "
-               f"{res.dim}-D, {res.search}, protocol {protocol}")  # fmt: skip
+    counts = f"{res.queries_without_positives} without positives, {left}" if res.ground_truth else "no ground truth"
+    pca = f", PCA fitted on {res.pca_fit}" if res.pca_fit else ""
+    click.echo(f"{db.name}: {res.num_queries} queries ({counts}), {res.dim}-D{pca}, {res.search}, protocol {protocol}")
     click.echo(res.table())
+    if predictions_out is not None:
+        click.echo(f"predictions (MSLS format, {max(res.recall_ns)} per query) in {predictions_out}")
     if res.exact_sample:
         ex = res.exact_sample
         line = ", ".join(f"R@{n} {ex['recall_at_n'][n] * 100:.2f} exact / {ex['approximate_recall_at_n'][n] * 100:.2f}"
                          for n in ex["recall_at_n"] if n in ("1", "5", "10"))  # fmt: skip
         click.echo(f"exact on {ex['num_queries']} sampled queries: {line}")
-    names = ["results.json", "predictions.csv", "pairs.txt", "recall.png", "mosaic.png"]
+    names = ["results.json", "predictions.csv", "pairs.txt"] + ["recall.png"] * res.ground_truth + ["mosaic.png"]
     names += ["preds/"] if num_preds_to_save else []
     click.echo(f"results in {out_dir}: {', '.join(names)}")
+
+
+def _evaluation_view(db, protocol: str, task: str = "im2im", **options):
+    """The dataset as ``test`` evaluates it under ``protocol`` (its ``evaluation_view`` capability: MSLS's
+    subtasks, sequence tasks and database panoramas); the options are refused for other datasets."""
+    view = getattr(db, "evaluation_view", None)
+    if callable(view):
+        return view(protocol, task=task, **options)
+    given = [k for k, v in options.items() if v is not None] + (["task"] if task != "im2im" else [])
+    if given:
+        raise NetVladPortError(f"--{given[0].replace('_', '-')}: for MSLS datasets only ({db.name} has no such "
+                               f"option)")  # fmt: skip
+    return db
 
 
 @main.command()
@@ -813,6 +845,9 @@ def cluster(
 @click.option("--no-white", is_flag=True, help="PCA without whitening.")
 @click.option("--n-train-cap", type=int, default=10000, show_default=True, help="nTrainCap: at most this many images.")
 @click.option("--again", is_flag=True, help="Add (W)PCA to a network that has one already (MATLAB would).")
+@click.option("--fit-on", type=click.Choice(["train", "database"]), default="train", show_default=True,
+              help="train: addPCA on --dataset, a training split (nTrainCap images). database: GCL's whitening "
+                   "(apply_pca.py) fitted on every database image of --dataset, the evaluation set.")  # fmt: skip
 @_device_option
 @_rng_option
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
@@ -820,16 +855,27 @@ def cluster(
 @_quiet_option
 @click.option("--force", is_flag=True, help="Replace the output folder if it exists.")
 @_friendly
-def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, again, device, rng, out_dir, workers,
-        quiet, force):  # fmt: skip
-    """addPCA: learn (whitened) PCA on the training database and append WPCA + finalL2."""
+def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, again, fit_on, device, rng, out_dir,
+        workers, quiet, force):  # fmt: skip
+    """addPCA: learn (whitened) PCA on the training database (or, --fit-on database, GCL's whitening on an
+    evaluation database) and append WPCA + finalL2."""
     from .converted import save_converted
     from .datasets import open_dataset
     from .loading import load_spec
-    from .pca import add_pca
+    from .pca import add_gcl_whitening, add_pca
 
     refuse_existing(out_dir, force)
     db = open_dataset(dataset, root, spec_dir)
+    if fit_on == "database":
+        if no_white:
+            raise NetVladPortError("--no-white: GCL's database fit always whitens (apply_pca.py:52-71)")
+        db = _evaluation_view(db, "gcl")  # GCL fits on every database image, panoramas included (apply_pca.py:186-190)
+        spec = add_gcl_whitening(load_spec(model_path), db, pca_dim, f"database:{dataset}", again=again,
+                                 device=device, num_workers=workers, progress=not quiet)  # fmt: skip
+        save_converted(spec, out_dir, force=force)
+        click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}, whitening fitted on "
+                   f"the {db.num_images} database images of {db.name}")  # fmt: skip
+        return
     spec = add_pca(
         load_spec(model_path),
         db,
@@ -842,6 +888,7 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, aga
         num_workers=workers,
         progress=not quiet,
     )
+    spec.meta["pca_fit"] = "train"
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 

@@ -101,6 +101,33 @@ def save_predictions(ranking, k: int, out_dir: str | os.PathLike) -> tuple[Path,
     return paths
 
 
+def write_key_predictions(ranking, k: int, path: str | os.PathLike) -> Path:
+    """MSLS's predictions file (mapillary_sls ``evaluate.py``, its benchmark server, GCL
+    ``extract_predictions.py:227-239``): per query, in query order, ``query_key pred_1 ... pred_k``, space
+    separated; keys from the dataset's ``prediction_keys()`` (a sequence: its frames' keys joined by commas),
+    else the image names' stems. Written atomically."""
+    keys = getattr(ranking.db, "prediction_keys", None)
+    if callable(keys):
+        db_keys, q_keys = keys()
+    else:
+        db_keys, q_keys = ([Path(n).stem for n in names] for names in (ranking.db.db_image_fns, ranking.db.q_image_fns))
+    lines = [" ".join([q_keys[iq]] + [db_keys[i] for i in ranking.retrieved[row][:k]]) + "\n"
+             for row, iq in enumerate(ranking.query_ids)]  # fmt: skip
+    with atomic_file(path) as tmp:
+        tmp.write_text("".join(lines))
+    return Path(path)
+
+
+def pca_fit_of(model) -> str | None:
+    """Where the model's (W)PCA was fitted: its ``meta["pca_fit"]`` (``pca`` records it), else ``train`` for a
+    network ending in a WPCA or PCA layer (``addPCA``), else None."""
+    meta = getattr(model, "meta", {}) or {}
+    if meta.get("pca_fit"):
+        return str(meta["pca_fit"])
+    names = getattr(model, "names", None) or []
+    return "train" if {"WPCA", "PCA"} & set(names) else None
+
+
 def dataset_key(db) -> str:
     """The dataset's identity as a short hash: its name, source (spec file or folder) and image folders,
     resolved, its image lists, and its posDistThr unless 25 m."""
@@ -157,6 +184,7 @@ def run_evaluation(
     chunk_size: int | None = None,
     exact_sample: int = 1000,
     cluster_major: bool | None = None,
+    predictions_out: str | os.PathLike | None = None,
 ) -> Results:
     """Recall@N of ``model`` on ``db`` under ``protocol`` (a name of ``retrieval.PROTOCOLS``, which also
     picks the N for the dataset unless ``recall_ns`` are given); features, ``results.json``,
@@ -166,16 +194,23 @@ def run_evaluation(
     The search is exact, the database read from ``db.h5`` a chunk at a time (``max_memory``, ``chunk_size``),
     or with ``index`` (a saved faiss index of ``db.h5`` or an index-factory string; ``index_params``, and
     ``cluster_major`` for raw VLAD); then recall@N is also measured exactly on ``exact_sample`` queries
-    (all if fewer) and both go into ``results.json``."""
+    (all if fewer) and both go into ``results.json``. ``predictions_out``: also write MSLS's submission file
+    there (:func:`write_key_predictions`). A dataset with ``frames`` (an MSLS sequence task) extracts the
+    frames' features and ``combine``s them into the sequences'."""
     recall_ns = check_recall_ns(recall_ns) if recall_ns else PROTOCOLS[protocol].recall_ns(db)
     check_dim(model, dim)
     if out_dir is None:
         out_dir = results_dir(model, db, dim=dim, resize_queries=resize_queries, precision=precision, protocol=protocol)
     out_dir = Path(out_dir)
-    db.check_images()
+    frames = getattr(db, "frames", db)
+    if frames is not db and (index is not None or dim):
+        flag = "index" if index is not None else "dim"
+        raise NetVladPortError(f"--{flag}: {db.name} ranks sequences (concatenated frame descriptors), which only "
+                               f"the exact search of whole descriptors does")  # fmt: skip
+    frames.check_images()
     db_feats, q_feats = dataset_features(
         model,
-        db,
+        frames,
         out_dir,
         batch_size=batch_size,
         device=device,
@@ -185,6 +220,8 @@ def run_evaluation(
         num_workers=num_workers,
         force=force,
     )
+    if frames is not db:
+        db_feats, q_feats = db.combine(db_feats, q_feats)
     n_top = max(N_TOP, *recall_ns)
     searcher = None
     if index is not None:
@@ -198,9 +235,13 @@ def run_evaluation(
         res.exact_sample = exact_on_sample(db, db_feats, q_feats, recall_ns, dim, n_top, protocol, searcher,
                                            exact_sample, max_memory, chunk_size)  # fmt: skip
     res.out_dir = str(out_dir)
+    res.pca_fit = pca_fit_of(model)
     save_results(res, out_dir)
     save_predictions(ranking, max(recall_ns), out_dir)
-    plot_recall([res], out_dir / "recall.png")
+    if predictions_out is not None:
+        write_key_predictions(ranking, max(recall_ns), predictions_out)
+    if res.ground_truth:
+        plot_recall([res], out_dir / "recall.png")
     plot_mosaic(db, ranking.retrieved, out_dir / "mosaic.png")
     if num_preds_to_save:
         save_preds(db, ranking.retrieved, out_dir / "preds", num_preds_to_save, save_only_wrong)

@@ -146,3 +146,61 @@ def add_pca(
     meta = dict(spec.meta)
     meta["sessionID"] = f"{meta.get('sessionID', '')}_{name}"
     return validate(NetSpec(layers, meta))
+
+
+def gcl_whitening(x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """GCL ``apply_pca.py`` ``pcawhitenlearn`` (52-71) on N x D rows ``x``, in float64: mean m, covariance
+    Xc'Xc / N (symmetrised), eigenvalues descending, P = diag(lambda^-1/2) E' with no epsilon; returns (m, the
+    first ``dim`` rows of P), which ``whitenapply`` (41-49) uses as y = P (x - m), then y / (||y|| + 1e-6).
+    When D > N the same eigenvectors come from the N x N Gram matrix. Each eigenvector's sign is set so that
+    its entry of largest magnitude is positive (``eig``'s sign is arbitrary; distances do not depend on it)."""
+    from scipy.linalg import eigh
+
+    x = np.asarray(x, np.float64)
+    n, d = x.shape
+    if not 1 <= dim <= d:
+        raise NetVladPortError(f"--pca-dim {dim}: must be between 1 and the descriptor dimension {d}")
+    m = x.mean(0)
+    xc = x - m
+    dual = d > n
+    gram = xc @ xc.T if dual else xc.T @ xc
+    gram = (gram + gram.T) / (2 * n)
+    size = gram.shape[0]
+    p = min(dim, size)
+    lams, v = eigh(gram, subset_by_index=[size - p, size - 1])
+    lams, v = lams[::-1], v[:, ::-1]
+    rank = int((lams > lams[0] * max(n, d) * np.finfo(np.float64).eps).sum()) if lams[0] > 0 else 0
+    if p < dim or rank < dim:
+        r = min(rank, p)
+        raise NetVladPortError(f"--pca-dim {dim}: the {n} database descriptors span only {r} dimensions (GCL's "
+                               f"whitening divides by each eigenvalue); use --pca-dim {r} or less")  # fmt: skip
+    e = xc.T @ v / np.sqrt(n * lams) if dual else v  # D x dim, unit columns
+    e = e * np.sign(e[np.abs(e).argmax(0), np.arange(dim)])
+    return m, e.T / np.sqrt(lams)[:, None]
+
+
+def add_gcl_whitening(spec: NetSpec, db, pca_dim: int, fit_label: str, again: bool = False,
+                      features: np.ndarray | None = None, **feature_kwargs) -> NetSpec:  # fmt: skip
+    """GCL's whitening fitted on ``db``'s database (every image, GCL ``apply_pca.py:183-191``): appends WPCA
+    (weights P', bias -P m of :func:`gcl_whitening`) and finalL2; ``meta["pca_fit"]`` records ``fit_label``
+    (``database:<dataset>``). ``features`` (N x D) skips the extraction."""
+    check_unwhitened(spec, again)
+    if features is None:
+        dim = _output_dim(spec)
+        if pca_dim > dim:
+            raise NetVladPortError(f"--pca-dim {pca_dim}: must be between 1 and the descriptor dimension {dim}")
+        features = pca_features(spec, db, n_train_cap=db.num_images, **feature_kwargs)
+    m, p = gcl_whitening(features, pca_dim)
+    layers = list(spec.layers) + [
+        LayerSpec(
+            CONV,
+            "WPCA",
+            [p.T[None, None].astype(np.float32), (-(p @ m)).astype(np.float32)],
+            {"pad": 0, "stride": 1, "dilate": 1},
+        ),  # fmt: skip
+        LayerSpec(WHOLE_L2, "finalL2"),
+    ]
+    meta = dict(spec.meta)
+    meta["sessionID"] = f"{meta.get('sessionID', '')}_WPCA"
+    meta["pca_fit"] = fit_label
+    return validate(NetSpec(layers, meta))

@@ -39,12 +39,16 @@ class Results:
     pos_dist_thr: float | None = None  # metres: a retrieved image within it of the query is correct
     index: dict | None = None  # an approximate search: the index (factory, file, parameters)
     exact_sample: dict | None = None  # with it: exact and approximate recall@N on a sample of the queries
+    ground_truth: bool = True  # False: the dataset has no public ground truth (MSLS test); recalls are empty
+    pca_fit: str | None = None  # the model's PCA: fitted on "train" or "database:<dataset>"; None without PCA
 
     def recall(self, n: int) -> float:
         return self.recalls[self.recall_ns.index(n)]
 
     def table(self) -> str:
         """Printed as MATLAB's testFromFn does: one line per N (and mAP@N where the protocol has it)."""
+        if not self.ground_truth:
+            return f"{self.dataset}: no public ground truth, recall not computed (submit the predictions instead)"
         maps = self.maps or [None] * len(self.recalls)
         return "\n".join(f"{n:>4}: {r * 100:6.2f}" + (f"   mAP {m * 100:6.2f}" if m is not None else "")
                          for n, r, m in zip(self.recall_ns, self.recalls, maps))  # fmt: skip
@@ -205,7 +209,7 @@ def test_from_fn(
         retrieved.append(r_ids)
     ranking = Ranking(db, qids, retrieved, hits, has_pos, recall_ns, int(db_feats.dim), where, positives,
                       distances)  # fmt: skip
-    res = make_results(ranking)
+    res = make_results(ranking) if getattr(db, "has_ground_truth", True) else unscored_results(ranking, protocol)
     if res.pos_dist_thr is None:
         res.pos_dist_thr = getattr(db, "pos_dist_thr", None)
     if return_ranking:
@@ -214,6 +218,12 @@ def test_from_fn(
 
 
 test_from_fn.__test__ = False  # not a pytest test
+
+
+def unscored_results(r: Ranking, protocol: str) -> Results:
+    """The results of a dataset without public ground truth (``has_ground_truth`` False): no recall."""
+    return Results(r.db.name, r.recall_ns, [], len(r.query_ids), len(r.query_ids), r.dim, r.search, protocol,
+                   ground_truth=False)  # fmt: skip
 
 
 def retrieval_pairs(

@@ -10,7 +10,8 @@ the csv's own; retrieval and ground truth stay inside the query's city: ``search
 cities to the core's search, and positives, training positives and negatives come from the city's own
 ``DbBase`` (GCL's ``validate.py`` and mapillary_sls search and label each city on its own).
 
-``make-synthetic --layout msls`` (the layout ``msls``, :func:`write_synthetic_msls`) writes the layout.
+``make-synthetic --layout msls`` (the layout ``msls``, :func:`write_synthetic_msls`) writes the layout; the
+dataset ``msls`` is registered in ``msls_eval``, which adds ``test``'s evaluation views.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from pathlib import Path
 import numpy as np
 
 from ...datasets.db_base import DatasetError, DbBase
-from ...datasets.registry import register_dataset
 from ...datasets.synthetic import MASKS, ORIGIN, register_layout, save_view
 from .labels import RADIUS, fov_overlaps
 
@@ -38,6 +38,14 @@ POS_DIST_THR = 25.0  # GCL evaluates with posDistThr=25 (src/validate.py:22); MS
 NON_TRIV_POS_DIST_SQ_THR = 100.0  # MSLS's training posDistThr, 10 m
 RECALL_NS = (1, 5, 10, 20)  # GCL src/validate.py:18, mapillary_sls eval.py:18
 GT_KEYS = {"graded": "fov", "binary": "sim"}
+TEST_CITIES = (
+    "miami",
+    "athens",
+    "buenosaires",
+    "stockholm",
+    "bengaluru",
+    "kampala",
+)  # mapillary_sls msls.py:21 (no positions)
 
 
 def _read_csv(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
@@ -102,6 +110,7 @@ class DbMsls(DbBase):
 
     def __init__(self, root: str | os.PathLike, split: str = "val", cities: list[str] | None = None):
         base = Path(root) / "train_val"
+        self.root = Path(root)
         if cities is None:
             if split not in MSLS_CITIES:
                 raise DatasetError(f"MSLS split {split!r}: expected train or val (the test cities have no positions)")
@@ -112,14 +121,14 @@ class DbMsls(DbBase):
             if absent and split == "val":  # an evaluation on part of MSLS-val is not MSLS-val
                 warnings.warn(f"{base}: MSLS {split} without {', '.join(absent)}", stacklevel=2)
         self.cities = list(cities)
-        parts: dict[str, list] = {k: [] for k in ("names", "utm", "heading", "row", "city")}
+        parts: dict[str, list] = {k: [] for k in ("names", "utm", "heading", "row", "city", "pano")}
         per = {"db": {k: [] for k in parts}, "q": {k: [] for k in parts}}
         self._rows = {}  # city -> (query rows, database rows) in its csv files
         for ci, city in enumerate(self.cities):
             sizes = []
             for kind, sub in (("q", "query"), ("db", "database")):
                 d = read_msls_folder(base / city / sub)
-                keep = np.flatnonzero(~d["pano"])
+                keep = self._kept_rows(base / city / sub, kind, d)
                 sizes.append(len(d["key"]))
                 p = per[kind]
                 p["names"] += [f"{city}/{sub}/images/{k}.jpg" for k in d["key"][keep]]
@@ -127,6 +136,7 @@ class DbMsls(DbBase):
                 p["heading"].append(np.deg2rad(d["ca"][keep]))
                 p["row"].append(keep)
                 p["city"].append(np.full(len(keep), ci))
+                p["pano"].append(d["pano"][keep])
             self._rows[city] = tuple(sizes)
         cat = {kind: {k: np.concatenate(v, axis=-1) for k, v in p.items() if k != "names"} for kind, p in per.items()}
         s = {
@@ -139,17 +149,27 @@ class DbMsls(DbBase):
             "nonTrivPosDistSqThr": NON_TRIV_POS_DIST_SQ_THR,
         }
         name = f"msls_{split}" if len(self.cities) != 1 else f"msls_{self.cities[0]}"
+        name += self._name_suffix()
         super().__init__(name, base, base, s, str(base))
         self.heading_db, self.heading_q = cat["db"]["heading"], cat["q"]["heading"]
         self.db_row, self.q_row = cat["db"]["row"], cat["q"]["row"]
         self.db_city, self.q_city = cat["db"]["city"], cat["q"]["city"]
-        self._db_ids = [np.flatnonzero(self.db_city == ci) for ci in range(len(self.cities))]
+        self.db_pano = cat["db"]["pano"]  # ranked panoramas (evaluation views) are never positives
+        self._db_ids = [np.flatnonzero((self.db_city == ci) & ~self.db_pano) for ci in range(len(self.cities))]
         self._q_ids = [np.flatnonzero(self.q_city == ci) for ci in range(len(self.cities))]
         self._q_local = np.zeros(self.num_queries, np.int64)  # a query's index among its city's queries
         for ids in self._q_ids:
             self._q_local[ids] = np.arange(len(ids))
         self._city_dbs: dict[int, DbBase] = {}
         self._sim_cache: dict[tuple[int, str], tuple[np.ndarray, np.ndarray]] = {}
+
+    def _kept_rows(self, folder: Path, kind: str, d: dict[str, np.ndarray]) -> np.ndarray:
+        """The csv rows of a city's ``query/`` (kind ``q``) or ``database/`` (``db``) folder the dataset holds:
+        all but the panoramas (evaluation views keep others: ``msls_eval.DbMslsEval``)."""
+        return np.flatnonzero(~d["pano"])
+
+    def _name_suffix(self) -> str:
+        return ""
 
     def search_groups(self) -> tuple[np.ndarray, np.ndarray]:
         """The city of each database image and query: retrieval searches the query's city only."""
@@ -278,9 +298,9 @@ MSLS_SCALE = 3.0
 
 def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, cfg, version: str) -> None:
     """The layout ``msls`` of ``make-synthetic``: MSLS's ``train_val/<city>/{database,query}/`` with csv
-    files, each street a city (train: trondheim, london, ...; val: cph, sf; no test split, MSLS's test
-    cities have no positions), compass angles near north (the facades face the camera), every tenth
-    image a panorama, which readers must leave out."""
+    files, each street a city (train: trondheim, london, ...; val: cph, sf), compass angles near north (the
+    facades face the camera), every tenth image a panorama, which readers must leave out. The layout as
+    registered adds the evaluation files and the test cities (:func:`write_synthetic_layout`)."""
     if split not in MSLS_CITIES:
         return
     from PIL import Image
@@ -299,5 +319,74 @@ def write_synthetic_msls(out: Path, split: str, split_index: int, db, queries, c
             write_msls_city(out, city, sub, keys, utm, ca, pano)
 
 
-register_dataset("msls", lambda split, root, spec_dir: DbMsls(root, split), ("train", "val"))
-register_layout("msls", write_synthetic_msls, "MSLS's train_val/<city>/ folders (datasets msls-train, msls-val)")
+SEQ_FRAMES = 10  # make-synthetic --layout msls: each 10 consecutive csv rows are one sequence
+# The synthetic rows' conditions (make-synthetic only): row i of query/ and database/ is at night, in winter,
+# or old when these hold; a subtask X2Y keeps the database images in X and the queries in Y.
+CONDITIONS = {
+    "query": {"night": lambda i: i % 3 == 0, "winter": lambda i: i % 2 == 0, "old": lambda i: i % 5 < 2},
+    "database": {"night": lambda i: i % 4 == 0, "winter": lambda i: i % 3 == 0, "old": lambda i: i % 2 == 0},
+}
+SUBTASK_CONDITIONS = {
+    "s2w": ("winter", False),
+    "w2s": ("winter", True),
+    "d2n": ("night", False),
+    "n2d": ("night", True),
+    "o2n": ("old", True),
+    "n2o": ("old", False),
+}  # (condition, db has it)
+
+
+def synthetic_subtask_rows(sub: str, n: int) -> dict[str, list[bool]]:
+    """The columns of a synthetic ``subtask_index.csv`` (``all`` and one per subtask) for ``n`` rows of ``sub``."""
+    cols = {"all": [True] * n}
+    for column, (cond, db_has) in SUBTASK_CONDITIONS.items():
+        want = db_has if sub == "database" else not db_has
+        cols[column] = [bool(CONDITIONS[sub][cond](i)) == want for i in range(n)]
+    return cols
+
+
+def write_synthetic_layout(out: Path, split: str, split_index: int, db, queries, cfg, version: str) -> None:
+    """The layout ``msls`` of ``make-synthetic``: :func:`msls.write_synthetic_msls`, then in each city folder
+    ``seq_info.csv`` and ``subtask_index.csv`` (:func:`write_synthetic_seq_subtask`), and the test cities."""
+    write_synthetic_msls(out, split, split_index, db, queries, cfg, version)
+    if split not in MSLS_CITIES:
+        write_synthetic_msls_test(out, split, db, queries)
+        return
+    for city in MSLS_CITIES[split][: len({v[0] for v in db})]:
+        for sub in ("query", "database"):
+            folder = out / "train_val" / city / sub
+            write_synthetic_seq_subtask(folder, _read_csv(folder / "raw.csv", ("key",))["key"], sub)
+
+
+def write_synthetic_seq_subtask(folder: Path, keys: list[str], sub: str) -> None:
+    """``seq_info.csv`` (sequences of :data:`SEQ_FRAMES` consecutive rows) and ``subtask_index.csv`` of a
+    synthetic ``query/`` or ``database/`` folder, in MSLS's columns."""
+    from ...io_utils import atomic_file
+
+    seq = [["", "key", "sequence_key", "frame_number"]]
+    seq += [[str(i), k, f"{k[:-5]}s{i // SEQ_FRAMES}", str(i % SEQ_FRAMES)] for i, k in enumerate(keys)]
+    cols = synthetic_subtask_rows(sub, len(keys))
+    subtask = [[""] + list(cols)] + [[str(i)] + [str(c[i]) for c in cols.values()] for i in range(len(keys))]
+    for name, rows in (("seq_info.csv", seq), ("subtask_index.csv", subtask)):
+        with atomic_file(folder / name, suffix=".csv") as tmp, open(tmp, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+
+
+def write_synthetic_msls_test(out: Path, split: str, db, queries) -> None:
+    """The test split of ``make-synthetic --layout msls``: ``test/<city>/{query,database}/`` (miami, athens) with
+    images, ``seq_info.csv`` and ``subtask_index.csv`` and no positions, as MSLS releases its test cities."""
+    from PIL import Image
+
+    if split != "test":
+        return
+    for sub, views in (("database", db), ("query", queries)):
+        for st in sorted({v[0] for v in views}):
+            folder = out / "test" / TEST_CITIES[st] / sub
+            mine = [v for v in views if v[0] == st]
+            keys = [f"{split}{st}{sub[0]}{v[1]:05d}" for v in mine]
+            for key, (_, _, _, image, lab) in zip(keys, mine):
+                save_view(Image, image, folder / "images" / f"{key}.jpg", lab, out / MASKS)
+            write_synthetic_seq_subtask(folder, keys, sub)
+
+
+register_layout("msls", write_synthetic_layout, "MSLS's train_val/<city>/ and test/<city>/ (datasets msls-*)")

@@ -36,7 +36,7 @@ def map_at_k(ranked: list, positives: list, k: int) -> float:
 
 def gcl_recall_ns(db) -> tuple[int, ...]:
     """The K GCL reports for a dataset: MSLS's (1, 5, 10, 20), else its Pitts/Tokyo list."""
-    return MSLS_RECALL_NS if isinstance(db, DbMsls) else GCL_RECALL_NS
+    return MSLS_RECALL_NS if isinstance(db, DbMsls) or getattr(db, "is_msls", False) else GCL_RECALL_NS
 
 
 def gcl_results(r: Ranking) -> Results:
