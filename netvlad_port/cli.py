@@ -612,11 +612,12 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
     from .datasets import open_dataset
     from .evaluate import run_evaluation
     from .loading import load
+    from .retrieval import evaluation_view
 
     if num_preds_to_save < 0:
         raise NetVladPortError(f"--num-preds-to-save {num_preds_to_save}: must be 0 or more")
     db = open_dataset(dataset, root, spec_dir, pos_dist_thr=pos_dist_thr)
-    db = _evaluation_view(db, protocol, subtask=subtask, task=task, seq_length=seq_length, db_panoramas=db_panoramas)
+    db = evaluation_view(db, protocol, subtask=subtask, task=task, seq_length=seq_length, db_panoramas=db_panoramas)
     model = load(model_path, normalize=normalize)
     res = run_evaluation(model, db, out_dir, dim, batch_size, device, resize_queries, quiet, precision=precision,
                          num_workers=workers, protocol=protocol, force=force, recall_ns=recall_ns,
@@ -640,19 +641,6 @@ def test_cmd(model_path, dataset, root, spec_dir, dim, out_dir, batch_size, work
     names = ["results.json", "predictions.csv", "pairs.txt"] + ["recall.png"] * res.ground_truth + ["mosaic.png"]
     names += ["preds/"] if num_preds_to_save else []
     click.echo(f"results in {out_dir}: {', '.join(names)}")
-
-
-def _evaluation_view(db, protocol: str, task: str = "im2im", **options):
-    """The dataset as ``test`` evaluates it under ``protocol`` (its ``evaluation_view`` capability: MSLS's
-    subtasks, sequence tasks and database panoramas); the options are refused for other datasets."""
-    view = getattr(db, "evaluation_view", None)
-    if callable(view):
-        return view(protocol, task=task, **options)
-    given = [k for k, v in options.items() if v is not None] + (["task"] if task != "im2im" else [])
-    if given:
-        raise NetVladPortError(f"--{given[0].replace('_', '-')}: for MSLS datasets only ({db.name} has no such "
-                               f"option)")  # fmt: skip
-    return db
 
 
 @main.command()
@@ -863,13 +851,14 @@ def pca(model_path, dataset, root, spec_dir, pca_dim, no_white, n_train_cap, aga
     from .datasets import open_dataset
     from .loading import load_spec
     from .pca import add_gcl_whitening, add_pca
+    from .retrieval import evaluation_view
 
     refuse_existing(out_dir, force)
     db = open_dataset(dataset, root, spec_dir)
     if fit_on == "database":
         if no_white:
             raise NetVladPortError("--no-white: GCL's database fit always whitens (apply_pca.py:52-71)")
-        db = _evaluation_view(db, "gcl")  # GCL fits on every database image, panoramas included (apply_pca.py:186-190)
+        db = evaluation_view(db, "gcl")  # GCL fits on every database image, panoramas included (apply_pca.py:186-190)
         spec = add_gcl_whitening(load_spec(model_path), db, pca_dim, f"database:{dataset}", again=again,
                                  device=device, num_workers=workers, progress=not quiet)  # fmt: skip
         save_converted(spec, out_dir, force=force)

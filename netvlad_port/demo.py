@@ -63,6 +63,7 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     from .matconvnet import read_net, write_net
     from .networks import add_layers, load_net
     from .plots import plot_recall
+    from .retrieval import evaluation_view
     from .train import train as run_training
 
     r = DEMOS[recipe]
@@ -94,6 +95,8 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
         write_net(spec, net_path, encoding="saveobj")
         spec = read_net(net_path)
     save_converted(spec, out_dir / "offtheshelf", source=net_path if matlab else None)
+
+    db_test = evaluation_view(db_test, r.protocol)  # as test --protocol evaluates it (MSLS under gcl: panoramas ranked)
 
     def evaluate(model, sub):
         return run_evaluation(load(model), db_test, out_dir / sub, None, 10, "auto", None, quiet=True,

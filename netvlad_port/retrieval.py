@@ -282,3 +282,19 @@ def retrieval_pairs(
         hits = [db_names[j] for j in row if j >= 0 and not (one_file and db_names[j] == qn)]
         pairs += [(qn, d) for d in hits[:k]]
     return pairs, searcher.where
+
+
+def evaluation_view(db, protocol: str, task: str = "im2im", **options):
+    """The dataset as ``test``, the demo and training validation evaluate it under ``protocol``: its
+    ``evaluation_view`` capability (MSLS's subtasks, sequence tasks and database panoramas); the options are
+    refused for other datasets."""
+    view = getattr(db, "evaluation_view", None)
+    if callable(view):
+        return view(protocol, task=task, **options)
+    given = [k for k, v in options.items() if v is not None] + (["task"] if task != "im2im" else [])
+    if given:
+        from .datasets.db_base import DatasetError
+
+        raise DatasetError(f"--{given[0].replace('_', '-')}: for MSLS datasets only ({db.name} has no such "
+                               f"option)")  # fmt: skip
+    return db

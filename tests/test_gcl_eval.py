@@ -209,14 +209,14 @@ def test_subtask_end_to_end_on_the_synthetic_layout(world, tmp_path):
 def test_msls_options_are_refused_elsewhere():
     from types import SimpleNamespace
 
-    from netvlad_port.cli import _evaluation_view
     from netvlad_port.errors import NetVladPortError
+    from netvlad_port.retrieval import evaluation_view
 
     other = SimpleNamespace(name="pitts30k_test")
-    assert _evaluation_view(other, "gcl") is other
+    assert evaluation_view(other, "gcl") is other
     for options in ({"subtask": "d2n"}, {"task": "im2seq"}, {"db_panoramas": "rank"}):
         with pytest.raises(NetVladPortError, match="for MSLS datasets only"):
-            _evaluation_view(other, "gcl", **options)
+            evaluation_view(other, "gcl", **options)
 
 
 # -- MSLS-test: the predictions file of the benchmark server ----------------------------------------------------

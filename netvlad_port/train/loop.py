@@ -34,6 +34,7 @@ from ..layers import matlab_flatten
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
 from ..precision import exact_math
+from ..retrieval import evaluation_view
 from . import validation
 from .checkpoint import load_checkpoint, read_start_feats, save_checkpoint, write_start_feats
 from .options import TrainOptions
@@ -57,6 +58,8 @@ class Trainer:
     """State of one training run; ``run()`` trains to the end (or ``stop_after`` batches)."""
 
     def __init__(self, spec, db_train, db_val, opts: TrainOptions, out_dir, progress: bool = False, log=print):
+        if db_val is not None:  # validated as test --protocol evaluates (MSLS under gcl: panoramas ranked)
+            db_val = evaluation_view(db_val, opts.val_protocol)
         self.opts, self.db_train, self.db_val = opts, db_train, db_val
         self.out_dir = Path(out_dir)
         self.rank, self.world = world()
