@@ -143,9 +143,24 @@ def test_cluster_builds_stml_start_network(tiny_world, tmp_path):
 
     whole = _narrow_net()
     save_converted(NetSpec(whole.layers[:1], whole.meta), tmp_path / "trunk")
-    res = CliRunner().invoke(main, ["cluster", "--model", str(tmp_path / "trunk"), "--dataset", "synthetic-train", "--root",
-                                    str(tiny_world.data), "--k", "4", "--original", "stml", "--cache-dir",
-                                    str(tmp_path / "c"), "--out", str(tmp_path / "start"), "--quiet"])  # fmt: skip
+    args = [
+        "cluster",
+        "--model",
+        str(tmp_path / "trunk"),
+        "--dataset",
+        "synthetic-train",
+        "--root",
+        str(tiny_world.data),
+        "--k",
+        "4",
+        "--original",
+        "stml",
+        "--cache-dir",
+        str(tmp_path / "c"),
+        "--out",
+        str(tmp_path / "start"),
+    ]
+    res = CliRunner().invoke(main, [*args, "--quiet"])
     assert res.exit_code == 0, res.output
     spec = load_spec(tmp_path / "start")
     assert [layer.name for layer in spec.layers] == ["encoder", "conv3_1", "pool"] and spec.layers[2].type == "netvlad"
@@ -165,3 +180,68 @@ def test_cluster_builds_stml_start_network(tiny_world, tmp_path):
     model = SimpleNN(insert_attention(spec, ["se", "deattention-v1"]))
     assert layer_index(model, "conv3_1") == 1
     assert [layer.name for layer in model.layers] == ["encoder", "conv3_1", "deattention-v1", "se", "pool"]
+
+
+def test_reclustering_samples_the_kept_positions(tmp_path):
+    """STML's re-clustering (tasks/get_clusters.py:50-88, 124-130) by brute force: per image 2n positions
+    drawn, those whose cell's top-left pixel is sky or a car dropped, the first n kept; then the same k-means."""
+    import torch
+
+    from netvlad_port.clusters import get_clusters, kmeans
+    from netvlad_port.datasets import make_synthetic, open_dataset
+    from netvlad_port.datasets.synthetic import SyntheticConfig
+    from netvlad_port.images import read_image
+    from netvlad_port.matconvnet.spec import NORMALIZE, LayerSpec, NetSpec
+    from netvlad_port.model import SimpleNN
+    from netvlad_port.plugins.stml.guidance import Guidance, dataset_root
+
+    make_synthetic(
+        tmp_path / "data", SyntheticConfig(db_per_split=12, queries_per_split=4, image_hw=(64, 96), masks=True)
+    )
+    db = open_dataset("synthetic-train", tmp_path / "data")
+    trunk = _narrow_net()
+    pre = NetSpec(trunk.layers[:1] + [LayerSpec(NORMALIZE, "preL2", [], {"param": [128, 1e-12, 1, 0.5]})], trunk.meta)
+    guidance = Guidance(f"ids:{tmp_path / 'data' / 'masks'}", dataset_root(db), ("sky", "vehicle"))
+    n = 5
+    clusters, descs = get_clusters(pre, db, k=4, n_train=12 * n, n_per_image=n, keep=guidance.keep, rng="numpy",
+                                   progress=False)  # fmt: skip
+    rng = np.random.default_rng(43)  # NumpyRandom(43): randsample(n, k) = choice(n, k, replace=False) + 1
+    rng.choice(db.num_images, 12, replace=False)  # the image draw getClusters makes and does not use
+    model = SimpleNN(pre).eval()
+    want, dropped = [], 0
+    for i in range(12):
+        x = read_image(db.db_image(i))[None]
+        with torch.no_grad():
+            y = model.run(model.prepare(model.from_rgb255(x)))[0]  # D x h x w (preL2: unit columns)
+        _, big_h, big_w = x.shape[1:]
+        h, w = y.shape[1:]
+        mask = guidance.keep(db.db_image(i))
+        kept = []
+        for r in rng.choice(h * w, 2 * n, replace=False):
+            yy, xx = divmod(int(r), w)
+            if mask[int(yy * (big_h / h)), int(xx * (big_w / w))] >= 0.5:
+                kept.append(r)
+            else:
+                dropped += 1
+        want += [y[:, r // w, r % w].numpy() for r in kept[:n]]
+    want = np.stack(want, 1)
+    assert dropped > 0 and descs.shape == want.shape and np.allclose(descs, want, atol=1e-6)
+    assert np.array_equal(clusters, kmeans(want.astype(np.float32), 4))
+
+
+def test_nanne_recipe_is_nannes_main_py():
+    """Nanne main.py: batchSize 4 (:29), cacheRefreshRate 1000 (:32), nEpochs 30 (:34), SGD lr 0.0001 (:38-39),
+    StepLR(5, 0.5) stepped each epoch (:40-41, :511), weightDecay 0.001 (:42), momentum 0.9 (:43), margin
+    sqrt(0.1) (:66, :461), conv5_1 up (:395-399); pittsburgh.py:170 nNegSample 1000, nNeg 10."""
+    from netvlad_port.losses import LOSSES
+    from netvlad_port.train.options import TrainOptions
+    from netvlad_port.train.recipes import recipe_options
+
+    opts = TrainOptions.create(**recipe_options("nanne"))
+    got = (opts.batch_size, opts.comp_feats_frequency, opts.n_epoch, opts.learning_rate, opts.lr_down_freq,
+           1 / opts.lr_down_factor, opts.weight_decay, opts.momentum, opts.back_prop_to_layer, opts.n_neg_choice,
+           opts.n_neg_cap)  # fmt: skip
+    assert got == (4, 1000, 30, 0.0001, 5, 0.5, 0.001, 0.9, "conv5_1", 1000, 10)
+    loss, sampler = opts.objective()
+    assert loss is LOSSES["triplet-nanne"] and sampler.name == "violators-l2"
+    assert loss.sampler_params["margin"] == pytest.approx(math.sqrt(0.1))
