@@ -831,9 +831,9 @@ def cluster(
         spec = split(spec, split_backbone)
     sample = {"first_images": not random_images, "rng": rng, "device": device, "progress": not quiet}
     if keep_masks:
-        from .plugins.stml.guidance import Guidance, dataset_root
+        from .clusters import MASK_SOURCES
 
-        sample["keep"] = Guidance(keep_masks, dataset_root(db), [c for c in mask_reject.split(",") if c]).keep
+        sample["keep"] = MASK_SOURCES["guidance"](keep_masks, db, [c for c in mask_reject.split(",") if c])
     if method == "netvlad":
         from .clusters import nanne_netvlad
 

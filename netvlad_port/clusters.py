@@ -25,8 +25,12 @@ from .images import read_image
 from .io_utils import atomic_file
 from .matconvnet.spec import NetSpec
 from .matlab_random import make_rng
+from .registry import Registry
 
 N_TRAIN, N_PER_IMAGE, SEED, N_ITER = 50_000, 100, 43, 100
+# cluster --keep-masks: kind -> (source, db, rejected categories) -> keep(image) -> H x W mask (plug-ins: the sTML
+# wing registers its guidance sources as "guidance")
+MASK_SOURCES: Registry = Registry("keep-mask source", builtins="netvlad_port.clusters")
 # cluster --original: the start networks of Nanne's and STML's training (docs/stml.md#training-and-the-demo):
 # trainable from conv5_1 (Nanne main.py:395-399) / conv3_1 (STML get_model.py:77-82); STML resizes to 640x480
 # (dataloaders/pittsburgh.py:37-38, PIL's default filter)
@@ -142,7 +146,7 @@ def get_clusters(
     ``say(line)`` is told when a cached file is reused, naming it."""
     import scipy.io
 
-    which = descriptor_name(spec)
+    which = descriptor_name(spec) + ("_masked" if sample_kwargs.get("keep") is not None else "")  # re-clustering
     if any(c in which + db_train.name for c in "/\\") or ".." in which + db_train.name:
         raise NetVladPortError(
             f"cache file name {db_train.name}_{which}: the dataset name, meta.netID or the last layer's name holds "

@@ -187,13 +187,12 @@ def test_reclustering_samples_the_kept_positions(tmp_path):
     drawn, those whose cell's top-left pixel is sky or a car dropped, the first n kept; then the same k-means."""
     import torch
 
-    from netvlad_port.clusters import get_clusters, kmeans
+    from netvlad_port.clusters import MASK_SOURCES, get_clusters, kmeans
     from netvlad_port.datasets import make_synthetic, open_dataset
     from netvlad_port.datasets.synthetic import SyntheticConfig
     from netvlad_port.images import read_image
     from netvlad_port.matconvnet.spec import NORMALIZE, LayerSpec, NetSpec
     from netvlad_port.model import SimpleNN
-    from netvlad_port.plugins.stml.guidance import Guidance, dataset_root
 
     make_synthetic(
         tmp_path / "data", SyntheticConfig(db_per_split=12, queries_per_split=4, image_hw=(64, 96), masks=True)
@@ -201,9 +200,9 @@ def test_reclustering_samples_the_kept_positions(tmp_path):
     db = open_dataset("synthetic-train", tmp_path / "data")
     trunk = _narrow_net()
     pre = NetSpec(trunk.layers[:1] + [LayerSpec(NORMALIZE, "preL2", [], {"param": [128, 1e-12, 1, 0.5]})], trunk.meta)
-    guidance = Guidance(f"ids:{tmp_path / 'data' / 'masks'}", dataset_root(db), ("sky", "vehicle"))
+    keep = MASK_SOURCES["guidance"](f"ids:{tmp_path / 'data' / 'masks'}", db, ("sky", "vehicle"))  # --keep-masks
     n = 5
-    clusters, descs = get_clusters(pre, db, k=4, n_train=12 * n, n_per_image=n, keep=guidance.keep, rng="numpy",
+    clusters, descs = get_clusters(pre, db, k=4, n_train=12 * n, n_per_image=n, keep=keep, rng="numpy",
                                    progress=False)  # fmt: skip
     rng = np.random.default_rng(43)  # NumpyRandom(43): randsample(n, k) = choice(n, k, replace=False) + 1
     rng.choice(db.num_images, 12, replace=False)  # the image draw getClusters makes and does not use
@@ -215,7 +214,7 @@ def test_reclustering_samples_the_kept_positions(tmp_path):
             y = model.run(model.prepare(model.from_rgb255(x)))[0]  # D x h x w (preL2: unit columns)
         _, big_h, big_w = x.shape[1:]
         h, w = y.shape[1:]
-        mask = guidance.keep(db.db_image(i))
+        mask = keep(db.db_image(i))
         kept = []
         for r in rng.choice(h * w, 2 * n, replace=False):
             yy, xx = divmod(int(r), w)

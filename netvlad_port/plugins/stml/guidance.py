@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...clusters import MASK_SOURCES
 from ...errors import NetVladPortError
 from ...train.options import PluginOption, register_option
 from ...train.terms import TermContext, TermEntry, register_term
@@ -252,3 +253,11 @@ register_option(
 )
 register_option(PluginOption("guidance_weight", 0.1, "weight of the mask loss (STML's --w_deatt_loss) [0.1]", "float"))
 register_option(PluginOption("guidance_loss", "mse", "mask loss [mse]", LOSSES))
+
+
+def _keep_masks(source: str, db, reject) -> Callable:
+    """``cluster --keep-masks``: STML's re-clustering reads the same sources (docs/stml.md#start-network)."""
+    return Guidance(source, dataset_root(db), reject).keep
+
+
+MASK_SOURCES.register("guidance", _keep_masks)
