@@ -183,7 +183,7 @@ def mask_iou(model, guidance: Guidance, images, threshold: float = 0.5) -> float
     inter = union = 0.0
     try:
         for image in images:
-            model(read_image(image)[None])
+            model(model.from_rgb255(read_image(image, getattr(model, "resize", None))[None]))
             m = catcher.mask[0, 0]
             t = guidance.target(image, tuple(m.shape))
             a, b = m < threshold, t < threshold
