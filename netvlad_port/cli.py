@@ -772,6 +772,17 @@ def _dataset_options(fn):
     help="Sample descriptors from 500 random images (the original code uses the first 500).",
 )
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Where to keep *_traindescs.mat / *_clst.mat.")
+@click.option("--split-backbone", default=None, metavar="LAYER",
+              help="Cut a torchvision VGG16 backbone block in two before LAYER (e.g. conv3_1), so training can start "
+                   "there.")  # fmt: skip
+@click.option("--original", type=click.Choice(["stml", "nanne"]), default=None,
+              help="The original's start network from a torchvision VGG16 trunk: --method netvlad (Nanne's), split at "
+                   "conv3_1 and images resized to 640x480 (stml) or split at conv5_1 (nanne).")  # fmt: skip
+@click.option("--keep-masks", default=None, metavar="SRC",
+              help="STML's re-clustering: sample only positions kept by these masks (masks:DIR, ids:DIR or h5:FILE, "
+                   "as --guidance).")  # fmt: skip
+@click.option("--mask-reject", default="vehicle,human", show_default=True,
+              help="With --keep-masks ids:DIR: the rejected Cityscapes categories.")  # fmt: skip
 @_rng_option
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output network folder.")
 @_device_option
@@ -789,13 +800,17 @@ def cluster(
     k,
     random_images,
     cache_dir,
+    split_backbone,
+    original,
+    keep_masks,
+    mask_reject,
     rng,
     out_dir,
     device,
     quiet,
     force,
 ):
-    """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network."""
+    """loadNet + getClusters + addLayers: the off-the-shelf NetVLAD network (--method netvlad: Nanne's)."""
     from .converted import save_converted
     from .datasets import open_dataset
     from .loading import load_spec
@@ -813,15 +828,38 @@ def cluster(
                 else f"{exc}; an ImageNet model? crop it with --layer conv5_3 (loadNet)"
             ) from None
         raise
-    done = [l for l in spec.layers if (t := LAYER_TYPES.get(l.type)) is not None and t.token]
+    done = [l for l in spec.layers if l.type == "netvlad" or ((t := LAYER_TYPES.get(l.type)) is not None and t.token)]
     if done:
         raise NetVladPortError(
             f"{model_path}: already has an aggregation layer ('{done[0].name}', {done[0].type}); cluster starts "
             f"from a trunk: an ImageNet model with --layer"
         )
     db = open_dataset(dataset, root, spec_dir)
-    spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, first_images=not random_images, rng=rng,
-                      device=device, progress=not quiet, say=click.echo)  # fmt: skip
+    if original:
+        from .clusters import ORIGINAL_STARTS
+
+        method, split_backbone, resize = (
+            "netvlad",
+            ORIGINAL_STARTS[original]["split"],
+            ORIGINAL_STARTS[original]["resize"],
+        )
+        if resize:
+            spec.meta["resize"] = dict(resize)
+    if split_backbone:
+        from .layers.backbones import split_backbone as split
+
+        spec = split(spec, split_backbone)
+    sample = {"first_images": not random_images, "rng": rng, "device": device, "progress": not quiet}
+    if keep_masks:
+        from .clusters import MASK_SOURCES
+
+        sample["keep"] = MASK_SOURCES["guidance"](keep_masks, db, [c for c in mask_reject.split(",") if c])
+    if method == "netvlad":
+        from .clusters import nanne_netvlad
+
+        spec = nanne_netvlad(spec, db, k=k, cache_dir=cache_dir, say=click.echo, **sample)
+    else:
+        spec = add_layers(spec, method, db_train=db, k=k, cache_dir=cache_dir, say=click.echo, **sample)
     save_converted(spec, out_dir, force=force)
     click.echo(f"{out_dir}: {len(spec.layers)} layers, sessionID {spec.meta['sessionID']}")
 

@@ -25,8 +25,19 @@ from .images import read_image
 from .io_utils import atomic_file
 from .matconvnet.spec import NetSpec
 from .matlab_random import make_rng
+from .registry import Registry
 
 N_TRAIN, N_PER_IMAGE, SEED, N_ITER = 50_000, 100, 43, 100
+# cluster --keep-masks: kind -> (source, db, rejected categories) -> keep(image) -> H x W mask (plug-ins: the sTML
+# wing registers its guidance sources as "guidance")
+MASK_SOURCES: Registry = Registry("keep-mask source", builtins="netvlad_port.clusters")
+# cluster --original: the start networks of Nanne's and STML's training (docs/stml.md#training-and-the-demo):
+# trainable from conv5_1 (Nanne main.py:395-399) / conv3_1 (STML get_model.py:77-82); STML resizes to 640x480
+# (dataloaders/pittsburgh.py:37-38, PIL's default filter)
+ORIGINAL_STARTS = {
+    "nanne": {"split": "conv5_1", "resize": None},
+    "stml": {"split": "conv3_1", "resize": {"mode": "fixed", "size": [480, 640], "filter": "bicubic"}},
+}
 
 
 def descriptor_name(spec: NetSpec) -> str:
@@ -47,10 +58,12 @@ def sample_train_descs(
     device: str = "cpu",
     progress: bool = True,
     rng: str = "matlab",
+    keep=None,
 ) -> np.ndarray:
     """D x N local descriptors of the network's output, sampled as ``getClusters`` does:
     ``rng(43)``, ``randsample(numImages, nIm)``, then ``randsample(H*W, nThis)`` per image
-    (``rng="matlab"``: MATLAB's draws; ``"numpy"``: numpy's)."""
+    (``rng="matlab"``: MATLAB's draws; ``"numpy"``: numpy's). ``keep(image) -> H0 x W0 mask``: STML's
+    re-clustering (:func:`masked_positions`)."""
     from tqdm import tqdm
 
     from .model import SimpleNN
@@ -68,11 +81,50 @@ def sample_train_descs(
                 break
             x = read_image(db_train.db_image(int(i)), getattr(model, "resize", None))[None].to(device)
             y = model.run(model.prepare(model.from_rgb255(x)))[0]  # D x H x W
-            descs = y.permute(0, 2, 1).reshape(y.shape[0], -1).float().cpu().numpy()  # D x (H W), h fastest
-            n_this = min(n_per_image, descs.shape[1], n_train - total)
-            chunks.append(descs[:, draws.randsample(descs.shape[1], n_this) - 1])
+            n_this = min(n_per_image, y.shape[1] * y.shape[2], n_train - total)
+            if keep is None:
+                descs = y.permute(0, 2, 1).reshape(y.shape[0], -1).float().cpu().numpy()  # D x (H W), h fastest
+                chunks.append(descs[:, draws.randsample(descs.shape[1], n_this) - 1])
+            else:
+                at = masked_positions(keep(db_train.db_image(int(i))), x.shape[2:], y.shape[1:], n_this, draws)
+                chunks.append(y.reshape(y.shape[0], -1)[:, at].float().cpu().numpy())
+                n_this = len(at)
             total += n_this
     return np.concatenate(chunks, 1).astype(np.float32)
+
+
+def masked_positions(mask: np.ndarray, in_hw, map_hw, n: int, draws) -> np.ndarray:
+    """STML's re-clustering (``tasks/get_clusters.py:50-88, 124-126``): ``2n`` map positions (row-major,
+    w fastest) drawn without replacement, those whose cell's top-left input pixel (Y, X) = (⌊y H/h⌋, ⌊x W/w⌋)
+    has mask < 0.5 dropped, the first ``n`` kept (fewer when fewer survive; the original then fails). The
+    mask is read at its own resolution (nearest pixel to (Y, X))."""
+    (big_h, big_w), (h, w) = (int(v) for v in in_hw), (int(v) for v in map_hw)
+    sample = draws.randsample(h * w, min(2 * n, h * w)) - 1
+    ys, xs = sample // w, sample % w
+    rows = (ys * (big_h / h)).astype(np.int64) * mask.shape[0] // big_h
+    cols = (xs * (big_w / w)).astype(np.int64) * mask.shape[1] // big_w
+    return sample[mask[rows, cols] >= 0.5][:n]
+
+
+def nanne_netvlad(spec: NetSpec, db_train, k: int = 64, cache_dir=None, say=None, **sample_kwargs) -> NetSpec:
+    """The network with Nanne's NetVLAD (layer type ``netvlad``) appended: clusters of its L2-normalised output
+    (Nanne ``main.py:401-402``: an L2Norm is appended for clustering) by :func:`get_clusters`, then
+    ``NetVLAD.init_params`` (``netvlad.py:35-46``): alpha = -log(0.01) / mean(top-1 - top-2 dot product of
+    the training descriptors with the normalised centres), ``conv.weight`` = alpha c/‖c‖, no bias."""
+    from .layers.netvlad import TORCH_VLAD
+    from .matconvnet.spec import NORMALIZE, LayerSpec, infer_shapes, validate
+
+    d = infer_shapes(spec, image_hw=None)[-1][2]
+    pre = NetSpec(list(spec.layers) + [LayerSpec(NORMALIZE, "preL2", [], {"param": [2 * d, 1e-12, 1, 0.5]})],
+                  dict(spec.meta))  # fmt: skip
+    clusters, descs = get_clusters(pre, db_train, k=k, cache_dir=cache_dir, say=say, **sample_kwargs)
+    assign = (clusters / np.linalg.norm(clusters, axis=0, keepdims=True)).T  # K x D
+    dots = -np.sort(-(assign.astype(np.float64) @ descs), axis=0)
+    alpha = float(-np.log(0.01) / np.mean(dots[0] - dots[1]))
+    pool = LayerSpec(TORCH_VLAD, "pool", [(alpha * assign).astype(np.float32)[:, :, None, None],
+                                          np.ascontiguousarray(clusters.T, np.float32)])  # fmt: skip
+    meta = {**spec.meta, "sessionID": f"{spec.meta.get('sessionID', 'net')}_{db_train.name}_netvlad", "epoch": 0}
+    return validate(NetSpec(list(spec.layers) + [pool], meta))
 
 
 def kmeans(train_descs: np.ndarray, k: int, niter: int = N_ITER, seed: int = SEED) -> np.ndarray:
@@ -94,7 +146,7 @@ def get_clusters(
     ``say(line)`` is told when a cached file is reused, naming it."""
     import scipy.io
 
-    which = descriptor_name(spec)
+    which = descriptor_name(spec) + ("_masked" if sample_kwargs.get("keep") is not None else "")  # re-clustering
     if any(c in which + db_train.name for c in "/\\") or ".." in which + db_train.name:
         raise NetVladPortError(
             f"cache file name {db_train.name}_{which}: the dataset name, meta.netID or the last layer's name holds "

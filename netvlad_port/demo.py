@@ -33,8 +33,10 @@ class Demo:
     masks: bool = False  # make-synthetic --masks (the de-attention's guidance)
     about: str = ""
     notes: Callable | None = None
-    # the off-the-shelf network, when not MATLAB's (loadNet + addLayers ``head``): () -> (NetSpec, what it is)
+    # the off-the-shelf network, when not MATLAB's (loadNet + addLayers ``head``): () -> (NetSpec, what it is), or
+    # (db_train, cache_dir) -> ... when it is clustered on the training data (``network_clusters``)
     network: Callable | None = None
+    network_clusters: bool = False
 
 
 DEMOS: Registry[Demo] = Registry("demo", builtins="netvlad_port.demo", key=str.lower)
@@ -82,7 +84,7 @@ def run_demo(out_dir: Path, recipe: str = "sare-ind", epochs: int | None = None,
     net_path = out_dir / f"vd16_offtheshelf_conv5_3_synthetic_{r.head}.mat"
     matlab = "vlad" in r.head and r.network is None  # MATLAB can hold it: saved with layerVLAD as a classdef object
     if r.network is not None:
-        spec, what = r.network()
+        spec, what = r.network(db_train, out_dir / "init") if r.network_clusters else r.network()
         say(f"2/6 {what}\n3/6 -> {out_dir / 'offtheshelf'}")
     else:
         say(f"2/6 a MatConvNet ImageNet-format VGG16 (1/8 width, random weights) -> {imagenet}")

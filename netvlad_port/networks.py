@@ -13,7 +13,18 @@ import numpy as np
 
 from .errors import NetVladPortError
 from .layers.netvlad import vlad_alpha, vladv2_alpha  # noqa: F401  (addLayers' alpha rules, re-exported)
-from .matconvnet.spec import LAYER_TYPES, NORMALIZE, POOL, RELU, WHOLE_L2, LayerSpec, NetSpec, infer_shapes, validate
+from .matconvnet.spec import (
+    LAYER_TYPES,
+    NORMALIZE,
+    POOL,
+    RELU,
+    TORCH_VLAD,
+    WHOLE_L2,
+    LayerSpec,
+    NetSpec,
+    infer_shapes,
+    validate,
+)
 from .registry import Registry
 
 NET_FILES = {
@@ -124,28 +135,35 @@ def aggregation_types(tokens=()) -> dict:
 
 @dataclass(frozen=True)
 class Attention:
-    """An ``--attention`` name: the layer type it inserts and that layer's params (plug-ins register them)."""
+    """An ``--attention`` name: the layer type it inserts, that layer's params and its place among the
+    modules (``order``: modules run in ascending order whatever the listing; None: after them, as listed)."""
 
     name: str
     layer_type: str
     params: dict = field(default_factory=dict)
+    order: int | None = None
 
 
 ATTENTION: Registry[Attention] = Registry("attention module", builtins="netvlad_port.networks", key=str.lower)
 
 
-def register_attention(name: str, layer_type: str, params: dict | None = None, replace: bool = False) -> Attention:
-    return ATTENTION.register(name, Attention(name, layer_type, dict(params or {})), replace=replace)
+def register_attention(
+    name: str, layer_type: str, params: dict | None = None, replace: bool = False, order: int | None = None
+) -> Attention:
+    return ATTENTION.register(name, Attention(name, layer_type, dict(params or {}), order), replace=replace)
 
 
 def insert_attention(spec: NetSpec, kinds) -> NetSpec:
-    """The network with attention modules (``--attention deattention-v1,se``, in that order) between the
-    encoder and the aggregation: before the aggregation layer and the preL2 normalisation in front of it
-    (where STML places them, docs/stml.md#modules). The new modules start from their layer type's
-    initialisation (empty weights)."""
+    """The network with attention modules (``--attention deattention-v1,se``) between the encoder and the
+    aggregation: before the aggregation layer and the preL2 normalisation in front of it (where STML places
+    them, docs/stml.md#modules), in their registered ``order`` (STML's fixed order, ``tasks/train.py:54-58``
+    and ``tasks/common.py:31-57``: de-attention, SE, BAM, CBAM, CRN) whatever the listing. The new modules
+    start from their layer type's initialisation (empty weights)."""
     kinds = list(kinds)
+    ranks = [ATTENTION[k].order for k in kinds]
+    kinds = [kinds[i] for i in sorted(range(len(kinds)), key=lambda i: (ranks[i] is None, ranks[i] or 0, i))]
     entries = [ATTENTION[k] for k in kinds]
-    aggregators = {e.name for e in aggregation_types().values()}
+    aggregators = {e.name for e in aggregation_types().values()} | {TORCH_VLAD}
     at = next((i for i, layer in enumerate(spec.layers) if layer.type in aggregators), None)
     if at is None:
         raise NetVladPortError("--attention: the network has no aggregation layer (NetVLAD, max, avg, GeM)")

@@ -13,7 +13,6 @@ from click.testing import CliRunner
 from netvlad_port.cli import main
 from netvlad_port.losses import LOSSES
 from netvlad_port.plugins.stml.losses import stml_loss
-from netvlad_port.plugins.stml.sampler import l2_violators
 
 Q, P = torch.tensor([0.6, 0.8]), torch.tensor([0.8, 0.6])
 NEGS = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.5, math.sqrt(0.75)]])
@@ -47,28 +46,6 @@ def test_identical_images_give_a_finite_gradient():
     q = Q.double().requires_grad_()
     LOSSES["stml"](q, q.detach().clone(), NEGS.double()).loss.backward()
     assert torch.isfinite(q.grad).all()  # the original's sqrt at 0 gives NaN
-
-
-def test_mining_keeps_negatives_within_the_plain_distance_margin():
-    from netvlad_port.datasets import DbBase
-    from netvlad_port.matlab_random import MatlabRandom
-    from netvlad_port.train.mining import mine_tuple
-
-    from helpers import line, spec_fields
-
-    db = DbBase("t", ".", ".", spec_fields(line(0, 5, *np.arange(40, 400, 10.0)), line(2)))
-    rng = np.random.default_rng(1)
-    feats = rng.normal(size=(db.num_images, 8)).astype(np.float32)
-    q = rng.normal(size=8).astype(np.float32)
-    for margin in (0.1, 1.5):
-        cache = [np.zeros(0, np.int64)]
-        tup = mine_tuple(db, 0, q, feats, cache, MatlabRandom(3), n_neg_choice=1000, keep=l2_violators(margin))
-        d = np.linalg.norm(feats - q, axis=1)
-        dp = d[[0, 1]].min()
-        negs = np.arange(2, db.num_images)
-        expected = negs[np.argsort(d[negs], kind="stable")]
-        expected = expected[d[expected] < dp + margin][:10]
-        assert tup is not None and tup.positive == int(np.argmin(d[:2])) and tup.negatives.tolist() == expected.tolist()
 
 
 def _block(kind, c=16, **params):

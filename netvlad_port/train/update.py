@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..errors import NetVladPortError
+from ..layers.backbones import block_layer_names
 from .options import MOMENTUM, WEIGHT_DECAY
 
 
@@ -25,6 +26,10 @@ def layer_index(model, layer: str | int) -> int:
             raise NetVladPortError(f"backPropToLayer {layer} is not in 1..{len(model.layers)}")
         return layer - 1
     hits = [i for i, l in enumerate(model.layers) if l.name == layer]
+    inside = [l.name for l in model.layers if l.matlab_type == "backbone" and layer in block_layer_names(l)]
+    if not hits and inside:
+        raise NetVladPortError(f"layer name '{layer}' is inside the backbone block '{inside[0]}': split the block "
+                               f"there first (netvlad-port cluster --split-backbone {layer})")  # fmt: skip
     if len(hits) != 1:
         raise NetVladPortError(f"layer name '{layer}' matches {len(hits)} layers")
     return hits[0]

@@ -149,8 +149,9 @@ def _shape(layer: LayerSpec, s, where: str):
 for _name, _build in BLOCKS.items():
     BUILDERS[_name] = _build
     register_layer(LayerType(_name, TorchBlockLayer, n_weights=range(0, 64), canonical=_canonical, shape=_shape))
-# the --attention names: a layer type and its params
-register_attention("deattention-v1", "deattention", {"version": 1})
-register_attention("deattention-v2", "deattention", {"version": 2})
-for _name in ("crn", "se", "bam", "cbam"):
-    register_attention(_name, _name)
+# the --attention names: a layer type, its params and STML's fixed order: de-attention (tasks/train.py:56), then
+# do_attention's ch, ECA (not ported), SE, BAM, CBAM, CRN (tasks/common.py:31-57; train.py:58)
+register_attention("deattention-v1", "deattention", {"version": 1}, order=0)
+register_attention("deattention-v2", "deattention", {"version": 2}, order=0)
+for _order, _name in enumerate(("se", "bam", "cbam", "crn"), 3):
+    register_attention(_name, _name, order=_order)

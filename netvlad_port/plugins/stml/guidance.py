@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...clusters import MASK_SOURCES
 from ...errors import NetVladPortError
 from ...train.options import PluginOption, register_option
 from ...train.terms import TermContext, TermEntry, register_term
@@ -182,7 +183,7 @@ def mask_iou(model, guidance: Guidance, images, threshold: float = 0.5) -> float
     inter = union = 0.0
     try:
         for image in images:
-            model(read_image(image)[None])
+            model(model.from_rgb255(read_image(image, getattr(model, "resize", None))[None]))
             m = catcher.mask[0, 0]
             t = guidance.target(image, tuple(m.shape))
             a, b = m < threshold, t < threshold
@@ -252,3 +253,11 @@ register_option(
 )
 register_option(PluginOption("guidance_weight", 0.1, "weight of the mask loss (STML's --w_deatt_loss) [0.1]", "float"))
 register_option(PluginOption("guidance_loss", "mse", "mask loss [mse]", LOSSES))
+
+
+def _keep_masks(source: str, db, reject) -> Callable:
+    """``cluster --keep-masks``: STML's re-clustering reads the same sources (docs/stml.md#start-network)."""
+    return Guidance(source, dataset_root(db), reject).keep
+
+
+MASK_SOURCES.register("guidance", _keep_masks)
