@@ -264,6 +264,25 @@ def _ddp_worker(rank, world, root, spec_path, out, port, extra):
     dist.destroy_process_group()
 
 
+def test_stml_mining_cache_leaves_the_attention_modules_out(setup, tmp_path):
+    """STML's cache is ``model.pool(model.encoder(x))`` (tasks/train.py:255-256): with its sampler the train
+    cache is the network without its attention modules; MATLAB's samplers cache the whole network."""
+    from netvlad_port.networks import insert_attention
+
+    _, tr, _, spec = setup
+
+    def cache(net, **extra):
+        t = Trainer(net, tr, None, TrainOptions.create(**{**OPTS, **extra}), tmp_path / str(len(extra)),
+                    log=lambda *a: None)  # fmt: skip
+        t.refresh_train_cache()
+        return t.train_feats
+
+    with_se = insert_attention(spec, ("se",))
+    plain = cache(spec)
+    np.testing.assert_allclose(cache(with_se, loss="stml", attention=("se",)), plain, atol=1e-6)
+    assert np.abs(cache(with_se, attention=("se",), loss="triplet") - plain).max() > 1e-3
+
+
 @pytest.mark.parametrize("attention", [False, True])  # with: BatchNorm modules in train mode (docs/stml.md)
 def test_two_processes_make_the_single_process_update(setup, tmp_path, attention):
     import torch.multiprocessing as mp

@@ -33,6 +33,7 @@ from ..errors import NetVladPortError
 from ..layers import matlab_flatten
 from ..matlab_random import make_rng, matlab_round
 from ..model import SimpleNN
+from ..networks import ATTENTION
 from ..precision import exact_math
 from ..retrieval import evaluation_view
 from . import validation
@@ -70,6 +71,9 @@ class Trainer:
         self.device = resolve_device(opts.device)
         self.model = SimpleNN(spec).to(self.device)
         self.first = layer_index(self.model, opts.back_prop_to_layer)
+        attention = {a.layer_type for _, a in ATTENTION.items()}
+        self.cache_skips = set() if self.sampler.cache_attention else {
+            i for i, layer in enumerate(spec.layers) if layer.type in attention and i >= self.first}  # fmt: skip
         self.params = back_prop_to_layer(self.model, opts.back_prop_to_layer, opts.fix_layers)
         groups = param_groups(self.model, self.params, opts.learning_rate, opts.weight_decay)
         self.optimizer = deepibl_sgd(groups, opts.learning_rate, opts.momentum, opts.weight_decay)
@@ -120,7 +124,10 @@ class Trainer:
         for k, ids in enumerate(trunk.groups(self.opts.compute_batch_size)):
             if k % self.world != self.rank:
                 continue
-            out = matlab_flatten(self.model.run(trunk.get(ids), self.first)).float().cpu().numpy()
+            out = matlab_flatten(
+                self._cache_run(trunk.get(ids)) if key == "train" else self.model.run(trunk.get(ids), self.first)
+            )
+            out = out.float().cpu().numpy()
             if feats is None:
                 feats = np.zeros((n, out.shape[1]), np.float32)
             feats[ids] = out
@@ -129,6 +136,15 @@ class Trainer:
             dist.all_reduce(t)  # each row is computed by exactly one rank
             feats = t.numpy()
         return feats
+
+    def _cache_run(self, x: torch.Tensor) -> torch.Tensor:
+        """The trainable layers for the train cache: all of them, or without the attention modules when the
+        sampler's cache leaves them out (``SamplerEntry.cache_attention``)."""
+        if not self.cache_skips:
+            return self.model.run(x, self.first)
+        for i in range(self.first, len(self.model.layers)):
+            x = x if i in self.cache_skips else self.model.layers[i](x)
+        return x
 
     def start_feats(self, key: str, db_fn: str, q_fn: str) -> np.ndarray:
         """The start network's features (``dbCheckpoint0`` / ``qCheckpoint0``): read from MATLAB's .bin

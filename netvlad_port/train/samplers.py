@@ -46,7 +46,9 @@ class SamplerEntry:
     """``sample(ctx, iq)`` gives query ``iq``'s tuple or None. ``uses_cache``: the train feature cache is
     refreshed for it (every ``compFeatsFrequency`` queries); ``empty_counts``: a query that has a
     non-trivial positive but no tuple counts as a zero loss in the batch mean (trainWeakly);
-    ``check(opts, loss)`` refuses options that have no meaning for it, before anything is computed."""
+    ``check(opts, loss)`` refuses options that have no meaning for it, before anything is computed;
+    ``cache_attention``: False when the cache is computed without the trainable attention modules (the
+    encoder straight into the aggregation, as STML's cache is, ``tasks/train.py:255-256``)."""
 
     name: str
     sample: Callable[[MiningContext, int], TrainingTuple | None]
@@ -54,6 +56,7 @@ class SamplerEntry:
     empty_counts: bool = False
     check: Callable[[Any, Any], None] | None = None
     doc: str = ""
+    cache_attention: bool = True
 
 
 SAMPLERS: Registry[SamplerEntry] = Registry("sampler", builtins="netvlad_port.train.samplers", key=str.lower)
