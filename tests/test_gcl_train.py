@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from netvlad_port.matlab_random import make_rng
 from netvlad_port.train import Trainer, TrainOptions
+from netvlad_port.train.loop import TRAIN_SEED
+from netvlad_port.train.steps import step_plan
 
 CITIES = ("trondheim", "london", "boston")
 
@@ -112,7 +114,7 @@ def test_a_step_draws_its_pairs_in_gcls_order(tiny_world, tmp_path):
         pairs = [p for iq in gcl_walk(n, 10, e, "matlab")[-1] if (p := sample_pair(t.db_train, int(iq), rng))]
         order = rng.randperm(len(pairs)) - 1
         expected = [(pairs[i].query, pairs[i].positive, float(pairs[i].labels[0])) for i in order]
-        batches = t.step_plan(e)
+        batches = step_plan(t, e, TRAIN_SEED)
         got = [(p.query, p.positive, float(p.labels[0])) for b in batches for p in b]
         assert got == expected and [len(b) for b in batches][:-1] == [4] * (len(batches) - 1)
 

@@ -42,7 +42,7 @@ from .options import TrainOptions
 from .samplers import MiningContext
 from .state import History, restore_state, run_state, truncate_log
 from .step import Step, TupleInputs, sample_batch
-from .steps import step_batches, step_generator, step_queries
+from .steps import step_plan
 from .terms import TermContext, build_terms
 from .trunk import TrunkCache
 from .update import back_prop_to_layer, deepibl_sgd, layer_index, param_groups
@@ -124,10 +124,9 @@ class Trainer:
         for k, ids in enumerate(trunk.groups(self.opts.compute_batch_size)):
             if k % self.world != self.rank:
                 continue
-            out = matlab_flatten(
-                self._cache_run(trunk.get(ids)) if key == "train" else self.model.run(trunk.get(ids), self.first)
-            )
-            out = out.float().cpu().numpy()
+            x = trunk.get(ids)
+            out = matlab_flatten(self._cache_run(x) if key == "train" else self.model.run(x, self.first)).float()
+            out = out.cpu().numpy()
             if feats is None:
                 feats = np.zeros((n, out.shape[1]), np.float32)
             feats[ids] = out
@@ -138,8 +137,7 @@ class Trainer:
         return feats
 
     def _cache_run(self, x: torch.Tensor) -> torch.Tensor:
-        """The trainable layers for the train cache: all of them, or without the attention modules when the
-        sampler's cache leaves them out (``SamplerEntry.cache_attention``)."""
+        """The trainable layers for the train cache, less ``cache_skips`` (``SamplerEntry.cache_attention``)."""
         if not self.cache_skips:
             return self.model.run(x, self.first)
         for i in range(self.first, len(self.model.layers)):
@@ -192,17 +190,6 @@ class Trainer:
         return MiningContext(self.db_train, self.train_feats, self.neg_cache, rng or self.rng, self.opts, self.margin,
                              self.loss)  # fmt: skip
 
-    def step_plan(self, e: int) -> list[list]:
-        """GCL step ``e``'s batches of pairs (``steps.py``); the run's generator continues after them."""
-        o, n = self.opts, self.db_train.num_queries
-        rng = step_generator(o.rng, TRAIN_SEED, e, n)
-        qids = step_queries(n, e, o.step_queries, o.rng, TRAIN_SEED)
-        tuples = sample_batch(self.sampler, self._context(rng), qids, self.loss, self.jitter)
-        batches = step_batches(tuples, o.batch_size, rng)
-        self.rng = rng
-        self.event({"epoch": e, "step_queries": len(qids), "pairs": sum(map(len, batches))})
-        return batches
-
     # --- the run ----------------------------------------------------------------------------
     def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
         """Everything a resume needs besides the weights: (JSON-able state, tensors)."""
@@ -239,7 +226,7 @@ class Trainer:
         while self.epoch <= o.n_epoch:
             e = self.epoch
             if o.step_queries:  # GCL's step: its pairs, drawn at its start (and again on a resume)
-                batches = self.step_plan(e)
+                batches = step_plan(self, e, TRAIN_SEED)
             else:
                 order = make_rng(o.rng, TRAIN_SEED + e).randperm(self.db_train.num_queries) - 1
                 batches = [order[(b - 1) * o.batch_size : b * o.batch_size] for b in range(1, n_batches + 1)]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..matlab_random import make_rng
+from .step import sample_batch
 
 
 def step_generator(rng_kind: str, seed: int, step: int, n_queries: int):
@@ -38,3 +39,16 @@ def step_batches(tuples: list, batch_size: int, rng) -> list[list]:
     order = rng.randperm(len(real)) - 1 if real else np.zeros(0, np.int64)
     shuffled = [real[int(i)] for i in order]
     return [shuffled[k : k + batch_size] for k in range(0, len(shuffled), batch_size)]
+
+
+def step_plan(trainer, e: int, seed: int) -> list[list]:
+    """GCL step ``e``'s batches of pairs for ``trainer``, drawn from rng(seed + e); the run's generator
+    continues after them."""
+    o, n = trainer.opts, trainer.db_train.num_queries
+    rng = step_generator(o.rng, seed, e, n)
+    qids = step_queries(n, e, o.step_queries, o.rng, seed)
+    tuples = sample_batch(trainer.sampler, trainer._context(rng), qids, trainer.loss, trainer.jitter)
+    batches = step_batches(tuples, o.batch_size, rng)
+    trainer.rng = rng
+    trainer.event({"epoch": e, "step_queries": len(qids), "pairs": sum(map(len, batches))})
+    return batches

@@ -81,8 +81,9 @@ def _check_margin(opts, loss) -> None:
                                f"triplet-nanne), not --loss {loss.name}")  # fmt: skip
 
 
-register_sampler(SamplerEntry("violators-l2", _sample, cache_attention=False, doc="NAN/STML: d(q,n) < d(q,p) + mining margin, plain "
-                              "distances; positives d <= 10 m; negatives drawn with replacement"))  # fmt: skip
+register_sampler(SamplerEntry("violators-l2", _sample, cache_attention=False, doc="NAN/STML: d(q,n) < d(q,p) + "
+                              "mining margin, plain distances; positives d <= 10 m; negatives drawn with replacement; "
+                              "the cache without the attention modules (tasks/train.py:255-256)"))  # fmt: skip
 register_option(PluginOption("mining_margin", None, "STML's dataloader_margin: negatives with d(q,n) < d(q,p) + "
                              "this, plain distances (stml, triplet-stml, triplet-nanne) [1.5 stml, 0.1, sqrt 0.1]",
                              "float", check=_check_margin))  # fmt: skip
