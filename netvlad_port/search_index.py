@@ -30,6 +30,7 @@ from .errors import NetVladPortError
 
 DEFAULT_CHUNK_MEMORY = "2GB"  # without --max-memory (None): this much for chunks beyond what the process holds
 FAISS_BLOCK = 1024  # faiss's distance_compute_blas_database_bs: its own blocks of database rows
+MERGE_BYTES = 100  # per (query, k): the running and new results, merge_top's concatenations, order, picks
 WORKSPACE = 64 * 2**20  # faiss's distance blocks (4096 x 1024 floats) and HDF5's metadata cache, with room
 INDEX_FORMAT = "netvlad-port/faiss-index"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
@@ -189,7 +190,7 @@ def chunk_rows(row_floats: int, n_queries: int, k: int, max_memory=None, chunk_s
     in_use = process_rss() if in_use is None else in_use
     text = max_memory if max_memory is not None else f"{DEFAULT_CHUNK_MEMORY} + {in_use / 1e9:.2f} GB in use"
     budget = parse_memory(max_memory) if max_memory is not None else in_use + parse_memory(DEFAULT_CHUNK_MEMORY)
-    fixed = in_use + 3 * n_queries * k * 12 + WORKSPACE  # + merged results, faiss's and HDF5's buffers
+    fixed = in_use + MERGE_BYTES * n_queries * k + WORKSPACE  # + merging results, faiss's and HDF5's buffers
     rows = (budget - fixed) // (row_floats * 4 + 8)
     if rows < 1:
         need = (fixed + FAISS_BLOCK * (row_floats * 4 + 8)) / 1e9
