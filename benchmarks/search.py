@@ -15,7 +15,14 @@ and query time over one pass of N*D*4 bytes at the memory bandwidth measured wit
 VLAD-like descriptors (K = 16 clusters x 64-D, K-fastest, a few clusters per image, intra-normalised),
 IVF-PQ recall with and without the cluster-major reorder.
 
-    python benchmarks/search.py [--scale 0.1] [--dir /tmp/search_bench] [--max-memory 1GB] [--only 1024]
+    python benchmarks/search.py [--scale 0.1] [--dir /tmp/search_bench] [--max-memory 2GB] [--only 1024]
+        [--methods chunked,hnsw] [--timeout whole=15,hnsw=60]
+
+``--max-memory`` is the whole process's budget (the chunked search measures what the process holds when it
+starts). A method past its ``--timeout`` (minutes) is killed and reported as not finished, with the peak RSS
+it had reached. The exact top 10 is kept in ``exact_ids.npy`` beside the data, so a later run of one method
+still reports recall. The whole-RAM read opens one h5 dataset per image (about 150 us each): its build time
+is mostly that read, reported as it is.
 """
 
 from __future__ import annotations
@@ -23,12 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
-from common import in_fresh_process
+from common import in_fresh_process, proc_status_bytes
 
 ROWS_PER_WRITE = 20_000
 
@@ -134,13 +140,7 @@ def run_method(folder: str, method: str, factory: str, params: str, max_memory: 
 def peak_rss() -> int:
     """This process's peak RSS in bytes: VmHWM (ru_maxrss survives exec, so a spawned child would report its
     parent's peak if that were higher)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return proc_status_bytes("self", "VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def recall(ids, exact) -> tuple[float, float]:
@@ -152,43 +152,104 @@ def nlist_for(n: int) -> int:
     return int(2 ** round(np.log2(4 * np.sqrt(n))))
 
 
-def bench(folder: Path, n: int, d: int, n_q: int, max_memory: str, bw: float) -> None:
+METHODS = ("whole", "chunked", "ivfpq", "hnsw")
+
+
+def parse_timeouts(text: str | None) -> dict[str, float]:
+    """``--timeout``: minutes for every method (``15``) or per method (``whole=15,hnsw=60``) -> seconds."""
+    out: dict[str, float] = {}
+    for part in filter(None, (text or "").split(",")):
+        name, _, value = part.rpartition("=")
+        names = [name] if name else list(METHODS)
+        if any(n not in METHODS for n in names):
+            raise SystemExit(f"--timeout {text}: {name!r} is not one of {', '.join(METHODS)}")
+        out.update({n: float(value) * 60 for n in names})
+    return out
+
+
+def stamp(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def exact_ids(folder: Path, max_memory: str, timeouts: dict) -> tuple[list | None, dict | None]:
+    """The exact top 10 (chunked search), kept in ``exact_ids.npy`` beside the data for later runs; also the
+    chunked run's own result when it ran here."""
+    cache = folder / "exact_ids.npy"
+    if cache.exists():
+        return np.load(cache).tolist(), None
+    stamp(f"chunked (exact) on {folder.name}")
+    r = in_fresh_process(run_method, str(folder), "chunked", "Flat", "", max_memory, 10, None, None,
+                         timeout_s=timeouts.get("chunked"))  # fmt: skip
+    if "ids" not in r:
+        return None, r
+    tmp = folder / "exact_ids.tmp.npy"
+    np.save(tmp, np.asarray(r["ids"], np.int64))
+    tmp.replace(cache)
+    return r["ids"], r
+
+
+def unfinished(r: dict) -> str | None:
+    if "timeout_s" in r:
+        return f"did not finish in {r['timeout_s'] / 60:g} min"
+    if "failed" in r:
+        return f"died (exit code {r['failed']})"
+    return None
+
+
+def bench(folder: Path, n: int, d: int, n_q: int, max_memory: str, bw: float, methods: list[str],
+          timeouts: dict) -> None:  # fmt: skip
     nlist = nlist_for(n)
-    methods = [("whole", "Flat", ""), ("chunked", "Flat", ""), ("IVF-PQ", f"IVF{nlist},PQ{d // 16}", "nprobe=16"),
-               ("HNSW", "HNSW32", "efSearch=128")]  # fmt: skip
+    setups = {"whole": ("whole", "Flat", ""), "chunked": ("chunked", "Flat", ""),
+              "ivfpq": ("IVF-PQ", f"IVF{nlist},PQ{d // 16}", "nprobe=16"),
+              "hnsw": ("HNSW", "HNSW32", "efSearch=128")}  # fmt: skip
     flat_bytes = n * d * 4
+    one_pass = flat_bytes / (bw * 1e9)
     print(f"\n{n:,} x {d}-D, {n_q} queries, max-memory {max_memory} (flat data {flat_bytes / 1e9:.2f} GB)")
+    exact, chunked = exact_ids(folder, max_memory, timeouts) if methods else (None, None)
+    rows = []
+    for m in [m for m in ("chunked", "whole", "ivfpq", "hnsw") if m in methods]:
+        name, factory, params = setups[m]
+        if m == "chunked" and chunked is not None:
+            r = chunked
+        else:
+            stamp(f"{m} on {folder.name}")
+            method = m if m in ("whole", "chunked") else "index"
+            r = in_fresh_process(run_method, str(folder), method, factory, params, max_memory, 10, None, None,
+                                 timeout_s=timeouts.get(m))  # fmt: skip
+        label = name if m in ("whole", "chunked") else f"{name} {factory}"
+        rss = f"{r['rss'] / 1e9:>8.2f}GB{r['rss'] / flat_bytes:>11.2f}" if r.get("rss") else f"{'-':>10}{'-':>11}"
+        why = unfinished(r)
+        if why:
+            rows.append(f"{label:<22}{rss}  {why}")
+        else:
+            r1, r10 = recall(r["ids"], exact) if exact is not None else (float("nan"),) * 2
+            rows.append(f"{label:<22}{rss}{r['build_s']:>9.1f}{r['query_s'] * 1000 / n_q:>12.2f}"
+                        f"{r['query_s'] / one_pass:>11.1f}{r1:>7.3f}{r10:>7.3f}")  # fmt: skip
+            if m == "whole" and exact is not None and r["ids"] != exact:
+                rows[-1] += "  ! differs from chunked"
+        stamp(f"{m} done: {rows[-1].strip()}")
     print(f"{'method':<22}{'peak RSS':>10}{'RSS/NxDx4':>11}{'build s':>9}{'query s/1k':>12}{'x one pass':>11}"
           f"{'R@1':>7}{'R@10':>7}")  # fmt: skip
-    runs = {}
-    for name, factory, params in methods:
-        method = name if name in ("whole", "chunked") else "index"
-        runs[name] = in_fresh_process(run_method, str(folder), method, factory, params, max_memory, 10, None, None)
-    exact = runs["chunked"]["ids"]
-    if runs["whole"]["ids"] != exact:
-        print("  ! chunked and whole-RAM results differ")
-    one_pass = flat_bytes / (bw * 1e9)
-    for name, factory, _ in methods:
-        r = runs[name]
-        r1, r10 = recall(r["ids"], exact)
-        label = name if name in ("whole", "chunked") else f"{name} {factory}"
-        print(f"{label:<22}{r['rss'] / 1e9:>8.2f}GB{r['rss'] / flat_bytes:>11.2f}{r['build_s']:>9.1f}"
-              f"{r['query_s'] * 1000 / n_q:>12.2f}{r['query_s'] / one_pass:>11.1f}{r1:>7.3f}{r10:>7.3f}")  # fmt: skip
-    sys.stdout.flush()
+    print("\n".join(rows), flush=True)
 
 
-def bench_vlad(folder: Path, n: int, n_q: int, max_memory: str) -> None:
+def bench_vlad(folder: Path, n: int, n_q: int, max_memory: str, timeouts: dict) -> None:
     k, d = 16, 64
     nlist = nlist_for(n)
     print(
         f"\nraw VLAD-like {n:,} x {k * d}-D (K={k}, D={d}, K-fastest), IVF{nlist},PQ16 nprobe 16: cluster-major or not"
     )
-    exact = in_fresh_process(run_method, str(folder), "chunked", "Flat", "", max_memory, 10, None, None)["ids"]
+    exact, chunked = exact_ids(folder, max_memory, timeouts)
     for cm in (False, True):
+        stamp(f"IVF-PQ cluster-major {cm} on {folder.name}")
         r = in_fresh_process(run_method, str(folder), "index", f"IVF{nlist},PQ16", "nprobe=16", max_memory, 10,
-                             (k, d), cm)  # fmt: skip
+                             (k, d), cm, timeout_s=timeouts.get("ivfpq"))  # fmt: skip
+        why = unfinished(r) or (exact is None and "no exact results")
+        if why:
+            print(f"  cluster-major {str(cm):<6} {why}", flush=True)
+            continue
         r1, r10 = recall(r["ids"], exact)
-        print(f"  cluster-major {str(cm):<6} R@1 {r1:.3f}  R@10 {r10:.3f}  build {r['build_s']:.1f} s")
+        print(f"  cluster-major {str(cm):<6} R@1 {r1:.3f}  R@10 {r10:.3f}  build {r['build_s']:.1f} s", flush=True)
 
 
 def main() -> None:
@@ -196,11 +257,21 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="Fraction of the database sizes (queries stay 1,000).")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--dir", type=Path, default=Path("/tmp/netvlad_search_bench"))
-    ap.add_argument("--max-memory", default="1GB", help="The chunked search's budget.")
+    ap.add_argument("--max-memory", default="2GB", help="The chunked search's and index builds' --max-memory.")
     ap.add_argument("--only", default="1024,256,vlad", help="Which sets: 1024, 256, vlad.")
+    ap.add_argument("--methods", default=",".join(METHODS), help="Which of whole, chunked, ivfpq, hnsw to run "
+                    "(recall needs the exact results: chunked, run now or kept from an earlier run).")  # fmt: skip
+    ap.add_argument("--timeout", default=None, help="Minutes a method may run (15), or per method (whole=15,hnsw=60); "
+                    "one past it is reported as not finished, with the peak RSS it had reached.")  # fmt: skip
     args = ap.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    if any(m not in METHODS for m in methods):
+        raise SystemExit(f"--methods {args.methods}: expected some of {', '.join(METHODS)}")
+    timeouts = parse_timeouts(args.timeout)
     bw = bandwidth_gbs()
-    print(f"memory bandwidth (numpy copy, read + write): {bw:.1f} GB/s; scale {args.scale}")
+    print(
+        f"memory bandwidth (numpy copy, read + write): {bw:.1f} GB/s; scale {args.scale}; {time.strftime('%F %T %Z')}"
+    )
     sets = {"1024": (1_000_000, 1024), "256": (2_800_000, 256)}
     for key in args.only.split(","):
         if key == "vlad":
@@ -208,7 +279,7 @@ def main() -> None:
             places = np.random.default_rng(5).normal(size=(2000, 16, 64)).astype(np.float32)
             folder = args.dir / f"vlad_{n}"
             write_set(folder, n, args.queries, lambda rng, m, p=places: vlad_like(rng, m, p, 16, 64), 2)
-            bench_vlad(folder, n, args.queries, args.max_memory)
+            bench_vlad(folder, n, args.queries, args.max_memory, timeouts)
             continue
         n, d = sets[key]
         n = max(2000, int(n * args.scale))
@@ -217,7 +288,7 @@ def main() -> None:
         t = time.perf_counter()
         write_set(folder, n, args.queries, lambda rng, m, c=centers: clustered(rng, m, c), 0)
         print(f"(data in {folder}: {time.perf_counter() - t:.0f} s)")
-        bench(folder, n, d, args.queries, args.max_memory, bw)
+        bench(folder, n, d, args.queries, args.max_memory, bw, methods, timeouts)
 
 
 if __name__ == "__main__":

@@ -73,8 +73,8 @@ def _search_options(fn):
         click.option("--index", "index", help="Approximate search: a faiss index-factory string (IVF4096,PQ64, "
                      "HNSW32, OPQ64,IVF4096,PQ64 ...; Flat: exact) built here, or an index file from `index`."),
         click.option("--index-params", help="faiss search parameters of the index, e.g. nprobe=32 or efSearch=128."),
-        click.option("--max-memory", default="2GB", show_default=True,
-                     help="Memory for the database chunk, the queries and the results (2GB, 512MiB ...)."),
+        click.option("--max-memory", default=None, help="Memory for the whole process (8GB, 512MiB ...): the "
+                     "database chunks get what it does not hold already [2GB of chunks beyond it]."),
         click.option("--chunk-size", type=int, default=None, help="Database rows per chunk (instead of --max-memory)."),
     ]):  # fmt: skip
         fn = option(fn)
@@ -676,7 +676,8 @@ def search(db_h5, q_h5, k, db_prefix, query_prefix, db_list, out, index, index_p
 @click.option("--factory", required=True, help="faiss index-factory string: IVF4096,PQ64, HNSW32, OPQ64,IVF4096,PQ64.")
 @click.option("--train-size", type=int, default=None, help="Descriptors sampled to train it [64 per IVF list, "
               "at least 50,000].")  # fmt: skip
-@click.option("--max-memory", default="2GB", show_default=True, help="Memory for one chunk of descriptors.")
+@click.option("--max-memory", default=None, help="Memory for the whole process, the index aside: the chunks get "
+              "what it does not hold already [2GB of chunks beyond it].")  # fmt: skip
 @click.option("--chunk-size", type=int, default=None, help="Descriptors per chunk (instead of --max-memory).")
 @click.option("--model", "model_path", type=click.Path(path_type=Path),
               help="The network that made them: checked against their tag, and tells raw VLAD's K.")  # fmt: skip

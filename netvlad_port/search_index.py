@@ -4,9 +4,10 @@
 * Exact: :class:`ExactSearch` streams the database (an h5 read chunk by chunk, or an array) through
   faiss's exhaustive ``knn`` and keeps a running top-k per query, merged by (distance, database index):
   the same ids and distances as one ``IndexFlatL2`` over the whole set, ties included (faiss keeps the
-  lower index of equal distances), in about one chunk + the queries of memory (``--max-memory``,
-  ``--chunk-size``). Chunks start at multiples of faiss's database block (1024 rows), so even its BLAS
-  path sees the blocks it would see on the whole set.
+  lower index of equal distances). ``--max-memory`` is the whole process's budget: what it holds when the
+  search starts (``VmRSS``: imports, names, queries) is measured and the chunks fill the rest
+  (``--chunk-size`` instead sets them). Chunks start at multiples of faiss's database block (1024 rows),
+  so even its BLAS path sees the blocks it would see on the whole set.
 * Approximate: :func:`build_index` makes a faiss index from an index-factory string (``IVF4096,PQ64``,
   ``HNSW32`` ...), trained on a sample and filled chunk by chunk; :func:`save_index` writes it with
   ``faiss.write_index`` plus a JSON sidecar (the features' tag, the names in index order), and
@@ -27,8 +28,10 @@ import numpy as np
 
 from .errors import NetVladPortError
 
-DEFAULT_MAX_MEMORY = "2GB"
+DEFAULT_CHUNK_MEMORY = "2GB"  # without --max-memory (None): this much for chunks beyond what the process holds
 FAISS_BLOCK = 1024  # faiss's distance_compute_blas_database_bs: its own blocks of database rows
+MERGE_BYTES = 100  # per (query, k): the running and new results, merge_top's concatenations, order, picks
+WORKSPACE = 64 * 2**20  # faiss's distance blocks (4096 x 1024 floats) and HDF5's metadata cache, with room
 INDEX_FORMAT = "netvlad-port/faiss-index"
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
@@ -74,6 +77,11 @@ class Descriptors:
     @property
     def dim(self) -> int:
         return min(self.crop, self.full_dim) if self.crop else self.full_dim
+
+    @property
+    def row_floats(self) -> int:
+        """Floats held per row while one is read: the row, and its crop beside it."""
+        return self.full_dim + (self.dim if self.dim < self.full_dim else 0)
 
     def _read(self, ids: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -153,19 +161,41 @@ def as_descriptors(feats) -> Descriptors:
     return feats if isinstance(feats, Descriptors) else ArrayDescriptors(feats)
 
 
-def chunk_rows(dim: int, n_queries: int, k: int, max_memory=None, chunk_size: int | None = None) -> int:
-    """Database rows per chunk: ``chunk_size`` as given, else what fits ``max_memory`` beside the queries
-    and the running results (a multiple of faiss's 1024-row block where one fits)."""
+def process_rss() -> int:
+    """This process's resident memory now, in bytes: ``VmRSS`` of ``/proc/self/status``; where there is no
+    /proc, the peak so far (``ru_maxrss``), which is never less."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kB
+
+
+def chunk_rows(row_floats: int, n_queries: int, k: int, max_memory=None, chunk_size: int | None = None,
+               in_use: int | None = None) -> int:  # fmt: skip
+    """Database rows per chunk (``row_floats`` floats each): ``chunk_size`` as given, else what fits in
+    ``max_memory`` -- the whole process's budget -- beside what it holds already (``in_use``, by default
+    :func:`process_rss` now: imports, names, queries), the running results and faiss's and HDF5's buffers;
+    a multiple of faiss's 1024-row block where one fits. Without ``max_memory``: 2GB beyond ``in_use``."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise NetVladPortError(f"--chunk-size {chunk_size}: must be at least 1")
         return int(chunk_size)
-    budget = parse_memory(max_memory if max_memory is not None else DEFAULT_MAX_MEMORY)
-    fixed = n_queries * dim * 4 + 3 * n_queries * k * 12 + 16 * 2**20  # queries, merged results, faiss's buffers
-    rows = (budget - fixed) // (dim * 4 + 8)
+    in_use = process_rss() if in_use is None else in_use
+    text = max_memory if max_memory is not None else f"{DEFAULT_CHUNK_MEMORY} + {in_use / 1e9:.2f} GB in use"
+    budget = parse_memory(max_memory) if max_memory is not None else in_use + parse_memory(DEFAULT_CHUNK_MEMORY)
+    fixed = in_use + MERGE_BYTES * n_queries * k + WORKSPACE  # + merging results, faiss's and HDF5's buffers
+    rows = (budget - fixed) // (row_floats * 4 + 8)
     if rows < 1:
-        raise NetVladPortError(f"--max-memory {max_memory}: too small, the queries and results alone need "
-                               f"{fixed / 1e6:.0f} MB with faiss's buffers")  # fmt: skip
+        need = (fixed + FAISS_BLOCK * (row_floats * 4 + 8)) / 1e9
+        raise NetVladPortError(f"--max-memory {text}: too small, this process already holds {in_use / 1e9:.2f} GB "
+                               f"(the whole process counts); give at least {need:.2f}GB")  # fmt: skip
     return int(rows // FAISS_BLOCK * FAISS_BLOCK if rows >= FAISS_BLOCK else rows)
 
 
@@ -187,7 +217,8 @@ def _gpu_count(use_gpu) -> int:
 
 
 class ExactSearch:
-    """Exhaustive squared-L2 search of ``db`` (:class:`Descriptors` or an array), one chunk at a time."""
+    """Exhaustive squared-L2 search of ``db`` (:class:`Descriptors` or an array), one chunk at a time, as
+    pytorch-NetVlad's ``test`` searches one ``IndexFlatL2`` (main.py:202-208)."""
 
     exact = True
 
@@ -217,7 +248,7 @@ class ExactSearch:
         q = np.ascontiguousarray(q, np.float32)
         n = len(self.db) if members is None else len(members)
         k = min(k, n)
-        step = chunk_rows(self.db.dim, len(q), k, self.max_memory, self.chunk_size)
+        step = chunk_rows(self.db.row_floats, len(q), k, self.max_memory, self.chunk_size)
         ds, ids = np.zeros((len(q), 0), np.float32), np.zeros((len(q), 0), np.int64)
         for start in range(0, n, step):
             pos = np.arange(start, min(n, start + step))
@@ -293,7 +324,7 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
         remap, inner = faiss.RemapDimensionsTransform(d, d, faiss.swig_ptr(perm)), index
         index = faiss.IndexPreTransform(remap, inner)  # faiss's wrapper keeps both Python objects alive
     _no_polysemous_training(index)
-    step = chunk_rows(d, 0, 0, max_memory, chunk_size)
+    step = chunk_rows(db.row_floats, 0, 0, max_memory, chunk_size)  # the index itself grows on top
     n_train = 0
     if not index.is_trained:
         n_train = min(len(db), train_size or default_train_size(index, len(db)), max(step, 1))

@@ -13,7 +13,10 @@ from click.testing import CliRunner
 from netvlad_port import retrieval
 from netvlad_port.cli import main
 from netvlad_port.datasets import DbBase
+from netvlad_port.errors import NetVladPortError
 from netvlad_port.search_index import (
+    FAISS_BLOCK,
+    WORKSPACE,
     ExactSearch,
     H5Descriptors,
     IndexSearch,
@@ -21,6 +24,7 @@ from netvlad_port.search_index import (
     chunk_rows,
     cluster_major_permutation,
     parse_memory,
+    process_rss,
     vlad_layout,
 )
 
@@ -73,12 +77,42 @@ def test_chunked_from_h5_equals_array_and_max_memory_bounds_the_chunk(tmp_path):
     db = H5Descriptors(tmp_path / "db.h5", names)
     assert len(db) == 1500 and db.dim == 16 and np.array_equal(db.rows([3, 0, 1499]), x[[3, 0, 1499]])
     ids, ds = whole_set(x, q, 20)
-    for memory in ("17MB", "18MB", "1GB"):
-        c_ids, c_ds = ExactSearch(db, max_memory=memory).search(q, 20)
+    for memory in (process_rss() + WORKSPACE + 300_000, "40GB"):  # 3,072 rows a chunk; all at once
+        c_ids, c_ds = ExactSearch(db, max_memory=str(memory)).search(q, 20)
         assert np.array_equal(c_ids, ids) and np.array_equal(c_ds, ds)
-    assert chunk_rows(1024, 1000, 100, "2GB") % 1024 == 0
-    assert chunk_rows(1024, 1000, 100, "2GB") * 1024 * 4 < 2e9
     assert parse_memory("512MiB") == 2**29 and parse_memory("1.5g") == 1_500_000_000
+
+
+def test_max_memory_is_the_whole_process_budget():
+    # 1 GB less 500 MB held, 1000 x 10 results (100 bytes each) and the workspace, over 1024 x 4 + 8 bytes
+    # a row: 105,236 rows, 102 whole faiss blocks
+    assert chunk_rows(1024, 1000, 10, "1GB", in_use=500_000_000) == 102 * FAISS_BLOCK
+    assert chunk_rows(1024, 1000, 10, "1GB", in_use=900_000_000) == 7 * FAISS_BLOCK  # 7,770 rows left
+    assert chunk_rows(16, 0, 0, str(WORKSPACE + 10 + 720), in_use=10) == 10  # under one block: as they come
+    # no --max-memory: 2 GB for chunks beyond what the process holds, never refused (2e9 - 1,000,000 - 64 MiB
+    # over 4,104 bytes: 470,733 rows, 459 blocks)
+    assert chunk_rows(1024, 1000, 10, None, in_use=5_000_000_000) == 459 * FAISS_BLOCK
+    with pytest.raises(NetVladPortError, match=r"--max-memory 1GB: too small, this process already holds 1\.10 GB"):
+        chunk_rows(1024, 1000, 10, "1GB", in_use=1_100_000_000)
+
+
+def test_the_chunks_shrink_with_the_budget_and_a_budget_below_the_process_is_refused(tmp_path):
+    x, q = with_duplicates(3000, 16)
+    db = H5Descriptors(tmp_path / "db.h5", write_h5(tmp_path / "db.h5", x))
+    seen = []
+    read = db._read
+    db._read = lambda ids: seen.append(len(ids)) or read(ids)
+    ids, ds = whole_set(x, q, 10)
+    largest = []
+    for spare in (400_000, 150_000):  # bytes beyond what the process holds and the workspace
+        seen.clear()
+        c_ids, c_ds = ExactSearch(db, max_memory=str(process_rss() + WORKSPACE + spare)).search(q, 10)
+        assert np.array_equal(c_ids, ids) and np.array_equal(c_ds, ds)
+        largest.append(max(seen))
+        assert sum(seen) == 3000 and largest[-1] * (16 * 4 + 8) <= spare
+    assert largest[1] < largest[0] and largest[1] >= 1024  # faiss blocks still
+    with pytest.raises(NetVladPortError, match="too small, this process already holds"):
+        ExactSearch(db, max_memory=str(process_rss() // 2)).search(q, 10)
 
 
 class GroupedDb(DbBase):
