@@ -48,14 +48,20 @@ TEST_CITIES = (
 )  # mapillary_sls msls.py:21 (no positions)
 
 
-def _read_csv(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
+def csv_rows(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
+    """An MSLS csv file's header and rows; ``what``: why the file is needed, for the error."""
     if not path.is_file():
-        raise DatasetError(f"{path}: missing (an MSLS city folder has query/ and database/ with this file)")
+        raise DatasetError(f"{path}: missing ({what})")
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
     if not rows:
         raise DatasetError(f"{path}: empty")
-    header = rows[0]
+    return rows[0], rows[1:]
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> dict[str, list[str]]:
+    header, body = csv_rows(path, "an MSLS city folder has query/ and database/ with this file")
+    rows = [header, *body]
     missing = [c for c in columns if c not in header]
     if missing:
         raise DatasetError(f"{path}: no column {missing[0]!r} (header: {','.join(header)})")

@@ -11,32 +11,21 @@ as often as the other side's frames, so the squared distance is the sum over ali
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 
 from ...datasets.db_base import DatasetError, DbBase
-from .msls import POS_DIST_THR, read_msls_folder
+from .msls import POS_DIST_THR, csv_rows, read_msls_folder
 
 TASKS = ("im2im", "im2seq", "seq2im", "seq2seq")
-
-
-def _rows(path: Path, what: str) -> tuple[list[str], list[list[str]]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: missing ({what})")
-    with open(path, newline="") as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        raise DatasetError(f"{path}: empty")
-    return rows[0], rows[1:]
 
 
 def read_subtask(folder: Path, column: str, n_rows: int | None = None) -> np.ndarray:
     """The boolean column ``column`` of ``folder/subtask_index.csv``, one value per csv row of the folder
     (mapillary_sls ``msls.py:101-111``: the rows of a subtask, by position)."""
     path = folder / "subtask_index.csv"
-    header, rows = _rows(path, f"--subtask {column} reads it; MSLS's metadata holds one per query/ and database/")
+    header, rows = csv_rows(path, f"--subtask {column} reads it; MSLS's metadata holds one per query/ and database/")
     if column not in header:
         raise DatasetError(f"{path}: no column {column!r} (header: {','.join(header)})")
     if n_rows is not None and len(rows) != n_rows:
@@ -51,7 +40,7 @@ def read_subtask(folder: Path, column: str, n_rows: int | None = None) -> np.nda
 def read_seq_info(folder: Path) -> dict[str, np.ndarray]:
     """``key``, ``sequence_key`` and ``frame_number`` of ``folder/seq_info.csv``, in row order."""
     path = folder / "seq_info.csv"
-    header, rows = _rows(path, "the sequence tasks and the test cities read it")
+    header, rows = csv_rows(path, "the sequence tasks and the test cities read it")
     cols = ("key", "sequence_key", "frame_number")
     missing = [c for c in cols if c not in header]
     if missing:
