@@ -37,6 +37,7 @@ import numpy as np
 from common import in_fresh_process, proc_status_bytes
 
 ROWS_PER_WRITE = 20_000
+GENERATOR = 2  # bumped when the synthetic data change: an older set is written anew
 
 
 def bandwidth_gbs(size: int = 2**30) -> float:
@@ -53,31 +54,40 @@ def _timed(fn, *args) -> float:
     return time.perf_counter() - t
 
 
-def clustered(rng, n: int, centers: np.ndarray, noise: float = 0.6) -> np.ndarray:
-    x = centers[rng.integers(0, len(centers), n)] + noise * rng.normal(size=(n, centers.shape[1])).astype(np.float32)
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+def place_centres(n: int, d: int, per_place: int = 100) -> np.ndarray:
+    """``n / per_place`` places of a street-view-like database, each a centre of norm 1 on average."""
+    return np.random.default_rng(1).normal(size=(max(1, n // per_place), d)).astype(np.float32) / np.sqrt(d)
+
+
+def clustered(rng, n: int, centres: np.ndarray, spread: float = 0.6) -> np.ndarray:
+    """``n`` images, each a random place's centre plus noise of norm ``spread``, L2-normalised."""
+    d = centres.shape[1]
+    x = centres[rng.integers(0, len(centres), n)]
+    x += spread / np.sqrt(d) * rng.normal(size=x.shape).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def vlad_like(rng, n: int, places: np.ndarray, k: int, d: int) -> np.ndarray:
-    """Raw VLAD look-alikes, K-fastest: each image has residuals on 4 of K clusters near its place's,
-    each cluster's block intra-normalised, then the whole L2-normalised."""
-    base = places[rng.integers(0, len(places), n)]  # n x K x D
-    v = base + 0.5 * rng.normal(size=base.shape).astype(np.float32)
-    keep = np.zeros((n, k), bool)
-    for j in range(4):
-        keep[np.arange(n), (np.arange(n) * 7 + j * 5 + rng.integers(0, 2, n)) % k] = True
-    v *= keep[:, :, None]
+    """Raw VLAD look-alikes, K-fastest: each cluster's residual is its place's plus noise, intra-normalised
+    (so every one of the K blocks has norm 1, as intra-normalisation makes even a cluster with little
+    assignment mass), then the whole L2-normalised."""
+    v = places[rng.integers(0, len(places), n)]  # n x K x D
+    v += 0.5 * rng.normal(size=v.shape).astype(np.float32)
     v /= np.linalg.norm(v, axis=2, keepdims=True) + 1e-12
     v = v.transpose(0, 2, 1).reshape(n, -1)  # n x D x K flattened: element k + K*d
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def write_set(folder: Path, n: int, n_q: int, make, seed: int) -> None:
-    """db.h5 (n images) and q.h5 (n_q queries, noisy copies of database images) in hloc's layout."""
+def write_set(folder: Path, n: int, n_q: int, make, seed: int, query_noise: float = 0.5) -> None:
+    """db.h5 (n images) and q.h5 (n_q queries: database images plus noise of norm ``query_noise``, the
+    images' own spread is 0.6) in hloc's layout, one ``global_descriptor`` dataset per image (hloc's
+    ``image_size`` left out: nothing here reads it, and it doubles the writing time)."""
     import h5py
 
-    if (folder / "done.json").exists():
+    done = folder / "done.json"
+    if done.exists() and json.loads(done.read_text()).get("generator") == GENERATOR:
         return
+    (folder / "exact_ids.npy").unlink(missing_ok=True)  # an older set's
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     q_src = np.sort(rng.choice(n, n_q, replace=False))
@@ -86,17 +96,16 @@ def write_set(folder: Path, n: int, n_q: int, make, seed: int) -> None:
         for start in range(0, n, ROWS_PER_WRITE):
             x = make(rng, min(ROWS_PER_WRITE, n - start))
             for i, v in enumerate(x):
-                g = f.create_group(f"db/{start + i:08d}.jpg")
-                g.create_dataset("global_descriptor", data=v)
-                g.create_dataset("image_size", data=np.array([640, 480]))
+                f[f"db/{start + i:08d}.jpg/global_descriptor"] = v
             mine = q_src[(q_src >= start) & (q_src < start + len(x))] - start
-            queries.append(x[mine] + 0.05 * rng.normal(size=(len(mine), x.shape[1])).astype(np.float32))
+            noise = rng.normal(size=(len(mine), x.shape[1])).astype(np.float32)
+            queries.append(x[mine] + query_noise / np.sqrt(x.shape[1]) * noise)
     q = np.concatenate(queries)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
     with h5py.File(folder / "q.h5", "w") as f:
         for i, v in enumerate(q):
-            f.create_group(f"q/{i:05d}.jpg").create_dataset("global_descriptor", data=v)
-    (folder / "done.json").write_text(json.dumps({"n": n, "queries": n_q}))
+            f[f"q/{i:05d}.jpg/global_descriptor"] = v
+    done.write_text(json.dumps({"n": n, "queries": n_q, "generator": GENERATOR}))
 
 
 def _names(folder: Path, kind: str) -> list[str]:
@@ -116,9 +125,9 @@ def run_method(folder: str, method: str, factory: str, params: str, max_memory: 
     q = read_h5_descriptors(folder / "q.h5", _names(folder, "q"))
     db = H5Descriptors(folder / "db.h5", _names(folder, "db"))
     t0 = time.perf_counter()
-    if method == "whole":  # as faiss_search did before: everything in RAM, one IndexFlatL2
+    if method == "whole":  # as faiss_search did before: every row in one array, copied into one IndexFlatL2
         index = faiss.IndexFlatL2(db.dim)
-        index.add(read_h5_descriptors(folder / "db.h5", db.names))
+        index.add(db.rows(np.arange(len(db))))  # read as the chunked search reads, so only memory differs
         build = time.perf_counter() - t0
         t1 = time.perf_counter()
         _, ids = index.search(q, k)
@@ -283,10 +292,10 @@ def main() -> None:
             continue
         n, d = sets[key]
         n = max(2000, int(n * args.scale))
-        centers = np.random.default_rng(1).normal(size=(10_000, d)).astype(np.float32) / np.sqrt(d) * 4
         folder = args.dir / f"{key}_{n}"
         t = time.perf_counter()
-        write_set(folder, n, args.queries, lambda rng, m, c=centers: clustered(rng, m, c), 0)
+        centres = place_centres(n, d)
+        write_set(folder, n, args.queries, lambda rng, m, c=centres: clustered(rng, m, c), 0)
         print(f"(data in {folder}: {time.perf_counter() - t:.0f} s)")
         bench(folder, n, d, args.queries, args.max_memory, bw, methods, timeouts)
 

@@ -22,6 +22,10 @@ def init_distributed(device: str, backend: str | None = None, timeout: timedelta
     GPUs, gloo on CPUs), rendezvous from torchrun's environment (MASTER_ADDR, RANK, ...)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
         backend = backend or ("nccl" if str(device).startswith("cuda") else "gloo")
+        if str(device).startswith("cuda:"):  # nccl's collectives and barrier run on the current GPU
+            import torch
+
+            torch.cuda.set_device(int(str(device).split(":")[1]))
         dist.init_process_group(backend, **({"timeout": timeout} if timeout else {}))
 
 
@@ -38,6 +42,13 @@ def local_device(device: str) -> str:
     if device in ("cuda", "auto") and torch.cuda.is_available():
         return f"cuda:{int(local) % torch.cuda.device_count()}"
     return device
+
+
+def rank_device(device: str | None) -> str:
+    """``--device`` of this process, checked: :func:`local_device`, then ``devices.resolve_device``."""
+    from .devices import resolve_device
+
+    return str(resolve_device(local_device(device or "auto")))
 
 
 def barrier() -> None:

@@ -181,3 +181,26 @@ def test_each_local_rank_takes_its_own_gpu(monkeypatch):
         monkeypatch.setenv("LOCAL_RANK", str(rank))
         assert local_device("auto") == local_device("cuda") == gpu
     assert local_device("cpu") == "cpu" and local_device("cuda:1") == "cuda:1"
+
+
+def test_training_ranks_take_their_own_gpu(monkeypatch):
+    """``train`` resolves --device through rank_device, and joining an nccl group makes that GPU current
+    (nccl's barrier runs there): without it every rank of a node trained on cuda:0."""
+    import torch
+    import torch.distributed as dist
+
+    from netvlad_port.distributed import init_distributed, rank_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert rank_device(None) == rank_device("cuda") == "cuda:1"
+    assert rank_device("cpu") == "cpu"
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
+    init_distributed(rank_device("auto"))
+    assert calls == [("set_device", 1), ("init", "nccl")]

@@ -63,13 +63,13 @@ def train(
     continues the run in ``out_dir`` (options given must equal the run's, except ``RESUMABLE`` ones);
     otherwise an ``out_dir`` holding a run is refused unless ``force``, which removes it first. Under
     torchrun the process group is joined here. ``netvlad-port train`` is this function."""
-    from ..devices import resolve_device
+    from ..distributed import rank_device
     from ..errors import NetVladPortError
 
     family_recipe = None
     if db_train is None:
         db_train, db_val, family_recipe = training_data(dataset, train_spec, val_spec, root, spec_dir)
-    options["device"] = str(resolve_device(options.get("device", "auto")))
+    options["device"] = rank_device(options.get("device"))  # under torchrun: cuda:LOCAL_RANK
     init_distributed(options["device"])
     out_dir = Path(out_dir)
     if resume:
