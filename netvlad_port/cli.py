@@ -975,6 +975,11 @@ TRAIN_OPTIONS = {
                        "validated on every val query (the gcl recipe: 10000); 0: MATLAB's epochs"),
     "--forward": ("forward", click.Choice(["tuple", "batch", "siamese"]), "what one forward pass holds: each tuple "
                   "(MATLAB), the whole batch (STML) or 2 queries / 2 partners (GCL)"),
+    "--lr-schedule": ("lr_schedule", click.Choice(["matlab", "steplr"]), "when the lr drops: MATLAB's rule (epochs "
+                      "lrDownFreq+1, 2 lrDownFreq+1, ...; the cache interval grows with it) or torch's StepLR "
+                      "stepped with the epoch (epochs lrDownFreq, 2 lrDownFreq, ...: Nanne)"),
+    "--patience": ("patience", int, "stop after more than patience / epochTestFrequency validations without a new "
+                   "best val recall@select-by (Nanne, STML: 10); 0: off"),
     "--select-by": ("select_by", int, "the best epoch: max val recall@N (getBestEpoch: 5; STML: 1)"),
     "--val-protocol": ("val_protocol", LazyChoice(_protocols), "the protocol of the validation recalls (GCL's: "
                        "gcl)"),

@@ -330,7 +330,7 @@ def test_tensorboard_scalars_and_jsonl_log(setup, tmp_path):
 
     _, tr, va, spec = setup
     t = Trainer(spec, tr, va, TrainOptions.create(**{**OPTS, "n_epoch": 1}), tmp_path, log=lambda *a: None).run()
-    t._tb.flush()
+    t.events.tb.flush()
     ea = EventAccumulator(str(tmp_path / "tensorboard"))
     ea.Reload()
     assert {"loss", "lr", "val_recall@1", "val_recall@5"} <= set(ea.Tags()["scalars"])

@@ -79,6 +79,57 @@ def test_start_epoch_replays_the_schedule(world, tmp_path):
     assert t.epoch == 7 and t.lr == pytest.approx(0.01 / 4) and t.comp_freq == 4 * base  # the drop at epoch 6
 
 
+@pytest.mark.parametrize("start_epoch", [1, 5, 12])
+def test_steplr_schedule_is_torchs_steplr_stepped_with_the_epoch(world, tmp_path, start_epoch):
+    """Nanne main.py:456,509-511: StepLR(lrStep 5, lrGamma 0.5), ``scheduler.step(epoch)`` before each epoch;
+    the cache refresh interval stays (MATLAB's rule would double it)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    sgd = torch.optim.SGD([p], lr=0.01)
+    scheduler = torch.optim.lr_scheduler.StepLR(sgd, step_size=5, gamma=0.5)
+    t = trainer(world, tmp_path, n_epoch=30, start_epoch=start_epoch, lr_schedule="steplr", lr_down_freq=5)
+    base = t.comp_freq
+    for e in range(start_epoch, 31):
+        t.lr_drop(e)  # as run() does at the start of epoch e
+        with pytest.warns(UserWarning):  # torch deprecates step(epoch); the original calls it so
+            scheduler.step(e)
+        assert t.lr == pytest.approx(sgd.param_groups[0]["lr"], rel=1e-12), e
+    assert t.comp_freq == base and t.lr == pytest.approx(0.01 / 2**6)
+
+
+def nannes_loop(recalls: list[float], patience: int, eval_every: int) -> int:
+    """Nanne main.py:513-533 (STML tasks/train.py:197-219,345 alike): the epoch it stops after."""
+    not_improved, best_score = 0, 0
+    for epoch, r in enumerate(recalls, 1):
+        if epoch % eval_every == 0:
+            if r > best_score:
+                not_improved, best_score = 0, r
+            else:
+                not_improved += 1
+            if patience > 0 and not_improved > (patience / eval_every):
+                return epoch
+    return len(recalls)
+
+
+def test_patience_stops_where_the_originals_stop(world, tmp_path, monkeypatch):
+    from netvlad_port.train.schedule import out_of_patience
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):  # the rule itself, on recall sequences with ties and plateaus
+        recalls = list(rng.integers(0, 4, 20) / 4)
+        patience, every = int(rng.integers(0, 5)), int(rng.integers(1, 3))
+        tested = {e: [r] for e, r in enumerate(recalls, 1) if e % every == 0}
+        stop = next((e for e in range(1, 21) if out_of_patience({k: v for k, v in tested.items() if k <= e}, 0,
+                                                                 patience, every)), 20)  # fmt: skip
+        assert stop == nannes_loop(recalls, patience, every), (recalls, patience, every)
+    # and in a run: recall@1 the same after every epoch -> epochs 2 and 3 bring no improvement, stop after 3
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, key="val", feats=None: ([0.5, 0.5, 0.5], 0.0))
+    t = trainer(world, tmp_path, n_epoch=8, patience=1, select_by=1, recall_ns=(1, 5, 10))
+    t.run()
+    assert sorted(t.history.val_recall) == [1, 2, 3] and t.epoch == 4
+    with pytest.raises(NetVladPortError, match="--patience must be"):
+        trainer(world, tmp_path, patience=-1).opts.objective()
+
+
 def test_epoch_test_frequency_tests_the_last_epoch_too(world, tmp_path):
     t = trainer(world, tmp_path, n_epoch=3, epoch_test_frequency=2, recall_ns=(1, 5))
     t.run()

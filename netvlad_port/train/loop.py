@@ -18,7 +18,6 @@ across ranks and gathered.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from . import validation
 from .checkpoint import load_checkpoint, read_start_feats, save_checkpoint, write_start_feats
 from .options import TrainOptions
 from .samplers import MiningContext
-from .state import History, restore_state, run_state, truncate_log
+from .schedule import lr_drops, out_of_patience
+from .state import EventLog, History, restore_state, run_state, truncate_log
 from .step import Step, TupleInputs, sample_batch
 from .steps import step_plan
 from .terms import TermContext, build_terms
@@ -64,8 +64,8 @@ class Trainer:
         self.opts, self.db_train, self.db_val = opts, db_train, db_val
         self.out_dir = Path(out_dir)
         self.rank, self.world = world()
+        self.events = EventLog(self.out_dir, self.rank == 0)
         self.progress, self.log = progress and self.rank == 0, log if self.rank == 0 else (lambda *a, **k: None)
-        self._tb = None
         self._setup_objective(opts)
         exact_math(deterministic=opts.precision == "fp32", tf32=opts.precision == "tf32")
         self.device = resolve_device(opts.device)
@@ -223,7 +223,7 @@ class Trainer:
             raise NetVladPortError(f"{self.db_train.name}: fewer queries ({self.db_train.num_queries}) than one batch")
         self._start()
         ran = 0
-        while self.epoch <= o.n_epoch:
+        while self.epoch <= o.n_epoch and not self.out_of_patience():
             e = self.epoch
             if o.step_queries:  # GCL's step: its pairs, drawn at its start (and again on a resume)
                 batches = step_plan(self, e, TRAIN_SEED)
@@ -275,36 +275,29 @@ class Trainer:
         return ran, False
 
     def lr_drop(self, e: int) -> None:
-        """At the start of epoch e != 1 with rem(e, lrDownFreq) == 1: lr / lrDownFactor and the cache
-        refresh interval round(interval * lrDownFactor)."""
+        """At the start of epoch e, when the schedule drops: lr / lrDownFactor (MATLAB's rule: and the cache
+        refresh interval round(interval * lrDownFactor))."""
         o = self.opts
-        if e != 1 and e % o.lr_down_freq == 1:
+        if lr_drops(e, o.lr_schedule, o.lr_down_freq):
             self.lr /= o.lr_down_factor
-            self.comp_freq = matlab_round(self.comp_freq * o.lr_down_factor)
+            if o.lr_schedule == "matlab":
+                self.comp_freq = matlab_round(self.comp_freq * o.lr_down_factor)
+
+    def out_of_patience(self) -> bool:
+        o = self.opts
+        at = list(o.recall_ns).index(o.select_by)
+        if not out_of_patience(self.history.val_recall, at, o.patience, o.epoch_test_frequency):
+            return False
+        self.log(f"val recall@{o.select_by} did not improve for {o.patience} epochs: stopping (--patience)")
+        return True
 
     def set_lr(self) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr * g.get("lr_mult", 1.0)
 
     def event(self, record: dict) -> None:
-        """One line of ``log.jsonl`` (and TensorBoard scalars when tensorboard is installed)."""
-        if self.rank != 0:
-            return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "log.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self._tb is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
-            except Exception:  # tensorboard is optional
-                self._tb = False
-        if self._tb:
-            step = len(self.history.batch_loss)
-            for k, v in record.items():
-                if k not in ("epoch", "batch") and isinstance(v, (int, float)):
-                    self._tb.add_scalar(k, v, step)
+        """One line of ``log.jsonl`` (and TensorBoard scalars), step = the batches run."""
+        self.events(record, len(self.history.batch_loss))
 
     def save_epoch_weights(self) -> None:
         if self.rank == 0:

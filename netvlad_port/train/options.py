@@ -18,10 +18,11 @@ from typing import Any
 from ..errors import NetVladPortError
 from ..registry import Registry
 from ..retrieval import RECALL_NS
+from .schedule import LR_SCHEDULES
 
 MOMENTUM, WEIGHT_DECAY = 0.9, 1e-3  # deepIBL's SGD block
 # options that may change on --resume (they do not change the numbers of the epochs already run)
-RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim", "select_by")
+RESUMABLE = ("n_epoch", "device", "trunk_cache", "trunk_dir", "pca_dim", "select_by", "patience")
 FORWARDS = ("tuple", "batch", "siamese")  # how Step runs a batch's images (step.py)
 TUPLES = ("recall_ns", "fix_layers", "jitter_scale", "attention")  # lists in JSON
 
@@ -90,6 +91,8 @@ class TrainOptions:
     # the originals' schedules and batches (docs/gcl.md#training, docs/stml.md#batches-and-the-best-epoch)
     step_queries: int = 0  # >0: an epoch is one GCL step of this many queries (src/datasets.py:327-409)
     forward: str = "tuple"  # tuple (MATLAB) | batch (STML, tasks/train.py:44-54) | siamese (GCL, train.py:142-167)
+    lr_schedule: str = "matlab"  # matlab | steplr (Nanne's StepLR stepped with the epoch; schedule.py)
+    patience: int = 0  # >0: stop after more than patience / epoch_test_frequency tests without a new best
     select_by: int = 5  # the best epoch: max val recall@select_by (getBestEpoch 5; STML 1, tasks/train.py:199)
     val_protocol: str = "matlab"  # the protocol of the validation recalls (retrieval.PROTOCOLS; GCL's: gcl)
     # the start network's features (MATLAB's dbCheckpoint0 ...: float32 .bin); computed and written when absent
@@ -146,6 +149,10 @@ class TrainOptions:
             raise NetVladPortError(
                 f"--forward {self.forward} stacks the batch's images: no --jitter-scale/--jitter-flip"
             )
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise NetVladPortError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, got {self.lr_schedule!r}")
+        if not isinstance(self.patience, int) or self.patience < 0:
+            raise NetVladPortError(f"--patience must be a whole number of epochs >= 0 (0: off), got {self.patience!r}")
         if self.select_by not in self.recall_ns:
             raise NetVladPortError(f"--select-by {self.select_by!r}: not one of recallNs "
                                    f"({','.join(map(str, self.recall_ns))})")  # fmt: skip

@@ -78,6 +78,32 @@ def restore_state(t, state: dict, tensors: dict[str, np.ndarray]) -> None:
     t.train_feats = tensors.get("train_feats")
 
 
+class EventLog:
+    """A run's ``log.jsonl`` lines, and TensorBoard scalars when tensorboard is installed; written by rank 0
+    only (``active``)."""
+
+    def __init__(self, out_dir: Path, active: bool):
+        self.out_dir, self.active, self.tb = Path(out_dir), active, None
+
+    def __call__(self, record: dict, step: int) -> None:
+        if not self.active:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            except Exception:  # tensorboard is optional
+                self.tb = False
+        if self.tb:
+            for k, v in record.items():
+                if k not in ("epoch", "batch") and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, step)
+
+
 def truncate_log(path: Path, epoch: int, batch: int) -> None:
     """Drop the records of ``log.jsonl`` written after the checkpoint a run resumes from (batch records from
     (epoch, batch) on, epoch records from ``epoch`` on), so the resumed run does not log them twice."""

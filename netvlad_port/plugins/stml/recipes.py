@@ -1,6 +1,8 @@
 """STML's recipes ([docs/stml.md](../../../docs/stml.md#training-and-the-demo)): SGD lr 0.001, momentum 0.9,
 weight decay 0.001, trainable from conv3_1, 30 epochs, 4 queries a batch (``1run_train_our_deattention_with_
-sTML.sh``, ``train_function.bash:255``); its StepLR is never stepped, so the lr stays constant. No addPCA.
+sTML.sh``, ``train_function.bash:255``); its StepLR is never stepped, so the lr stays constant; early stop
+after more than 10 epochs without a better val recall@1 (``--patience 10``, ``utils/get_parser.py:115``). No
+addPCA.
 The guidance source is the user's data (``--guidance``), not part of a recipe."""
 
 from ...demo import Demo, register_demo
@@ -8,7 +10,7 @@ from ...train.recipes import RECIPES, register_recipe
 
 STML = {"learning_rate": 1e-3, "momentum": 0.9, "weight_decay": 1e-3, "back_prop_to_layer": "conv3_1",
         "n_epoch": 30, "batch_size": 4, "lr_down_freq": 1000, "pca_dim": 0, "forward": "batch",
-        "select_by": 1}  # fmt: skip
+        "select_by": 1, "patience": 10}  # fmt: skip
 
 register_recipe("stml-triplet", {**STML, "loss": "triplet-stml"}, "STML's baseline row: triplet (margin 0.1), "
                 "conv3_1 up, lr 0.001 constant")  # fmt: skip
@@ -17,10 +19,12 @@ register_recipe("stml", {**STML, "loss": "stml", "attention": ("deattention-v1",
 
 # Nanne's pytorch-NetVlad as STML's table runs it (85.2 / 94.7 on Pitts30k): main.py defaults
 NANNE = {"loss": "triplet-nanne", "learning_rate": 1e-4, "momentum": 0.9, "weight_decay": 1e-3, "batch_size": 4,
-         "n_epoch": 30, "lr_down_freq": 5, "lr_down_factor": 2, "back_prop_to_layer": "conv5_1", "n_neg_choice": 1000,
-         "n_neg_cap": 10, "comp_feats_frequency": 1000, "pca_dim": 0, "forward": "batch"}  # fmt: skip
-register_recipe("nanne", NANNE, "Nanne's pytorch-NetVlad: triplet (margin sqrt 0.1), SGD lr 0.0001 halved every 5 "
-                "epochs, conv5_1 up (start from cluster --original nanne)")  # fmt: skip
+         "n_epoch": 30, "lr_down_freq": 5, "lr_down_factor": 2, "lr_schedule": "steplr", "patience": 10,
+         "back_prop_to_layer": "conv5_1", "n_neg_choice": 1000, "n_neg_cap": 10, "comp_feats_frequency": 1000,
+         "pca_dim": 0, "forward": "batch"}  # fmt: skip
+register_recipe("nanne", NANNE, "Nanne's pytorch-NetVlad: triplet (margin sqrt 0.1), SGD lr 0.0001 halved at epochs "
+                "5, 10, ... (StepLR), early stop after 10 epochs without a better recall@5, conv5_1 up (start "
+                "from cluster --original nanne)")  # fmt: skip
 
 # netvlad-port demo --recipe stml: both rows on the synthetic streets with masks, 3 epochs; nNegChoice 200 for the
 # small data, 5 negatives a tuple and no epoch-0 test to keep it short (the figures in docs/stml.md were measured so)
