@@ -27,14 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NetVladPortError
+from .memory_budget import WORKSPACE, memory_budget, peak_since_reset, process_rss, reset_peak
 
-DEFAULT_CHUNK_MEMORY = "2GB"  # without --max-memory (None): this much for chunks beyond what the process holds
 FAISS_BLOCK = 1024  # faiss's distance_compute_blas_database_bs: its own blocks of database rows
+TRAIN_COPIES = 3  # an index's training sample, and faiss's copies while training (k-means, residuals: ~1.5x)
 MERGE_BYTES = 100  # per (query, k): the running and new results, merge_top's concatenations, order, picks
-WORKSPACE = 64 * 2**20  # faiss's distance blocks (4096 x 1024 floats) and HDF5's metadata cache, with room
 INDEX_FORMAT = "netvlad-port/faiss-index"
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
-          "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}  # fmt: skip
 
 
 def faiss_message(exc: Exception) -> str:
@@ -47,14 +45,6 @@ def looks_like_file(value: str) -> bool:
     """An ``--index`` value meant as a file: it exists, or has a folder or a file suffix (a factory string
     has neither)."""
     return Path(value).exists() or "/" in value or Path(value).suffix.lower() in (".faiss", ".index", ".bin")
-
-
-def parse_memory(text: str | int) -> int:
-    """Bytes of a size such as ``2GB``, ``512MiB``, ``1.5g`` or ``1000000``."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    if not m or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
-        raise NetVladPortError(f"--max-memory {text}: expected a size such as 2GB, 512MiB or 1.5G")
-    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -161,22 +151,6 @@ def as_descriptors(feats) -> Descriptors:
     return feats if isinstance(feats, Descriptors) else ArrayDescriptors(feats)
 
 
-def process_rss() -> int:
-    """This process's resident memory now, in bytes: ``VmRSS`` of ``/proc/self/status``; where there is no
-    /proc, the peak so far (``ru_maxrss``), which is never less."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # macOS counts bytes, Linux kB
-
-
 def chunk_rows(row_floats: int, n_queries: int, k: int, max_memory=None, chunk_size: int | None = None,
                in_use: int | None = None) -> int:  # fmt: skip
     """Database rows per chunk (``row_floats`` floats each): ``chunk_size`` as given, else what fits in
@@ -188,8 +162,7 @@ def chunk_rows(row_floats: int, n_queries: int, k: int, max_memory=None, chunk_s
             raise NetVladPortError(f"--chunk-size {chunk_size}: must be at least 1")
         return int(chunk_size)
     in_use = process_rss() if in_use is None else in_use
-    text = max_memory if max_memory is not None else f"{DEFAULT_CHUNK_MEMORY} + {in_use / 1e9:.2f} GB in use"
-    budget = parse_memory(max_memory) if max_memory is not None else in_use + parse_memory(DEFAULT_CHUNK_MEMORY)
+    budget, text = memory_budget(max_memory, in_use)
     fixed = in_use + MERGE_BYTES * n_queries * k + WORKSPACE  # + merging results, faiss's and HDF5's buffers
     rows = (budget - fixed) // (row_floats * 4 + 8)
     if rows < 1:
@@ -324,21 +297,73 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
         remap, inner = faiss.RemapDimensionsTransform(d, d, faiss.swig_ptr(perm)), index
         index = faiss.IndexPreTransform(remap, inner)  # faiss's wrapper keeps both Python objects alive
     _no_polysemous_training(index)
-    step = chunk_rows(db.row_floats, 0, 0, max_memory, chunk_size)  # the index itself grows on top
+    in_use = process_rss()
+    budget, text = memory_budget(max_memory, in_use)
+    row_bytes = db.row_floats * 4 + 8
     n_train = 0
     if not index.is_trained:
-        n_train = min(len(db), train_size or default_train_size(index, len(db)), max(step, 1))
+        fits = chunk_size or max(1, (budget - in_use - WORKSPACE) // (TRAIN_COPIES * row_bytes))
+        n_train = min(len(db), train_size or default_train_size(index, len(db)), fits)
         sample = np.sort(np.random.default_rng(seed).choice(len(db), n_train, replace=False))
         if log:
             log(f"training {factory} on {n_train} of {len(db)} descriptors")
         index.train(db.rows(sample))
-    for start in range(0, len(db), step):
-        index.add(db.rows(np.arange(start, min(len(db), start + step))))
+        del sample
+    fill = IndexFill(index, db, budget, text, factory, chunk_size)
+    while fill.done < len(db):
+        fill.add_chunk()
         if log:
-            log(f"added {min(len(db), start + step)} / {len(db)}")
+            log(f"added {fill.done} / {len(db)}")
     info = {"factory": factory, "cluster_major": reorder, "vlad": list(vlad) if vlad else None,
             "train_size": n_train, "count": len(db), "dim": d}  # fmt: skip
     return index, info
+
+
+class IndexFill:
+    """Adds ``db``'s rows to ``index`` in chunks that keep the whole process within ``budget``. The first
+    chunk (one faiss block) measures what a row costs while it is added (``VmHWM`` over it: the rows read and
+    faiss's buffers, e.g. IVF-PQ's distance tables of M x 256 floats a row) and what it leaves in the index
+    (its serialized size before and after); an index that will not fit is refused then, in one line. Each
+    later chunk takes what the budget has left beside the process as it is (``VmRSS``). ``chunk_size``, or a
+    system without ``/proc/self/clear_refs``, gives fixed chunks (the index grows beside them)."""
+
+    def __init__(self, index, db: Descriptors, budget: int, text: str, factory: str, chunk_size: int | None):
+        self.index, self.db, self.budget, self.text, self.factory = index, db, budget, text, factory
+        self.fixed = chunk_size or (None if reset_peak() else chunk_rows(db.row_floats, 0, 0, text, None))
+        self.done, self.cost, self.grows = 0, None, 0.0
+
+    def add_chunk(self) -> None:
+        if self.fixed or self.cost is not None:
+            step = self.fixed or self._fitting_rows()
+            self.index.add(self.db.rows(np.arange(self.done, min(len(self.db), self.done + step))))
+            self.done = min(len(self.db), self.done + step)
+            return
+        import faiss
+
+        rows = np.arange(0, min(len(self.db), FAISS_BLOCK))
+        size, before = len(faiss.serialize_index(self.index)), process_rss()
+        reset_peak()
+        self.index.add(self.db.rows(rows))
+        self.cost = max(1.0, (peak_since_reset() - before) / len(rows))
+        self.grows = max(0.0, (len(faiss.serialize_index(self.index)) - size) / len(rows))
+        self.done = len(rows)
+        if process_rss() + self.grows * (len(self.db) - self.done) + self.cost + WORKSPACE > self.budget:
+            self._refuse()
+
+    def _fitting_rows(self) -> int:
+        step = int((self.budget - process_rss() - WORKSPACE) // self.cost)
+        if step < 1:
+            self._refuse()
+        return step // FAISS_BLOCK * FAISS_BLOCK if step >= FAISS_BLOCK else step
+
+    def _refuse(self) -> None:
+        n, held = len(self.db), process_rss()
+        need = held + self.grows * (n - self.done) + FAISS_BLOCK * self.cost + WORKSPACE
+        raise NetVladPortError(
+            f"--max-memory {self.text}: too small for a {self.factory} index of {n} rows: the process holds "
+            f"{held / 1e9:.2f} GB after {self.done} rows, adding takes {self.cost / 1e3:.1f} kB a row and the "
+            f"index grows by {self.grows:.0f} B a row; give at least {need / 1e9:.2f}GB"
+        )
 
 
 def _no_polysemous_training(index) -> None:

@@ -3,6 +3,7 @@ included; faiss indexes are built, saved, reused and refused on other descriptor
 exact recall on a sample beside the approximate one; the cluster-major reorder of raw VLAD."""
 
 import json
+from pathlib import Path
 
 import faiss
 import h5py
@@ -14,17 +15,15 @@ from netvlad_port import retrieval
 from netvlad_port.cli import main
 from netvlad_port.datasets import DbBase
 from netvlad_port.errors import NetVladPortError
+from netvlad_port.memory_budget import WORKSPACE, parse_memory, process_rss, reset_peak
 from netvlad_port.search_index import (
     FAISS_BLOCK,
-    WORKSPACE,
     ExactSearch,
     H5Descriptors,
     IndexSearch,
     build_index,
     chunk_rows,
     cluster_major_permutation,
-    parse_memory,
-    process_rss,
     vlad_layout,
 )
 
@@ -113,6 +112,51 @@ def test_the_chunks_shrink_with_the_budget_and_a_budget_below_the_process_is_ref
     assert largest[1] < largest[0] and largest[1] >= 1024  # faiss blocks still
     with pytest.raises(NetVladPortError, match="too small, this process already holds"):
         ExactSearch(db, max_memory=str(process_rss() // 2)).search(q, 10)
+
+
+BUILD_IN_BUDGET = """
+import json, sys
+import numpy as np
+from netvlad_port.memory_budget import WORKSPACE, peak_since_reset, process_rss, reset_peak
+from netvlad_port.search_index import H5Descriptors, build_index
+path, n, chunk = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) or None
+db = H5Descriptors(path, [f"im/{i:05d}.jpg" for i in range(n)])
+start = process_rss()
+budget = start + WORKSPACE + 120_000_000
+reset_peak()
+index, _ = build_index(db, "IVF256,PQ32", train_size=10_000, max_memory=str(budget), chunk_size=chunk)
+peak = peak_since_reset()
+q = db.rows(np.arange(50))
+print(json.dumps({"peak": peak, "budget": budget, "ids": index.search(q, 10)[1].tolist()}))
+"""
+
+
+@pytest.mark.skipif(not reset_peak(), reason="needs /proc/self/clear_refs (Linux) to measure a peak")
+def test_index_build_keeps_the_process_within_max_memory(tmp_path):
+    """IVF-PQ's adding holds residuals, coarse distances and M x 256-float encoding tables for every row
+    it is given: 30,000 rows added in one go take ~300 MB beyond a fresh process, past a budget of 120 MB
+    (+ the workspace) beyond it; the measured chunks keep the peak within that budget and build the same
+    index. An index larger than the budget is refused in one line."""
+    import subprocess
+    import sys
+
+    x = np.random.default_rng(0).normal(size=(30_000, 256)).astype(np.float32)
+    path = tmp_path / "db.h5"
+    write_h5(path, x)
+
+    def build(chunk: int) -> dict:
+        cmd = [sys.executable, "-c", BUILD_IN_BUDGET, str(path), str(len(x)), str(chunk)]
+        root = Path(__file__).resolve().parents[1]  # this checkout's package, as the test process imports it
+        return json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=root).stdout)
+
+    one_go, chunked = build(len(x)), build(0)
+    assert one_go["peak"] > one_go["budget"]  # the budget binds: what the fixed chunk of before did
+    assert chunked["peak"] <= chunked["budget"] and chunked["ids"] == one_go["ids"]
+    db = H5Descriptors(path, [f"im/{i:05d}.jpg" for i in range(len(x))])
+    with pytest.raises(
+        NetVladPortError, match=r"--max-memory \d+: too small for a HNSW32 index of 30000 rows.*give at"
+    ):
+        build_index(db, "HNSW32", max_memory=str(process_rss() + WORKSPACE + 5_000_000))
 
 
 class GroupedDb(DbBase):
