@@ -84,6 +84,8 @@ def write_set(folder: Path, n: int, n_q: int, make, seed: int, query_noise: floa
     ``image_size`` left out: nothing here reads it, and it doubles the writing time)."""
     import h5py
 
+    from netvlad_port.feature_store import H5_WRITE
+
     done = folder / "done.json"
     if done.exists() and json.loads(done.read_text()).get("generator") == GENERATOR:
         return
@@ -92,7 +94,7 @@ def write_set(folder: Path, n: int, n_q: int, make, seed: int, query_noise: floa
     rng = np.random.default_rng(seed)
     q_src = np.sort(rng.choice(n, n_q, replace=False))
     queries = []
-    with h5py.File(folder / "db.h5", "w") as f:
+    with h5py.File(folder / "db.h5", "w", **H5_WRITE) as f:
         for start in range(0, n, ROWS_PER_WRITE):
             x = make(rng, min(ROWS_PER_WRITE, n - start))
             for i, v in enumerate(x):
@@ -102,7 +104,7 @@ def write_set(folder: Path, n: int, n_q: int, make, seed: int, query_noise: floa
             queries.append(x[mine] + query_noise / np.sqrt(x.shape[1]) * noise)
     q = np.concatenate(queries)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    with h5py.File(folder / "q.h5", "w") as f:
+    with h5py.File(folder / "q.h5", "w", **H5_WRITE) as f:
         for i, v in enumerate(q):
             f[f"q/{i:05d}.jpg/global_descriptor"] = v
     done.write_text(json.dumps({"n": n, "queries": n_q, "generator": GENERATOR}))

@@ -37,7 +37,7 @@ import numpy as np
 
 from .distributed import init_distributed, local_device, world
 from .errors import NetVladPortError
-from .feature_store import DESCRIPTOR, IMAGE_SIZE, check_tag, h5_names, write_h5_descriptor, write_tag
+from .feature_store import DESCRIPTOR, H5_WRITE, IMAGE_SIZE, check_tag, h5_names, write_h5_descriptor, write_tag
 from .io_utils import atomic_file
 
 TEST_EXIT = "NETVLAD_PORT_TEST_EXIT_AFTER"
@@ -171,7 +171,7 @@ def merge_h5(out: Path, names: Sequence[str], tag: dict) -> None:
     with read_parts(out) as where, atomic_file(out) as tmp:
         if out.exists():
             shutil.copyfile(out, tmp)
-        with h5py.File(tmp, "r+" if out.exists() else "w") as dst:
+        with h5py.File(tmp, "r+" if out.exists() else "w", **H5_WRITE) as dst:
             write_tag(tmp, "h5", tag, dst)
             listed = [n for n in dict.fromkeys(names) if n in where]
             for n in listed + sorted(set(where) - set(listed)):

@@ -31,7 +31,15 @@ import torch
 
 from .devices import resolve_device
 from .errors import Interrupted, NetVladPortError
-from .feature_store import check_tag, descriptor_tag, h5_names, images_stamp, write_h5_descriptor, write_tag
+from .feature_store import (
+    H5_WRITE,
+    check_tag,
+    descriptor_tag,
+    h5_names,
+    images_stamp,
+    write_h5_descriptor,
+    write_tag,
+)
 from .images import IMAGE_EXTENSIONS, ImageError, Resize, as_resize, image_size, read_image
 from .io_utils import atomic_file
 from .layers.netvlad import crop_to_dim  # re-exported: retrieval and callers import it from here
@@ -431,7 +439,7 @@ def extract_to_h5(
 
     created = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
-    h5 = h5py.File(path, "a")
+    h5 = h5py.File(path, "a", **H5_WRITE)
     try:
         write_tag(path, "h5", tag, h5)
         for ids, desc in iter_descriptors(model, base, names, batches, fail, **run):

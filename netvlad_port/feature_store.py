@@ -32,6 +32,12 @@ def h5_names(path: Path) -> set[str]:
     return names
 
 
+# HDF5 1.8's group format for files we create: an old-style group keeps its link names in one local heap, which
+# past the metadata cache's 32 MiB (~260,000 SF-XL names, 1.4M short ones) is written out on every insertion
+# and writing crawls; 1.8's groups index names in a B-tree (HDF5 >= 1.8 reads them: h5py, MATLAB R2011a on).
+H5_WRITE = {"libver": ("v108", "latest")}
+
+
 def write_h5_descriptor(h5, name: str, desc: np.ndarray, hw: tuple[int, int]) -> None:
     """One image's group: ``global_descriptor`` (D,) and ``image_size`` (W, H), replacing old ones."""
     grp = h5.require_group(name)
