@@ -300,6 +300,8 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
     in_use = process_rss()
     budget, text = memory_budget(max_memory, in_use)
     row_bytes = db.row_floats * 4 + 8
+    if chunk_size is None and budget < in_use + WORKSPACE + FAISS_BLOCK * row_bytes:
+        chunk_rows(db.row_floats, 0, 0, max_memory, None, in_use)  # refused there, in its words
     n_train = 0
     if not index.is_trained:
         fits = chunk_size or max(1, (budget - in_use - WORKSPACE) // (TRAIN_COPIES * row_bytes))
@@ -307,7 +309,12 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
         sample = np.sort(np.random.default_rng(seed).choice(len(db), n_train, replace=False))
         if log:
             log(f"training {factory} on {n_train} of {len(db)} descriptors")
-        index.train(db.rows(sample))
+        try:
+            index.train(db.rows(sample))
+        except RuntimeError as exc:
+            why = f" (all that --max-memory {text} leaves room for)" if n_train == fits else ""
+            raise NetVladPortError(f"index {factory}: faiss cannot train it on {n_train} rows{why}: "
+                                   f"{faiss_message(exc)}") from None  # fmt: skip
         del sample
     fill = IndexFill(index, db, budget, text, factory, chunk_size)
     while fill.done < len(db):
