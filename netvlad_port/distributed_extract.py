@@ -61,14 +61,15 @@ def wanted(out: Path) -> bool:
 
 def part_names(h5) -> set[str]:
     """The image names of an open part whose group holds both datasets."""
-    names: set[str] = set()
+    found: dict[str, set[str]] = {DESCRIPTOR: set(), IMAGE_SIZE: set()}
 
-    def visit(name: str, obj) -> None:
-        if name.endswith(f"/{DESCRIPTOR}") and IMAGE_SIZE in obj.parent:
-            names.add(name.rsplit("/", 1)[0])
+    def visit(name: str) -> None:
+        group, _, leaf = name.rpartition("/")
+        if leaf in found and group:
+            found[leaf].add(group)
 
-    h5.visititems(visit)
-    return names
+    h5.visit(visit)
+    return found[DESCRIPTOR] & found[IMAGE_SIZE]
 
 
 @contextlib.contextmanager
