@@ -4,6 +4,7 @@ a size ([docs/formats.md#search-memory-and-speed](../docs/formats.md#search-memo
 
 from __future__ import annotations
 
+import contextlib
 import re
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def _status_bytes(field: str) -> int | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def release_freed() -> None:
+    """Hand freed heap memory back to the system (glibc's ``malloc_trim``), so that ``VmRSS`` counts what is
+    live: memory a step frees and keeps (faiss's training buffers) would otherwise be reused unseen by the
+    next step's measured peak. Nothing where there is no glibc."""
+    import ctypes
+    import ctypes.util
+
+    with contextlib.suppress(OSError, AttributeError, TypeError):
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
 
 
 def reset_peak() -> bool:

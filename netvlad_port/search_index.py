@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import NetVladPortError
-from .memory_budget import WORKSPACE, memory_budget, peak_since_reset, process_rss, reset_peak
+from .memory_budget import WORKSPACE, memory_budget, peak_since_reset, process_rss, release_freed, reset_peak
 
 FAISS_BLOCK = 1024  # faiss's distance_compute_blas_database_bs: its own blocks of database rows
 TRAIN_COPIES = 3  # an index's training sample, and faiss's copies while training (k-means, residuals: ~1.5x)
@@ -330,7 +330,8 @@ class IndexFill:
     """Adds ``db``'s rows to ``index`` in chunks that keep the whole process within ``budget``. The first
     chunk (one faiss block) measures what a row costs while it is added (``VmHWM`` over it: the rows read and
     faiss's buffers, e.g. IVF-PQ's distance tables of M x 256 floats a row) and what it leaves in the index
-    (its serialized size before and after); an index that will not fit is refused then, in one line. Each
+    (its serialized size before and after; freed memory is handed back first, ``release_freed``, so that
+    what training freed is not reused unseen); an index that will not fit is refused then, in one line. Each
     later chunk takes what the budget has left beside the process as it is (``VmRSS``). ``chunk_size``, or a
     system without ``/proc/self/clear_refs``, gives fixed chunks (the index grows beside them)."""
 
@@ -348,16 +349,20 @@ class IndexFill:
         import faiss
 
         rows = np.arange(0, min(len(self.db), FAISS_BLOCK))
-        size, before = len(faiss.serialize_index(self.index)), process_rss()
+        size = len(faiss.serialize_index(self.index))
+        release_freed()  # else the first chunk reuses what training freed, and its peak shows nothing
+        before = process_rss()
         reset_peak()
         self.index.add(self.db.rows(rows))
-        self.cost = max(1.0, (peak_since_reset() - before) / len(rows))
+        row_bytes = self.db.row_floats * 4 + 8  # at least the rows read and faiss's copy of them
+        self.cost = max(2.0 * row_bytes, (peak_since_reset() - before) / len(rows))
         self.grows = max(0.0, (len(faiss.serialize_index(self.index)) - size) / len(rows))
         self.done = len(rows)
         if process_rss() + self.grows * (len(self.db) - self.done) + self.cost + WORKSPACE > self.budget:
             self._refuse()
 
     def _fitting_rows(self) -> int:
+        release_freed()
         step = int((self.budget - process_rss() - WORKSPACE) // self.cost)
         if step < 1:
             self._refuse()

@@ -124,7 +124,7 @@ db = H5Descriptors(path, [f"im/{i:05d}.jpg" for i in range(n)])
 start = process_rss()
 budget = start + WORKSPACE + 120_000_000
 reset_peak()
-index, _ = build_index(db, "IVF256,PQ32", train_size=10_000, max_memory=str(budget), chunk_size=chunk)
+index, _ = build_index(db, "IVF256,PQ32", train_size=n, max_memory=str(budget), chunk_size=chunk)
 peak = peak_since_reset()
 q = db.rows(np.arange(50))
 print(json.dumps({"peak": peak, "budget": budget, "ids": index.search(q, 10)[1].tolist()}))
