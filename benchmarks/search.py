@@ -22,7 +22,7 @@ IVF-PQ recall with and without the cluster-major reorder.
 method: by default 2GB, and 8GB for HNSW, whose graph alone outgrows 2 GB (refused in one line there). A
 method past its ``--timeout`` (minutes) is killed and reported as not finished, with the peak RSS
 it had reached. The exact top 10 is kept in ``exact_ids.npy`` beside the data, so a later run of one method
-still reports recall. The whole-RAM read opens one h5 dataset per image (about 150 us each): its build time
+still reports recall. The whole-RAM read opens one h5 dataset per image (50-75 us each here): its build time
 is mostly that read, reported as it is.
 """
 

@@ -331,14 +331,16 @@ class IndexFill:
     chunk (one faiss block) measures what a row costs while it is added (``VmHWM`` over it: the rows read and
     faiss's buffers, e.g. IVF-PQ's distance tables of M x 256 floats a row) and what it leaves in the index
     (its serialized size before and after; freed memory is handed back first, ``release_freed``, so that
-    what training freed is not reused unseen); an index that will not fit is refused then, in one line. Each
-    later chunk takes what the budget has left beside the process as it is (``VmRSS``). ``chunk_size``, or a
-    system without ``/proc/self/clear_refs``, gives fixed chunks (the index grows beside them)."""
+    what training freed is not reused unseen); an index that will not fit is refused then, in one line.
+    faiss's arrays grow by doubling (old and new side by side while copied): a flat storage (HNSW's, Flat's)
+    is sized once to its final length (:func:`_reserve_codes`), and the rest of the index is allowed twice.
+    Each later chunk takes what the budget has left beside the process as it is (``VmRSS``). ``chunk_size``,
+    or a system without ``/proc/self/clear_refs``, gives fixed chunks (the index grows beside them)."""
 
     def __init__(self, index, db: Descriptors, budget: int, text: str, factory: str, chunk_size: int | None):
         self.index, self.db, self.budget, self.text, self.factory = index, db, budget, text, factory
         self.fixed = chunk_size or (None if reset_peak() else chunk_rows(db.row_floats, 0, 0, text, None))
-        self.done, self.cost, self.grows = 0, None, 0.0
+        self.done, self.cost, self.grows, self.other = 0, None, 0.0, 0.0
 
     def add_chunk(self) -> None:
         if self.fixed or self.cost is not None:
@@ -358,24 +360,52 @@ class IndexFill:
         self.cost = max(2.0 * row_bytes, (peak_since_reset() - before) / len(rows))
         self.grows = max(0.0, (len(faiss.serialize_index(self.index)) - size) / len(rows))
         self.done = len(rows)
-        if process_rss() + self.grows * (len(self.db) - self.done) + self.cost + WORKSPACE > self.budget:
+        flat = _flat_storage(self.index)
+        self.other = max(0.0, self.grows - (flat.code_size if flat is not None else 0))
+        if self._final_peak() > self.budget:
             self._refuse()
+        if flat is not None:
+            _reserve_codes(flat, len(self.db))
+
+    def _final_peak(self) -> float:
+        left = len(self.db) - self.done
+        return process_rss() + self.grows * left + self.other * len(self.db) + self.cost + WORKSPACE
 
     def _fitting_rows(self) -> int:
         release_freed()
-        step = int((self.budget - process_rss() - WORKSPACE) // self.cost)
+        room = self.budget - process_rss() - WORKSPACE - self.other * self.done  # a doubling of the rest
+        step = int(room // (self.cost + 2 * self.other))
         if step < 1:
             self._refuse()
         return step // FAISS_BLOCK * FAISS_BLOCK if step >= FAISS_BLOCK else step
 
     def _refuse(self) -> None:
         n, held = len(self.db), process_rss()
-        need = held + self.grows * (n - self.done) + FAISS_BLOCK * self.cost + WORKSPACE
         raise NetVladPortError(
             f"--max-memory {self.text}: too small for a {self.factory} index of {n} rows: the process holds "
             f"{held / 1e9:.2f} GB after {self.done} rows, adding takes {self.cost / 1e3:.1f} kB a row and the "
-            f"index grows by {self.grows:.0f} B a row; give at least {need / 1e9:.2f}GB"
+            f"index grows by {self.grows:.0f} B a row; give at least {self._final_peak() / 1e9:.2f}GB"
         )
+
+
+def _flat_storage(index):
+    """The ``IndexFlatCodes`` holding an index's vectors (HNSW's storage, or a Flat index itself); None."""
+    import faiss
+
+    index = faiss.downcast_index(index)
+    while isinstance(index, faiss.IndexPreTransform):
+        index = faiss.downcast_index(index.index)
+    if hasattr(index, "storage") and index.storage is not None:
+        index = faiss.downcast_index(index.storage)
+    return index if isinstance(index, faiss.IndexFlatCodes) and hasattr(index.codes, "resize") else None
+
+
+def _reserve_codes(flat, n: int) -> None:
+    """Give a flat storage's code array its final length once (a longer resize, then back: the capacity
+    stays), so that adding never copies it into one twice as long beside the old."""
+    used = flat.ntotal * flat.code_size
+    flat.codes.resize(n * flat.code_size)
+    flat.codes.resize(used)
 
 
 def _no_polysemous_training(index) -> None:

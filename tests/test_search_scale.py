@@ -153,6 +153,12 @@ def test_index_build_keeps_the_process_within_max_memory(tmp_path):
     assert one_go["peak"] > one_go["budget"]  # the budget binds: what the fixed chunk of before did
     assert chunked["peak"] <= chunked["budget"] and chunked["ids"] == one_go["ids"]
     db = H5Descriptors(path, [f"im/{i:05d}.jpg" for i in range(len(x))])
+    with pytest.raises(NetVladPortError, match=r"index IVF64,Flat: faiss cannot train it on 10 rows: .*64"):
+        build_index(db, "IVF64,Flat", train_size=10)
+    # a flat storage is sized once to its final length (no doubling copy): the same vectors, the same results
+    release_freed()
+    flat, _ = build_index(db, "Flat", max_memory=str(process_rss() + WORKSPACE + 150_000_000))
+    assert flat.ntotal == len(x) and np.array_equal(flat.search(x[:20], 5)[1], whole_set(x, x[:20], 5)[0])
     with pytest.raises(
         NetVladPortError, match=r"--max-memory \d+: too small for a HNSW32 index of 30000 rows.*give at"
     ):
