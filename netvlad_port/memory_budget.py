@@ -35,12 +35,9 @@ def memory_budget(max_memory, in_use: int) -> tuple[int, str]:
 def process_rss() -> int:
     """This process's resident memory now, in bytes: ``VmRSS`` of ``/proc/self/status``; where there is no
     /proc, the peak so far (``ru_maxrss``), which is never less."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+    rss = _status_bytes("VmRSS")
+    if rss is not None:
+        return rss
     import resource
     import sys
 

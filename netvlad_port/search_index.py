@@ -339,7 +339,7 @@ class IndexFill:
 
     def __init__(self, index, db: Descriptors, budget: int, text: str, factory: str, chunk_size: int | None):
         self.index, self.db, self.budget, self.text, self.factory = index, db, budget, text, factory
-        self.fixed = chunk_size or (None if reset_peak() else chunk_rows(db.row_floats, 0, 0, text, None))
+        self.fixed = chunk_size or (None if reset_peak() else chunk_rows(db.row_floats, 0, 0, str(budget)))
         self.done, self.cost, self.grows, self.other = 0, None, 0.0, 0.0
 
     def add_chunk(self) -> None:
