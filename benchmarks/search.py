@@ -6,8 +6,8 @@ process so its peak RSS (VmHWM) is its own:
 * whole: today's old path -- every descriptor read into one array, one IndexFlatL2, one search;
 * chunked: ``search_index.ExactSearch`` streaming the h5 (``--max-memory``), the same results;
 * IVF-PQ: ``build_index`` (``IVF<nlist>,PQ<D/16>``, nlist ~ 4 sqrt(N), trained on a sample, filled a chunk
-  at a time), searched with nprobe 16;
-* HNSW: ``HNSW32`` (all vectors in the graph), efSearch 128.
+  at a time), searched with nprobe 16, then 64 and 256;
+* HNSW: ``HNSW32`` (all vectors in the graph), efSearch 128, then 512 and 2048.
 
 Printed: peak RSS, build time, query time per 1,000 queries, recall@1/10 vs exact (the exact nearest
 neighbour at rank 1 / within the first 10), and ratios to the physical limits: peak RSS over N*D*4 bytes,
@@ -141,12 +141,17 @@ def run_method(folder: str, method: str, factory: str, params: str, max_memory: 
     else:
         index, info = build_index(db, factory, vlad=vlad, cluster_major=cm, max_memory=max_memory)
         build = time.perf_counter() - t0
-        searcher = IndexSearch(index, factory, params=params)
+        first, *more = params.split("|")  # one build, searched with each setting in turn
         t1 = time.perf_counter()
-        ids, _ = searcher.search(q, k)
+        ids, _ = IndexSearch(index, factory, params=first).search(q, k)
     query = time.perf_counter() - t1
     rss = peak_rss()
-    queue.put({"build_s": build, "query_s": query, "rss": rss, "ids": np.asarray(ids)[:, :10].tolist()})
+    sweep = []
+    for alt in more if method == "index" else ():
+        t2 = time.perf_counter()
+        alt_ids, _ = IndexSearch(index, factory, params=alt).search(q, k)
+        sweep.append({"params": alt, "query_s": time.perf_counter() - t2, "ids": np.asarray(alt_ids)[:, :10].tolist()})
+    queue.put({"build_s": build, "query_s": query, "rss": rss, "ids": np.asarray(ids)[:, :10].tolist(), "sweep": sweep})
 
 
 def peak_rss() -> int:
@@ -215,8 +220,8 @@ def bench(folder: Path, n: int, d: int, n_q: int, memory: dict, bw: float, metho
           timeouts: dict) -> None:  # fmt: skip
     nlist = nlist_for(n)
     setups = {"whole": ("whole", "Flat", ""), "chunked": ("chunked", "Flat", ""),
-              "ivfpq": ("IVF-PQ", f"IVF{nlist},PQ{d // 16}", "nprobe=16"),
-              "hnsw": ("HNSW", "HNSW32", "efSearch=128")}  # fmt: skip
+              "ivfpq": ("IVF-PQ", f"IVF{nlist},PQ{d // 16}", "nprobe=16|nprobe=64|nprobe=256"),
+              "hnsw": ("HNSW", "HNSW32", "efSearch=128|efSearch=512|efSearch=2048")}  # fmt: skip
     flat_bytes = n * d * 4
     one_pass = flat_bytes / (bw * 1e9)
     budgets = ", ".join(f"{m} {memory.get(m) or 'default'}" for m in methods if m != "whole")
@@ -232,19 +237,23 @@ def bench(folder: Path, n: int, d: int, n_q: int, memory: dict, bw: float, metho
             method = m if m in ("whole", "chunked") else "index"
             r = in_fresh_process(run_method, str(folder), method, factory, params, memory.get(m), 10, None, None,
                                  timeout_s=timeouts.get(m))  # fmt: skip
-        label = name if m in ("whole", "chunked") else f"{name} {factory}"
+        label = name if m in ("whole", "chunked") else f"{name} {factory} {params.split('|')[0]}"
         rss = f"{r['rss'] / 1e9:>8.2f}GB{r['rss'] / flat_bytes:>11.2f}" if r.get("rss") else f"{'-':>10}{'-':>11}"
-        why = unfinished(r)
+        why, main_row = unfinished(r), len(rows)
         if why:
-            rows.append(f"{label:<22}{rss}  {why}")
+            rows.append(f"{label:<38}{rss}  {why}")
         else:
             r1, r10 = recall(r["ids"], exact) if exact is not None else (float("nan"),) * 2
-            rows.append(f"{label:<22}{rss}{r['build_s']:>9.1f}{r['query_s'] * 1000 / n_q:>12.2f}"
+            rows.append(f"{label:<38}{rss}{r['build_s']:>9.1f}{r['query_s'] * 1000 / n_q:>12.2f}"
                         f"{r['query_s'] / one_pass:>11.1f}{r1:>7.3f}{r10:>7.3f}")  # fmt: skip
             if m == "whole" and exact is not None and r["ids"] != exact:
                 rows[-1] += "  ! differs from chunked"
-        stamp(f"{m} done: {rows[-1].strip()}")
-    print(f"{'method':<22}{'peak RSS':>10}{'RSS/NxDx4':>11}{'build s':>9}{'query s/1k':>12}{'x one pass':>11}"
+            for alt in r.get("sweep", ()):  # the same index searched with another setting: no build, same RSS
+                r1, r10 = recall(alt["ids"], exact) if exact is not None else (float("nan"),) * 2
+                rows.append(f"{'  ' + alt['params']:<38}{'':>10}{'':>11}{'':>9}{alt['query_s'] * 1000 / n_q:>12.2f}"
+                            f"{alt['query_s'] / one_pass:>11.1f}{r1:>7.3f}{r10:>7.3f}")  # fmt: skip
+        stamp(f"{m} done: {rows[main_row].strip()}")
+    print(f"{'method':<38}{'peak RSS':>10}{'RSS/NxDx4':>11}{'build s':>9}{'query s/1k':>12}{'x one pass':>11}"
           f"{'R@1':>7}{'R@10':>7}")  # fmt: skip
     print("\n".join(rows), flush=True)
 
