@@ -127,6 +127,7 @@ def run_method(folder: str, method: str, factory: str, params: str, max_memory: 
     folder = Path(folder)
     q = read_h5_descriptors(folder / "q.h5", _names(folder, "q"))
     db = H5Descriptors(folder / "db.h5", _names(folder, "db"))
+    more: list[str] = []  # an index's further search settings
     t0 = time.perf_counter()
     if method == "whole":  # as faiss_search did before: every row in one array, copied into one IndexFlatL2
         index = faiss.IndexFlatL2(db.dim)
@@ -147,7 +148,7 @@ def run_method(folder: str, method: str, factory: str, params: str, max_memory: 
     query = time.perf_counter() - t1
     rss = peak_rss()
     sweep = []
-    for alt in more if method == "index" else ():
+    for alt in more:
         t2 = time.perf_counter()
         alt_ids, _ = IndexSearch(index, factory, params=alt).search(q, k)
         sweep.append({"params": alt, "query_s": time.perf_counter() - t2, "ids": np.asarray(alt_ids)[:, :10].tolist()})

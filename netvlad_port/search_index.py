@@ -32,6 +32,13 @@ from .memory_budget import WORKSPACE, memory_budget, peak_since_reset, process_r
 FAISS_BLOCK = 1024  # faiss's distance_compute_blas_database_bs: its own blocks of database rows
 TRAIN_COPIES = 3  # an index's training sample, and faiss's copies while training (k-means, residuals: ~1.5x)
 MERGE_BYTES = 100  # per (query, k): the running and new results, merge_top's concatenations, order, picks
+
+
+def row_bytes(row_floats: int) -> int:
+    """What one database row read into a chunk holds: its float32 values and its int64 id."""
+    return row_floats * 4 + 8
+
+
 INDEX_FORMAT = "netvlad-port/faiss-index"
 
 
@@ -164,9 +171,9 @@ def chunk_rows(row_floats: int, n_queries: int, k: int, max_memory=None, chunk_s
     in_use = process_rss() if in_use is None else in_use
     budget, text = memory_budget(max_memory, in_use)
     fixed = in_use + MERGE_BYTES * n_queries * k + WORKSPACE  # + merging results, faiss's and HDF5's buffers
-    rows = (budget - fixed) // (row_floats * 4 + 8)
+    rows = (budget - fixed) // row_bytes(row_floats)
     if rows < 1:
-        need = (fixed + FAISS_BLOCK * (row_floats * 4 + 8)) / 1e9
+        need = (fixed + FAISS_BLOCK * row_bytes(row_floats)) / 1e9
         raise NetVladPortError(f"--max-memory {text}: too small, this process already holds {in_use / 1e9:.2f} GB "
                                f"(the whole process counts); give at least {need:.2f}GB")  # fmt: skip
     return int(rows // FAISS_BLOCK * FAISS_BLOCK if rows >= FAISS_BLOCK else rows)
@@ -299,12 +306,11 @@ def build_index(db, factory: str, vlad: tuple[int, int] | None = None, cluster_m
     _no_polysemous_training(index)
     in_use = process_rss()
     budget, text = memory_budget(max_memory, in_use)
-    row_bytes = db.row_floats * 4 + 8
-    if chunk_size is None and budget < in_use + WORKSPACE + FAISS_BLOCK * row_bytes:
-        chunk_rows(db.row_floats, 0, 0, max_memory, None, in_use)  # refused there, in its words
+    if chunk_size is None:
+        chunk_rows(db.row_floats, 0, 0, max_memory, None, in_use)  # a budget without room for a row: refused there
     n_train = 0
     if not index.is_trained:
-        fits = chunk_size or max(1, (budget - in_use - WORKSPACE) // (TRAIN_COPIES * row_bytes))
+        fits = chunk_size or max(1, (budget - in_use - WORKSPACE) // (TRAIN_COPIES * row_bytes(db.row_floats)))
         n_train = min(len(db), train_size or default_train_size(index, len(db)), fits)
         sample = np.sort(np.random.default_rng(seed).choice(len(db), n_train, replace=False))
         if log:
@@ -356,8 +362,8 @@ class IndexFill:
         before = process_rss()
         reset_peak()
         self.index.add(self.db.rows(rows))
-        row_bytes = self.db.row_floats * 4 + 8  # at least the rows read and faiss's copy of them
-        self.cost = max(2.0 * row_bytes, (peak_since_reset() - before) / len(rows))
+        # at least the rows read and faiss's copy of them
+        self.cost = max(2.0 * row_bytes(self.db.row_floats), (peak_since_reset() - before) / len(rows))
         self.grows = max(0.0, (len(faiss.serialize_index(self.index)) - size) / len(rows))
         self.done = len(rows)
         flat = _flat_storage(self.index)
